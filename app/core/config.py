@@ -1,0 +1,58 @@
+"""Settings, read from FEDVLA_* environment variables (and a .env file)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_SECRET = "fedvla-development-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """Everything the app and the worker read from the environment.
+
+    With no variables set, the system runs on the embedded default: a SQLite database and a
+    SQLite-backed Celery broker under ``data_dir``, no Redis, no other server.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FEDVLA_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Field(Path("var"), description="Databases, checkpoints, generated assets.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite in data_dir.")
+    broker_url: str = Field("", description="Celery broker; empty: SQLite in data_dir.")
+    redis_url: str = Field("", description="Redis for live event fan-out; empty: none.")
+    secret_key: str = Field(DEVELOPMENT_SECRET, description="Signs session cookies.")
+    gpu_queue: str = Field("gpu", description="Celery queue that federation runs go to.")
+    max_request_bytes: int = Field(1_048_576, description="Largest request body accepted.")
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Self:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'fedvla.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if self.database_url.startswith(("postgres://", "postgresql://")):
+            # psycopg 3 is the driver we ship; SQLAlchemy defaults to psycopg2.
+            scheme, rest = self.database_url.split("://", 1)
+            self.database_url = f"postgresql+psycopg://{rest}"
+        if self.environment == "production" and self.secret_key == DEVELOPMENT_SECRET:
+            raise ValueError("FEDVLA_SECRET_KEY must be set in production")
+        return self
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

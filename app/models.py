@@ -1,0 +1,295 @@
+"""The database tables, and the API's request and response models for each entity.
+
+Families follow one shape: ``XBase`` (shared fields) -> ``XCreate`` / ``XUpdate`` (requests)
+-> ``X(table=True)`` -> ``XPublic`` / ``XsPublic`` (responses).
+"""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import ConfigDict
+from sqlmodel import JSON, Field, SQLModel
+
+from worker.federation.config import DatasetRef, Partition
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _enum(enum_cls: type[StrEnum]) -> sa.Enum:
+    """Enums stored as their values in a VARCHAR: no native PostgreSQL type to migrate."""
+    return sa.Enum(
+        enum_cls,
+        native_enum=False,
+        create_constraint=False,
+        length=20,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+def _timestamp(nullable: bool = True) -> Any:
+    return Field(default=None, sa_type=sa.DateTime(timezone=True), nullable=nullable)
+
+
+class Role(StrEnum):
+    admin = "admin"
+    operator = "operator"
+    viewer = "viewer"
+
+
+class Strategy(StrEnum):
+    fedavg = "fedavg"
+    fedprox = "fedprox"
+    fedadam = "fedadam"
+
+
+class Mode(StrEnum):
+    simulation = "simulation"
+    deployment = "deployment"
+
+
+class RobotType(StrEnum):
+    so100 = "so100"
+    so101 = "so101"
+    other = "other"
+
+
+class SiteStatus(StrEnum):
+    pending = "pending"
+    approved = "approved"
+    revoked = "revoked"
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+class ExperimentSite(SQLModel, table=True):
+    """The sites that take part in a deployment-mode experiment."""
+
+    experiment_id: int = Field(foreign_key="experiment.id", primary_key=True, ondelete="CASCADE")
+    site_id: int = Field(foreign_key="site.id", primary_key=True, ondelete="CASCADE")
+
+
+class ExperimentBase(SQLModel):
+    """An experiment's definition. Field names match worker.federation.config.FederationConfig."""
+
+    name: str = Field(
+        min_length=1, max_length=100, schema_extra={"examples": ["so100-pick-fedavg"]}
+    )
+    description: str = Field(default="", max_length=2000)
+    policy: str = Field(
+        default="lerobot/smolvla_base",
+        min_length=1,
+        max_length=500,
+        description="Hub id from the local HF cache, a local pretrained_model folder, or 'tiny'.",
+    )
+    strategy: Strategy = Field(default=Strategy.fedavg, sa_type=_enum(Strategy))
+    proximal_mu: float = Field(default=0.0, ge=0.0, description="FedProx's mu.")
+    server_learning_rate: float = Field(default=0.01, gt=0.0, description="FedAdam's eta.")
+    num_rounds: int = Field(default=3, ge=1, le=10_000)
+    fraction_train: float = Field(default=1.0, gt=0.0, le=1.0)
+    min_clients: int = Field(default=2, ge=1)
+    local_steps: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=1e-4, gt=0.0)
+    seed: int = 0
+    eval_every: int = Field(default=1, ge=0)
+    eval_batches: int = Field(default=4, ge=1)
+    checkpoint_every: int = Field(default=1, ge=0)
+    keep_checkpoints: int = Field(default=3, ge=1)
+    mode: Mode = Field(default=Mode.simulation, sa_type=_enum(Mode))
+    client_datasets: list[DatasetRef] = Field(default_factory=list, sa_type=JSON)
+    partition: Partition | None = Field(default=None, sa_type=JSON)
+    eval_datasets: list[DatasetRef] = Field(default_factory=list, sa_type=JSON)
+    normalization: str = Field(default="local", max_length=20)
+    transport_dtype: str = Field(default="float32", max_length=20)
+    client_num_cpus: float = Field(default=1.0, gt=0.0)
+    client_num_gpus: float = Field(default=0.0, ge=0.0)
+    device: str = Field(default="auto", max_length=10)
+
+
+class Experiment(ExperimentBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+# --------------------------------------------------------------------------- sites
+
+
+class SiteFeatures(SQLModel):
+    """What a site declares about its LeRobot dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state_dim: int = Field(ge=1, le=1024)
+    action_dim: int = Field(ge=1, le=1024)
+    state_names: list[str] = Field(default_factory=list)
+    action_names: list[str] = Field(default_factory=list)
+    camera_keys: list[str] = Field(default_factory=list)
+    camera_resolutions: dict[str, list[int]] = Field(default_factory=dict)
+    fps: int = Field(ge=1, le=1000)
+    episodes: int = Field(default=0, ge=0)
+    frames: int = Field(default=0, ge=0)
+    tasks: list[str] = Field(default_factory=list)
+
+
+class SiteBase(SQLModel):
+    name: str = Field(min_length=1, max_length=100)
+    organisation: str = Field(default="", max_length=200)
+    contact: str = Field(default="", max_length=200)
+    robot_type: RobotType = Field(default=RobotType.so100, sa_type=_enum(RobotType))
+    dataset: str = Field(min_length=1, max_length=500, description="Hub repo id or local path.")
+    features: SiteFeatures = Field(sa_type=JSON)
+    hardware: str = Field(default="", max_length=500)
+    public_key: str | None = Field(default=None, sa_type=sa.Text, description="PEM public key.")
+
+
+class Site(SiteBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True, index=True)
+    status: SiteStatus = Field(default=SiteStatus.pending, sa_type=_enum(SiteStatus))
+    status_reason: str = Field(default="", max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    approved_at: datetime | None = _timestamp()
+    revoked_at: datetime | None = _timestamp()
+
+
+class SiteAudit(SQLModel, table=True):
+    """Who approved or revoked which site, when, and why. Append-only."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = Field(foreign_key="site.id", index=True, ondelete="CASCADE")
+    action: str = Field(max_length=20)
+    actor: str = Field(max_length=100)
+    reason: str = Field(default="", max_length=500)
+    at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class Run(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True, ondelete="CASCADE")
+    config: dict[str, Any] = Field(sa_type=JSON, description="FederationConfig frozen at launch.")
+    status: RunStatus = Field(default=RunStatus.queued, sa_type=_enum(RunStatus), index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    started_at: datetime | None = _timestamp()
+    finished_at: datetime | None = _timestamp()
+    worker: str | None = Field(default=None, max_length=200)
+    task_id: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    current_round: int = 0
+    resumed_from_run_id: int | None = Field(default=None, foreign_key="run.id", ondelete="SET NULL")
+    resumed_from_round: int | None = None
+    heartbeat_at: datetime | None = _timestamp()
+
+
+class RoundMetric(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("run_id", "round"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
+    round: int
+    eval_loss: float | None = None
+    train_loss: float | None = None
+    duration_s: float = 0.0
+    bytes_sent: int = Field(default=0, sa_type=sa.BigInteger)
+    bytes_received: int = Field(default=0, sa_type=sa.BigInteger)
+    clients_sampled: int = 0
+    clients_succeeded: int = 0
+    clients_failed: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class ClientMetric(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
+    round: int
+    client: str = Field(max_length=100)
+    site_id: int | None = Field(default=None, foreign_key="site.id", ondelete="SET NULL")
+    ok: bool = True
+    train_loss: float | None = None
+    samples: int = 0
+    episodes: int = 0
+    seconds: float = 0.0
+    load_seconds: float = 0.0
+    bytes_sent: int = Field(default=0, sa_type=sa.BigInteger)
+    bytes_received: int = Field(default=0, sa_type=sa.BigInteger)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class Checkpoint(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("run_id", "round"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
+    round: int
+    path: str = Field(max_length=1000, description="The pretrained_model folder.")
+    sha256: str = Field(max_length=64, description="Of model.safetensors.")
+    size_bytes: int = Field(default=0, sa_type=sa.BigInteger)
+    eval_loss: float | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+class RunEvent(SQLModel, table=True):
+    """A run's append-only log; ``id`` orders events and is the SSE event id."""
+
+    __table_args__ = (sa.Index("ix_runevent_run_id_id", "run_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", ondelete="CASCADE")
+    kind: str = Field(max_length=20, description="status | log | round | checkpoint")
+    message: str = Field(default="", sa_type=sa.Text)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class WorkerNode(SQLModel, table=True):
+    """A Celery worker that runs federations, as it registered itself."""
+
+    __tablename__ = "worker"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True, index=True)
+    host: str = Field(max_length=200)
+    queue: str = Field(max_length=100)
+    gpus: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    current_run_id: int | None = Field(default=None, foreign_key="run.id", ondelete="SET NULL")
+
+
+# --------------------------------------------------------------------------- auth
+
+
+class ApiToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True, index=True)
+    role: Role = Field(sa_type=_enum(Role))
+    site_id: int | None = Field(default=None, foreign_key="site.id", ondelete="CASCADE")
+    token_hash: str = Field(max_length=64, unique=True, index=True, description="sha256 hex.")
+    prefix: str = Field(max_length=16, description="The token's first characters, for display.")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    last_used_at: datetime | None = _timestamp()
+    revoked: bool = False
