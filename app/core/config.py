@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     secret_key: str = Field(DEVELOPMENT_SECRET, description="Signs session cookies.")
     gpu_queue: str = Field("gpu", description="Celery queue that federation runs go to.")
     max_request_bytes: int = Field(1_048_576, description="Largest request body accepted.")
+    heartbeat_interval_s: float = Field(
+        5.0, gt=0, description="How often a worker and its running federation send heartbeats."
+    )
+    lost_after_s: float = Field(
+        60.0, gt=0, description="A running run without a heartbeat for this long failed."
+    )
+    cancel_grace_s: float = Field(
+        5.0, ge=0, description="After SIGTERM, seconds before a cancelled federation is killed."
+    )
     host: str = "127.0.0.1"
     port: int = 8080
 
