@@ -1,0 +1,291 @@
+"""All the machine learning of the federation: no Flower app API here.
+
+Build a SmolVLA and its lerobot processors for a dataset, train it for some local steps
+(optionally with FedProx's proximal term), and measure its loss on held-out data.
+"""
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from worker.data.features import ACTION_KEY, STATE_KEY, DatasetError, describe
+from worker.federation.config import DatasetRef
+from worker.policy.loading import PolicySource, build_policy, trainable_state
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.policies.smolvla import SmolVLAPolicy
+    from lerobot.processor import PolicyProcessorPipeline
+
+logger = logging.getLogger(__name__)
+
+Stats = dict[str, dict[str, np.ndarray]]
+NORMALIZED_KEYS = (STATE_KEY, ACTION_KEY)
+"""Features whose statistics the policy uses (SmolVLA leaves images unnormalised)."""
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+class SkippingDataset(Dataset[dict[str, Any]]):
+    """A LeRobotDataset whose unreadable frames (a corrupt video frame) are skipped and counted."""
+
+    def __init__(self, dataset: "LeRobotDataset") -> None:
+        self.dataset = dataset
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for attempt in range(len(self.dataset)):
+            position = (index + attempt) % len(self.dataset)
+            try:
+                item: dict[str, Any] = self.dataset[position]
+                return item
+            except Exception as error:  # decoders raise many kinds for a bad frame
+                self.skipped += 1
+                logger.warning("skipped unreadable frame %d: %s", position, error)
+        raise DatasetError(f"every frame of {self.dataset.repo_id} is unreadable")
+
+
+@dataclass
+class ClientData:
+    ref: DatasetRef
+    dataset: SkippingDataset
+    stats: Stats
+    """The dataset's own statistics of the normalised features."""
+
+    @property
+    def episodes(self) -> int:
+        return len(self.ref.episodes) if self.ref.episodes is not None else self.meta_episodes
+
+    @property
+    def meta_episodes(self) -> int:
+        return int(self.dataset.dataset.meta.total_episodes)
+
+
+def open_dataset(ref: DatasetRef, *, chunk_size: int, owner: str) -> ClientData:
+    """Open a LeRobotDataset returning action chunks of the policy's length."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    try:
+        dataset = LeRobotDataset(
+            ref.repo_id,
+            root=ref.root,
+            episodes=ref.episodes,
+            delta_timestamps=None,
+        )
+        fps = dataset.meta.fps
+        dataset = LeRobotDataset(
+            ref.repo_id,
+            root=ref.root,
+            episodes=ref.episodes,
+            delta_timestamps={ACTION_KEY: [i / fps for i in range(chunk_size)]},
+        )
+    except Exception as error:
+        raise DatasetError(
+            f"{owner}: dataset {describe(ref)} is unreadable: {type(error).__name__}: {error}"
+        ) from error
+    stats = {key: dict(dataset.meta.stats[key]) for key in NORMALIZED_KEYS}
+    return ClientData(ref, SkippingDataset(dataset), stats)
+
+
+def merge_stats(stats: list[Stats]) -> Stats:
+    """Federated statistics: lerobot's weighted merge of every client's statistics."""
+    from lerobot.datasets.compute_stats import aggregate_stats
+
+    return aggregate_stats(stats)  # type: ignore[no-any-return]
+
+
+@dataclass
+class PolicyBundle:
+    """A policy with the processors that feed it, normalising with `stats`."""
+
+    policy: "SmolVLAPolicy"
+    preprocessor: "PolicyProcessorPipeline[dict[str, Any], dict[str, Any]]"
+    postprocessor: "PolicyProcessorPipeline[Any, Any]"
+    stats: Stats
+    device: str
+    load_seconds: float = 0.0
+
+
+def policy_features(data: ClientData) -> tuple[dict[str, Any], dict[str, Any]]:
+    from lerobot.configs import FeatureType
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    features = dataset_to_policy_features(data.dataset.dataset.meta.features)
+    inputs = {k: f for k, f in features.items() if f.type is not FeatureType.ACTION}
+    outputs = {k: f for k, f in features.items() if f.type is FeatureType.ACTION}
+    return inputs, outputs
+
+
+def build_bundle(
+    source: PolicySource,
+    data: ClientData,
+    *,
+    stats: Stats,
+    data_dir: Path,
+    seed: int,
+    device: str,
+) -> PolicyBundle:
+    inputs, outputs = policy_features(data)
+    loaded = build_policy(
+        source,
+        data_dir=data_dir,
+        input_features=inputs,
+        output_features=outputs,
+        seed=seed,
+        device=device,
+    )
+    bundle = PolicyBundle(loaded.policy, *_processors(loaded.policy, stats), stats, device)
+    bundle.load_seconds = loaded.seconds
+    return bundle
+
+
+def set_stats(bundle: PolicyBundle, stats: Stats) -> None:
+    """Normalise with other statistics (the federated merge)."""
+    bundle.preprocessor, bundle.postprocessor = _processors(bundle.policy, stats)
+    bundle.stats = stats
+
+
+def _processors(policy: "SmolVLAPolicy", stats: Stats) -> tuple[Any, Any]:
+    from lerobot.policies.smolvla import make_smolvla_pre_post_processors
+
+    return make_smolvla_pre_post_processors(policy.config, dataset_stats=stats)
+
+
+def load_trainable(bundle: PolicyBundle, state: dict[str, torch.Tensor]) -> None:
+    """Copy received trainable weights into the policy; refuse anything else."""
+    params = dict(bundle.policy.named_parameters())
+    unknown = [k for k in state if k not in params or not params[k].requires_grad]
+    if unknown:
+        raise ValueError(f"received weights that do not train: {unknown[:5]}")
+    missing = [k for k, p in params.items() if p.requires_grad and k not in state]
+    if missing:
+        raise ValueError(f"received no weights for {missing[:5]}")
+    with torch.no_grad():
+        for key, value in state.items():
+            params[key].copy_(value.to(params[key].dtype))
+
+
+@dataclass
+class TrainResult:
+    loss: float
+    samples: int
+    steps: int
+    seconds: float
+    skipped_frames: int
+    losses: list[float] = field(default_factory=list)
+
+
+def _batches(data: ClientData, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        loader = DataLoader(
+            data.dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0
+        )
+        yield from loader
+
+
+def _autocast(device: str) -> Any:
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train(
+    bundle: PolicyBundle,
+    data: ClientData,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> TrainResult:
+    """Local training: `steps` gradient steps; FedProx's proximal term when mu > 0."""
+    policy = bundle.policy
+    started = time.perf_counter()
+    skipped_before = data.dataset.skipped
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in trainable] if proximal_mu > 0 else []
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=learning_rate,
+        betas=policy.config.optimizer_betas,
+        eps=policy.config.optimizer_eps,
+        weight_decay=policy.config.optimizer_weight_decay,
+    )
+    policy.train()
+    losses: list[float] = []
+    samples = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        batches = _batches(data, batch_size, seed)
+        for _ in range(steps):
+            batch = bundle.preprocessor(next(batches))
+            with _autocast(bundle.device):
+                loss, _ = policy.forward(batch)
+            if proximal_mu > 0:
+                drift = sum(((p - a) ** 2).sum() for p, a in zip(trainable, anchor, strict=True))
+                loss = loss + proximal_mu / 2 * drift
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, policy.config.optimizer_grad_clip_norm)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            samples += int(batch[STATE_KEY].shape[0])
+    if not all(math.isfinite(v) for v in losses):
+        raise FloatingPointError(f"training diverged: losses {losses}")
+    return TrainResult(
+        loss=float(np.mean(losses)),
+        samples=samples,
+        steps=steps,
+        seconds=time.perf_counter() - started,
+        skipped_frames=data.dataset.skipped - skipped_before,
+        losses=losses,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    bundle: PolicyBundle, data: ClientData, *, batches: int, batch_size: int, seed: int
+) -> tuple[float, int]:
+    """Mean flow-matching loss on `batches` held-out batches, with seeded noise: comparable."""
+    policy = bundle.policy
+    policy.eval()
+    losses: list[float] = []
+    samples = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loader = DataLoader(
+            data.dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        for index, raw in enumerate(loader):
+            if index >= batches:
+                break
+            batch = bundle.preprocessor(raw)
+            with _autocast(bundle.device):
+                loss, _ = policy.forward(batch)
+            losses.append(float(loss))
+            samples += int(batch[STATE_KEY].shape[0])
+    return float(np.mean(losses)), samples
+
+
+def trainable_arrays(bundle: PolicyBundle) -> dict[str, torch.Tensor]:
+    return trainable_state(bundle.policy)
