@@ -9,8 +9,8 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import ConfigDict
 from sqlmodel import JSON, Field, SQLModel
+from sqlmodel.main import SQLModelConfig
 
 from worker.federation.config import DatasetRef, Partition
 
@@ -85,7 +85,7 @@ class ExperimentSite(SQLModel, table=True):
     site_id: int = Field(foreign_key="site.id", primary_key=True, ondelete="CASCADE")
 
 
-class ExperimentBase(SQLModel):
+class ExperimentFields(SQLModel):
     """An experiment's definition. Field names match worker.federation.config.FederationConfig."""
 
     name: str = Field(
@@ -113,9 +113,6 @@ class ExperimentBase(SQLModel):
     checkpoint_every: int = Field(default=1, ge=0)
     keep_checkpoints: int = Field(default=3, ge=1)
     mode: Mode = Field(default=Mode.simulation, sa_type=_enum(Mode))
-    client_datasets: list[DatasetRef] = Field(default_factory=list, sa_type=JSON)
-    partition: Partition | None = Field(default=None, sa_type=JSON)
-    eval_datasets: list[DatasetRef] = Field(default_factory=list, sa_type=JSON)
     normalization: str = Field(default="local", max_length=20)
     transport_dtype: str = Field(default="float32", max_length=20)
     client_num_cpus: float = Field(default=1.0, gt=0.0)
@@ -123,9 +120,21 @@ class ExperimentBase(SQLModel):
     device: str = Field(default="auto", max_length=10)
 
 
-class Experiment(ExperimentBase, table=True):
+class ExperimentBase(ExperimentFields):
+    """The definition with its datasets as models (requests and responses)."""
+
+    client_datasets: list[DatasetRef] = Field(default_factory=list)
+    partition: Partition | None = None
+    eval_datasets: list[DatasetRef] = Field(default_factory=list)
+
+
+class Experiment(ExperimentFields, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=100, unique=True, index=True)
+    # Plain JSON: the services store model_dump(mode="json") of ExperimentBase's models.
+    client_datasets: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    partition: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    eval_datasets: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
 
@@ -136,7 +145,7 @@ class Experiment(ExperimentBase, table=True):
 class SiteFeatures(SQLModel):
     """What a site declares about its LeRobot dataset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SQLModelConfig(extra="forbid")
 
     state_dim: int = Field(ge=1, le=1024)
     action_dim: int = Field(ge=1, le=1024)
@@ -150,20 +159,26 @@ class SiteFeatures(SQLModel):
     tasks: list[str] = Field(default_factory=list)
 
 
-class SiteBase(SQLModel):
+class SiteFields(SQLModel):
     name: str = Field(min_length=1, max_length=100)
     organisation: str = Field(default="", max_length=200)
     contact: str = Field(default="", max_length=200)
     robot_type: RobotType = Field(default=RobotType.so100, sa_type=_enum(RobotType))
     dataset: str = Field(min_length=1, max_length=500, description="Hub repo id or local path.")
-    features: SiteFeatures = Field(sa_type=JSON)
     hardware: str = Field(default="", max_length=500)
     public_key: str | None = Field(default=None, sa_type=sa.Text, description="PEM public key.")
 
 
-class Site(SiteBase, table=True):
+class SiteBase(SiteFields):
+    """A site with its declared features as a model (requests and responses)."""
+
+    features: SiteFeatures
+
+
+class Site(SiteFields, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=100, unique=True, index=True)
+    features: dict[str, Any] = Field(sa_type=JSON)  # SiteFeatures.model_dump(mode="json")
     status: SiteStatus = Field(default=SiteStatus.pending, sa_type=_enum(SiteStatus))
     status_reason: str = Field(default="", max_length=500)
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))

@@ -1,0 +1,89 @@
+"""FastAPI dependencies: settings, database sessions, the caller's token and role checks.
+
+Everything is read from ``request.app.state`` (set by ``create_app``), so each app built in a test
+carries its own settings and engine.
+"""
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from app.core.config import Settings
+from app.core.errors import Forbidden, Unauthorized
+from app.models import ApiToken, Role
+from app.services import tokens as token_service
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
+    """One session per request; anything not committed is rolled back when it closes."""
+    with Session(engine) as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiToken",
+    description="`Authorization: Bearer fvla_...`; create one with `fedvla token create`.",
+)
+
+
+def get_current_token(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiToken:
+    """The caller's token; 401 when it is missing, unknown or revoked."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized()
+    token = token_service.authenticate(session=session, secret=credentials.credentials)
+    if token is None:
+        raise Unauthorized()
+    return token
+
+
+CurrentToken = Annotated[ApiToken, Depends(get_current_token)]
+
+
+def require_role(*roles: Role) -> Callable[[ApiToken], ApiToken]:
+    """A dependency that lets through only tokens with one of ``roles`` (403 otherwise)."""
+    allowed = frozenset(roles)
+
+    def check(token: CurrentToken) -> ApiToken:
+        if token.role not in allowed:
+            raise Forbidden(f"Needs the {' or '.join(sorted(allowed))} role")
+        return token
+
+    return check
+
+
+AdminToken = Annotated[ApiToken, Depends(require_role(Role.admin))]
+"""Admin only: writes to experiments, site approval, tokens, runs."""
+
+ReaderToken = CurrentToken
+"""Any valid token; routes narrow what an operator sees (its own site, its experiments)."""
+
+SiteEditorToken = Annotated[ApiToken, Depends(require_role(Role.admin, Role.operator))]
+"""Admins, and operators for their own site (the route checks which site)."""
+
+
+def ensure_site_access(token: ApiToken, site_id: int) -> None:
+    """Operators reach only their own site; admins and viewers every site."""
+    if token.role == Role.operator and token.site_id != site_id:
+        raise Forbidden("Operators may only access their own site")

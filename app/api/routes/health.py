@@ -1,0 +1,22 @@
+"""GET /health: 200 when the database and the broker answer, 503 naming the part that did not."""
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from app.api.deps import EngineDep, SettingsDep
+from app.services import health as health_service
+from app.services.health import HealthReport
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/health",
+    response_model=HealthReport,
+    summary="Database and broker reachability",
+    responses={503: {"model": HealthReport, "description": "The database or broker is down"}},
+)
+async def get_health(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
+    report = await run_in_threadpool(health_service.check, engine, settings.broker_url)
+    return JSONResponse(report.model_dump(mode="json"), status_code=200 if report.ok else 503)

@@ -1,0 +1,101 @@
+"""/sites: admins register and decide on sites; operators keep their own site up to date."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response, status
+
+from app.api.deps import AdminToken, ReaderToken, SessionDep, SiteEditorToken, ensure_site_access
+from app.core.errors import ERROR_RESPONSES
+from app.models import SiteStatus
+from app.schemas.common import Page, page_params
+from app.schemas.sites import (
+    SiteAuditPublic,
+    SiteCreate,
+    SitePublic,
+    SitesPublic,
+    SiteUpdate,
+    StatusChange,
+)
+from app.services import sites as service
+
+router = APIRouter(prefix="/sites", tags=["sites"], responses=ERROR_RESPONSES)
+
+
+@router.post("", response_model=SitePublic, status_code=status.HTTP_201_CREATED)
+def create_site(body: SiteCreate, session: SessionDep, token: AdminToken) -> SitePublic:
+    """Register a site (admins). It starts pending; approve it to let it take part."""
+    site = service.create_site(session=session, data=body, actor=token.name)
+    return SitePublic.model_validate(site, from_attributes=True)
+
+
+@router.get("", response_model=SitesPublic)
+def list_sites(
+    session: SessionDep, token: ReaderToken, page: Annotated[Page, Depends(page_params)]
+) -> SitesPublic:
+    """All sites; an operator sees only its own."""
+    rows, count = service.list_sites(
+        session=session, token=token, offset=page.offset, limit=page.limit
+    )
+    data = [SitePublic.model_validate(row, from_attributes=True) for row in rows]
+    return SitesPublic(data=data, count=count)
+
+
+@router.get("/{site_id}", response_model=SitePublic)
+def get_site(site_id: int, session: SessionDep, token: ReaderToken) -> SitePublic:
+    site = service.get_site(session=session, site_id=site_id)
+    ensure_site_access(token, site_id)
+    return SitePublic.model_validate(site, from_attributes=True)
+
+
+@router.patch("/{site_id}", response_model=SitePublic)
+def update_site(
+    site_id: int, body: SiteUpdate, session: SessionDep, token: SiteEditorToken
+) -> SitePublic:
+    """Change a site's details (admins, or the site's operator). Status is not changed here."""
+    site = service.get_site(session=session, site_id=site_id)
+    ensure_site_access(token, site_id)
+    site = service.update_site(session=session, site=site, data=body, actor=token.name)
+    return SitePublic.model_validate(site, from_attributes=True)
+
+
+def _change_status(
+    site_id: int, new_status: SiteStatus, body: StatusChange, session: SessionDep, token: AdminToken
+) -> SitePublic:
+    site = service.get_site(session=session, site_id=site_id)
+    site = service.set_status(
+        session=session, site=site, status=new_status, actor=token.name, reason=body.reason
+    )
+    return SitePublic.model_validate(site, from_attributes=True)
+
+
+@router.post("/{site_id}/approve", response_model=SitePublic)
+def approve_site(
+    site_id: int, body: StatusChange, session: SessionDep, token: AdminToken
+) -> SitePublic:
+    """Approve a site (admins); recorded in the site's audit log."""
+    return _change_status(site_id, SiteStatus.approved, body, session, token)
+
+
+@router.post("/{site_id}/revoke", response_model=SitePublic)
+def revoke_site(
+    site_id: int, body: StatusChange, session: SessionDep, token: AdminToken
+) -> SitePublic:
+    """Revoke a site (admins): it can no longer take part. Recorded in the audit log."""
+    return _change_status(site_id, SiteStatus.revoked, body, session, token)
+
+
+@router.get("/{site_id}/audit", response_model=list[SiteAuditPublic])
+def site_audit(site_id: int, session: SessionDep, token: ReaderToken) -> list[SiteAuditPublic]:
+    """Who registered, approved, revoked or re-keyed the site, when and why."""
+    service.get_site(session=session, site_id=site_id)
+    ensure_site_access(token, site_id)
+    rows = service.audit_log(session=session, site_id=site_id)
+    return [SiteAuditPublic.model_validate(row) for row in rows]
+
+
+@router.delete("/{site_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_site(site_id: int, session: SessionDep, _token: AdminToken) -> Response:
+    """Delete a site with its operator tokens (admins)."""
+    site = service.get_site(session=session, site_id=site_id)
+    service.delete_site(session=session, site=site)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,40 @@
+"""API token secrets and site public keys."""
+
+import hashlib
+import hmac
+import secrets
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+TOKEN_PREFIX = "fvla_"
+DISPLAY_PREFIX_LENGTH = 12
+
+
+def generate_token() -> str:
+    """A new secret: shown once to its owner, stored only as its hash."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def display_prefix(token: str) -> str:
+    """The first characters of a secret, enough to recognise it in a list."""
+    return token[:DISPLAY_PREFIX_LENGTH]
+
+
+def token_matches(token: str, token_hash: str) -> bool:
+    """Constant-time comparison of a presented secret with a stored hash."""
+    return hmac.compare_digest(hash_token(token), token_hash)
+
+
+def load_public_key(pem: str) -> PublicKeyTypes:
+    """The key in a PEM ``PUBLIC KEY`` block; ValueError names what is wrong."""
+    try:
+        return serialization.load_pem_public_key(pem.strip().encode())
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"not a PEM public key: {error}") from error
+    except Exception as error:  # cryptography's UnsupportedAlgorithm and friends
+        raise ValueError(f"unsupported public key: {error}") from error

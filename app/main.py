@@ -1,0 +1,68 @@
+"""The web application: ``create_app(settings)`` builds one, with its own settings and engine.
+
+Serve it with ``fedvla serve`` or ``uvicorn --factory app.main:create_app``.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+
+from app.api.routes import experiments, health, sites, tokens
+from app.core.config import Settings
+from app.core.db import make_engine
+from app.core.errors import BodySizeLimit, install_error_handlers
+
+API_PREFIX = "/api/v1"
+
+OPENAPI_TAGS = [
+    {"name": "health", "description": "Is the server able to work: database and broker."},
+    {"name": "experiments", "description": "Federation definitions that runs are launched from."},
+    {"name": "sites", "description": "Robot sites: their datasets, keys and approval status."},
+    {"name": "tokens", "description": "API tokens and their roles (admins only)."},
+]
+
+DESCRIPTION = """
+Federated fine-tuning of SmolVLA across robot sites.
+
+Every route except `/health` needs `Authorization: Bearer <token>`. Roles: **admin** manages
+everything; **operator** sees and edits only its own site and reads the experiments that site takes
+part in; **viewer** reads everything. Errors answer
+`{"detail": "...", "errors": [{"field": "...", "reason": "..."}]}`.
+"""
+
+
+def _version() -> str:
+    try:
+        return version("fedvla")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = make_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="fedvla",
+        version=_version(),
+        description=DESCRIPTION,
+        openapi_tags=OPENAPI_TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+
+    app.include_router(health.router, prefix=API_PREFIX)
+    app.include_router(experiments.router, prefix=API_PREFIX)
+    app.include_router(sites.router, prefix=API_PREFIX)
+    app.include_router(tokens.router, prefix=API_PREFIX)
+    return app

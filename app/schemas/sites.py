@@ -1,0 +1,90 @@
+"""Sites as admins register them and operators keep them up to date."""
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlmodel.main import SQLModelConfig
+
+from app.core.security import load_public_key
+from app.models import RobotType, SiteBase, SiteFeatures, SiteStatus
+
+SITE_EXAMPLE: dict[str, Any] = {
+    "name": "lab-a",
+    "organisation": "Lab A Robotics",
+    "contact": "ops@lab-a.example",
+    "robot_type": "so100",
+    "dataset": "lab-a/so100_pick_cube",
+    "features": {
+        "state_dim": 6,
+        "action_dim": 6,
+        "camera_keys": ["observation.images.top"],
+        "fps": 30,
+        "episodes": 50,
+        "frames": 20000,
+    },
+    "hardware": "RTX 4090",
+    "public_key": "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n",
+}
+
+
+def _check_public_key(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    load_public_key(value)  # ValueError -> 422 naming public_key
+    return value.strip() + "\n"
+
+
+class SiteCreate(SiteBase):
+    model_config = SQLModelConfig(extra="forbid", json_schema_extra={"examples": [SITE_EXAMPLE]})
+    _public_key_is_pem = field_validator("public_key")(_check_public_key)
+
+
+class SiteUpdate(BaseModel):
+    """Fields to change. Changing the public key of an approved site sends it back to pending."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"hardware": "2x RTX 4090"}]}
+    )
+
+    name: str | None = Field(None, min_length=1, max_length=100)
+    organisation: str | None = Field(None, max_length=200)
+    contact: str | None = Field(None, max_length=200)
+    robot_type: RobotType | None = None
+    dataset: str | None = Field(None, min_length=1, max_length=500)
+    features: SiteFeatures | None = None
+    hardware: str | None = Field(None, max_length=500)
+    public_key: str | None = None
+
+    _public_key_is_pem = field_validator("public_key")(_check_public_key)
+
+
+class SitePublic(SiteBase):
+    id: int
+    status: SiteStatus
+    status_reason: str
+    created_at: datetime
+    approved_at: datetime | None
+    revoked_at: datetime | None
+
+
+class SitesPublic(BaseModel):
+    data: list[SitePublic]
+    count: int
+
+
+class StatusChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=500, examples=["Dataset and key checked on a call"])
+
+
+class SiteAuditPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    site_id: int
+    action: str = Field(examples=["approve"])
+    actor: str = Field(description="Name of the token that acted.")
+    reason: str
+    at: datetime

@@ -1,0 +1,106 @@
+"""Sites: registration, edits, and the audited approve / revoke decisions."""
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, func, select
+
+from app.core.errors import Conflict, NotFound
+from app.models import ApiToken, Role, Site, SiteAudit, SiteStatus, utcnow
+from app.schemas.sites import SiteCreate, SiteUpdate
+
+
+def _save(*, session: Session, site: Site) -> Site:
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"A site named '{site.name}' already exists", field="name") from None
+    session.refresh(site)
+    return site
+
+
+def _refuse_duplicate_name(*, session: Session, name: str, own_id: int | None = None) -> None:
+    existing = session.exec(select(Site.id).where(Site.name == name)).first()
+    if existing is not None and existing != own_id:
+        raise Conflict(f"A site named '{name}' already exists", field="name")
+
+
+def _audit(*, session: Session, site: Site, action: str, actor: str, reason: str) -> None:
+    assert site.id is not None
+    session.add(SiteAudit(site_id=site.id, action=action, actor=actor, reason=reason))
+
+
+def create_site(*, session: Session, data: SiteCreate, actor: str) -> Site:
+    _refuse_duplicate_name(session=session, name=data.name)
+    site = Site(**data.model_dump(mode="json"))
+    session.add(site)
+    session.flush()
+    _audit(session=session, site=site, action="register", actor=actor, reason="")
+    return _save(session=session, site=site)
+
+
+def get_site(*, session: Session, site_id: int) -> Site:
+    site = session.get(Site, site_id)
+    if site is None:
+        raise NotFound("Site")
+    return site
+
+
+def list_sites(
+    *, session: Session, token: ApiToken, offset: int = 0, limit: int = 50
+) -> tuple[list[Site], int]:
+    """Every site for admins and viewers; an operator's own site only."""
+    query = select(Site)
+    if token.role == Role.operator:
+        query = query.where(Site.id == token.site_id)
+    count = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(query.order_by(col(Site.id)).offset(offset).limit(limit))
+    return list(rows), count
+
+
+def update_site(*, session: Session, site: Site, data: SiteUpdate, actor: str) -> Site:
+    changes = data.model_dump(mode="json", exclude_unset=True)
+    for required in ("name", "dataset", "features"):
+        if required in changes and changes[required] is None:
+            changes.pop(required)
+    if "name" in changes:
+        _refuse_duplicate_name(session=session, name=changes["name"], own_id=site.id)
+    key_changed = "public_key" in changes and changes["public_key"] != site.public_key
+    for field, value in changes.items():
+        setattr(site, field, value)
+    if key_changed and site.status == SiteStatus.approved:
+        site.status = SiteStatus.pending
+        site.status_reason = "public key changed; approve again"
+        site.approved_at = None
+        _audit(session=session, site=site, action="rekey", actor=actor, reason=site.status_reason)
+    session.add(site)
+    return _save(session=session, site=site)
+
+
+def set_status(
+    *, session: Session, site: Site, status: SiteStatus, actor: str, reason: str
+) -> Site:
+    """Approve or revoke a site, with an audit row saying who did it and why."""
+    if site.status == status:
+        raise Conflict(f"Site is already {status.value}")
+    now = utcnow()
+    site.status = status
+    site.status_reason = reason
+    if status == SiteStatus.approved:
+        site.approved_at, site.revoked_at = now, None
+    elif status == SiteStatus.revoked:
+        site.revoked_at = now
+    session.add(site)
+    action = {SiteStatus.approved: "approve", SiteStatus.revoked: "revoke"}.get(status, "reset")
+    _audit(session=session, site=site, action=action, actor=actor, reason=reason)
+    return _save(session=session, site=site)
+
+
+def audit_log(*, session: Session, site_id: int) -> list[SiteAudit]:
+    query = select(SiteAudit).where(SiteAudit.site_id == site_id).order_by(col(SiteAudit.id))
+    return list(session.exec(query))
+
+
+def delete_site(*, session: Session, site: Site) -> None:
+    """Deletes the site with its operator tokens and audit log."""
+    session.delete(site)
+    session.commit()
