@@ -4,6 +4,8 @@ Build a SmolVLA and its lerobot processors for a dataset, train it for some loca
 (optionally with FedProx's proximal term), and measure its loss on held-out data.
 """
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -30,6 +32,12 @@ logger = logging.getLogger(__name__)
 Stats = dict[str, dict[str, np.ndarray]]
 NORMALIZED_KEYS = (STATE_KEY, ACTION_KEY)
 """Features whose statistics the policy uses (SmolVLA leaves images unnormalised)."""
+
+
+def round_seed(seed: int, server_round: int, label: str) -> int:
+    """A seed per experiment, round and client, the same in every process."""
+    digest = hashlib.sha256(f"{seed}|{server_round}|{label}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def pick_device(requested: str) -> str:
@@ -74,6 +82,11 @@ class ClientData:
     @property
     def meta_episodes(self) -> int:
         return int(self.dataset.dataset.meta.total_episodes)
+
+    @property
+    def features(self) -> dict[str, Any]:
+        """The dataset's feature descriptions (lerobot's info.json "features"), JSON-safe."""
+        return json.loads(json.dumps(self.dataset.dataset.meta.features))
 
 
 def open_dataset(ref: DatasetRef, *, chunk_size: int, owner: str) -> ClientData:
@@ -121,11 +134,11 @@ class PolicyBundle:
     load_seconds: float = 0.0
 
 
-def policy_features(data: ClientData) -> tuple[dict[str, Any], dict[str, Any]]:
+def policy_features(dataset_features: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     from lerobot.configs import FeatureType
     from lerobot.utils.feature_utils import dataset_to_policy_features
 
-    features = dataset_to_policy_features(data.dataset.dataset.meta.features)
+    features = dataset_to_policy_features(dataset_features)
     inputs = {k: f for k, f in features.items() if f.type is not FeatureType.ACTION}
     outputs = {k: f for k, f in features.items() if f.type is FeatureType.ACTION}
     return inputs, outputs
@@ -133,14 +146,14 @@ def policy_features(data: ClientData) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def build_bundle(
     source: PolicySource,
-    data: ClientData,
+    dataset_features: dict[str, Any],
     *,
     stats: Stats,
     data_dir: Path,
     seed: int,
     device: str,
 ) -> PolicyBundle:
-    inputs, outputs = policy_features(data)
+    inputs, outputs = policy_features(dataset_features)
     loaded = build_policy(
         source,
         data_dir=data_dir,

@@ -1,0 +1,189 @@
+"""The Flower ClientApp: turn messages into calls of `task` and replies.
+
+Every message carries the frozen experiment ("federation", JSON) so a client needs no other
+configuration. Its dataset comes from the partition (simulation: node_config "partition-id")
+or from its node config (deployment: "dataset-repo-id", optional "dataset-root").
+"""
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from worker.federation import task
+from worker.federation.config import DatasetRef, FederationConfig
+from worker.federation.transport import (
+    decode_arrays,
+    encode_arrays,
+    stats_from_record,
+    stats_to_record,
+)
+from worker.policy.loading import resolve_policy_source
+
+app = ClientApp()
+
+CONFIG_KEY = "config"
+ARRAYS_KEY = "arrays"
+STATS_KEY = "norm-stats"
+
+
+@dataclass
+class ClientState:
+    """What a client keeps across rounds within one process (a Ray actor in simulation)."""
+
+    label: str
+    data: task.ClientData
+    bundle: task.PolicyBundle
+    fresh: bool = True
+    """True until the first message has used it: its build time is then reported."""
+
+
+_cache: dict[tuple[str, ...], ClientState] = {}
+
+
+def message_config(msg: Message) -> tuple[FederationConfig, ConfigRecord]:
+    record = msg.content[CONFIG_KEY]
+    assert isinstance(record, ConfigRecord)
+    return FederationConfig.model_validate_json(str(record["federation"])), record
+
+
+def client_dataset(config: FederationConfig, context: Context) -> tuple[str, DatasetRef]:
+    """This client's label and dataset."""
+    node = context.node_config
+    if "dataset-repo-id" in node:
+        root = node.get("dataset-root")
+        ref = DatasetRef(repo_id=str(node["dataset-repo-id"]), root=str(root) if root else None)
+        return str(node.get("site-label", f"node-{context.node_id}")), ref
+    from worker.data.partition import client_label, plan_data
+
+    partition_id = int(node["partition-id"])
+    return client_label(partition_id), plan_data(config).clients[partition_id]
+
+
+def client_state(config: FederationConfig, record: ConfigRecord, context: Context) -> ClientState:
+    label, ref = client_dataset(config, context)
+    data_dir = Path(str(context.node_config.get("data-dir", record["data-dir"])))
+    key = (str(context.run_id), label, ref.model_dump_json(), config.policy, str(config.seed))
+    state = _cache.get(key)
+    if state is None:
+        torch.set_num_threads(max(1, int(config.client_num_cpus)))
+        source = resolve_policy_source(config.policy)
+        chunk = _chunk_size(source, data_dir)
+        data = task.open_dataset(ref, chunk_size=chunk, owner=label)
+        bundle = task.build_bundle(
+            source,
+            data.features,
+            stats=data.stats,
+            data_dir=data_dir,
+            seed=config.seed,
+            device=task.pick_device(config.device),
+        )
+        state = ClientState(label, data, bundle)
+        _cache.clear()  # one experiment per process: free the previous policy
+        _cache[key] = state
+    return state
+
+
+def _chunk_size(source: Any, data_dir: Path) -> int:
+    from worker.policy.loading import read_policy_config
+    from worker.policy.tiny import tiny_smolvla_config
+
+    if source.is_tiny:
+        return int(tiny_smolvla_config(data_dir, state_dim=1, action_dim=1).chunk_size)
+    return int(read_policy_config(source).chunk_size)
+
+
+def _take_load_seconds(state: ClientState) -> float:
+    seconds = state.bundle.load_seconds if state.fresh else 0.0
+    state.fresh = False
+    return seconds
+
+
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    """Before training: who this client is, its dataset's features and statistics."""
+    config, record = message_config(msg)
+    state = client_state(config, record, context)
+    reply = RecordDict(
+        {
+            CONFIG_KEY: ConfigRecord(
+                {
+                    "label": state.label,
+                    "dataset": state.data.ref.model_dump_json(),
+                    "features": json.dumps(state.data.features),
+                    "fps": int(state.data.dataset.dataset.meta.fps),
+                }
+            ),
+            STATS_KEY: stats_to_record(state.data.stats),
+            "metrics": MetricRecord({"num-examples": len(state.data.dataset)}),
+        }
+    )
+    return Message(reply, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config, record = message_config(msg)
+    started = time.perf_counter()
+    state = client_state(config, record, context)
+    received = msg.content[ARRAYS_KEY]
+    assert isinstance(received, ArrayRecord)
+    task.load_trainable(state.bundle, decode_arrays(received, config.transport_dtype))
+    if STATS_KEY in msg.content and state.bundle.stats is state.data.stats:
+        stats = msg.content[STATS_KEY]
+        assert isinstance(stats, ArrayRecord)
+        task.set_stats(state.bundle, stats_from_record(stats))
+    load_seconds = _take_load_seconds(state) + (time.perf_counter() - started)
+    server_round = int(record["server-round"])
+    mu = float(record.get("proximal-mu", 0.0))
+    result = task.train(
+        state.bundle,
+        state.data,
+        steps=config.local_steps,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=task.round_seed(config.seed, server_round, state.label),
+        proximal_mu=mu,
+    )
+    arrays = encode_arrays(task.trainable_arrays(state.bundle), config.transport_dtype)
+    metrics = MetricRecord(
+        {
+            "train-loss": result.loss,
+            "num-examples": result.samples,
+            "steps": result.steps,
+            "episodes": state.data.episodes,
+            "seconds": result.seconds,
+            "load-seconds": load_seconds,
+            "skipped-frames": result.skipped_frames,
+            "bytes-received": received.count_bytes(),
+            "bytes-sent": arrays.count_bytes(),
+        }
+    )
+    content = RecordDict(
+        {ARRAYS_KEY: arrays, "metrics": metrics, CONFIG_KEY: ConfigRecord({"label": state.label})}
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Loss of the received policy on this client's own data."""
+    config, record = message_config(msg)
+    state = client_state(config, record, context)
+    received = msg.content[ARRAYS_KEY]
+    assert isinstance(received, ArrayRecord)
+    task.load_trainable(state.bundle, decode_arrays(received, config.transport_dtype))
+    loss, samples = task.evaluate(
+        state.bundle,
+        state.data,
+        batches=config.eval_batches,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    metrics = MetricRecord({"eval-loss": loss, "num-examples": samples})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

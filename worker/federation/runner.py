@@ -1,0 +1,96 @@
+"""The one entry point of the engine: run a federation with Flower's simulation engine.
+
+The Celery worker calls `run_federation` in a child process (its own process group, so cancel
+kills Ray's workers with it). Before anything starts, every client's dataset is checked against
+the experiment; a bad one raises DatasetError naming the client, the dataset and the mismatch.
+"""
+
+import logging
+import os
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from worker.data.features import DatasetFeatures, check_dataset
+from worker.data.partition import client_label, plan_data
+from worker.federation.config import FederationConfig
+from worker.federation.reporter import Reporter
+
+RAY_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+ENGINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+}
+"""Set (unless already set) before Ray starts: its workers inherit them."""
+
+
+def check_inputs(config: FederationConfig) -> None:
+    """Every client's and the server's datasets exist and agree on features; raise if not."""
+    plan = plan_data(config)
+    expected: DatasetFeatures | None = None
+    for index, ref in enumerate(plan.clients):
+        found = check_dataset(ref, client_label(index), expected)
+        expected = expected or found
+    for ref in plan.holdout:
+        check_dataset(ref, "server evaluation", expected)
+
+
+def run_federation(
+    config: FederationConfig, reporter: Reporter, *, output_dir: Path, data_dir: Path
+) -> None:
+    """Run one federation to its end, reporting every round; raise on failure."""
+    from flwr.simulation import run_simulation
+
+    from worker.federation.client_app import app as client_app
+    from worker.federation.server_app import run_server
+
+    if config.mode != "simulation":
+        raise NotImplementedError("deployment runs go through a SuperLink (flwr run)")
+    for key, value in ENGINE_ENV.items():
+        os.environ.setdefault(key, value)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    check_inputs(config)
+    reporter.log(f"starting {config.strategy} over {config.num_clients} simulated clients")
+
+    failure: list[BaseException] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            run_server(grid, config, reporter, output_dir=output_dir, data_dir=data_dir)
+        except BaseException as error:
+            failure.append(error)
+            raise
+
+    backend_config = {
+        "client_resources": {
+            "num_cpus": config.client_num_cpus,
+            "num_gpus": config.client_num_gpus,
+        },
+        "init_args": {
+            "num_cpus": max(os.cpu_count() or 1, int(config.client_num_cpus)),
+            "object_store_memory": RAY_OBJECT_STORE_BYTES,
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+            "log_to_driver": True,
+        },
+    }
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=config.num_clients,
+            backend_config=backend_config,  # type: ignore[arg-type]
+        )
+    except BaseException as error:
+        if failure:
+            raise failure[0] from error
+        raise
+    if failure:
+        raise failure[0]

@@ -1,0 +1,323 @@
+"""The Flower ServerApp: ask the clients who they are, then run the strategy round by round.
+
+After each round (and before the first) the evaluate_fn hook evaluates the aggregated policy
+on the server's held-out data at the configured cadence, writes checkpoints and calls the
+reporter.
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid, ServerApp
+
+from worker.data.features import DatasetError, DatasetFeatures, check_dataset
+from worker.federation import checkpoints, task
+from worker.federation.config import FederationConfig
+from worker.federation.reporter import JsonLinesReporter, Reporter, RoundReport
+from worker.federation.run_config import federation_config_from_run_config
+from worker.federation.strategy import RoundLog, TrackedStrategy, make_strategy
+from worker.federation.transport import decode_arrays, stats_from_record, stats_to_record
+from worker.policy.loading import resolve_policy_source
+
+CONFIG_KEY = "config"
+STATS_KEY = "norm-stats"
+QUERY_TIMEOUT_S = 3600.0
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (bad input found by the clients, too few clients)."""
+
+
+def run_server(
+    grid: Grid,
+    config: FederationConfig,
+    reporter: Reporter,
+    *,
+    output_dir: Path,
+    data_dir: Path,
+) -> None:
+    base_config = ConfigRecord(
+        {"federation": config.model_dump_json(), "data-dir": str(data_dir.resolve())}
+    )
+    source = resolve_policy_source(config.policy)
+    clients = _describe_clients(grid, config, base_config)
+    reporter.log(
+        "clients: " + ", ".join(f"{c['label']} ({c['frames']} frames)" for c in clients.values())
+    )
+    merged = task.merge_stats([c["stats"] for c in clients.values()])
+    first = next(iter(clients.values()))
+    bundle = task.build_bundle(
+        source,
+        first["features"],
+        stats=merged,
+        data_dir=data_dir,
+        seed=config.seed,
+        device=task.pick_device(config.device),
+    )
+    holdout = _holdout_data(config, bundle, first["expected"])
+    offset = 0
+    if config.resume_from is not None:
+        offset = config.resume_from.round
+        if offset >= config.num_rounds:
+            raise FederationError(
+                f"resume_from round {offset} is not before the last round {config.num_rounds}"
+            )
+        resumed = _resume(config, bundle)
+    strategy = make_strategy(config, round_offset=offset)
+    strategy.labels = {node: c["label"] for node, c in clients.items()}
+    if config.resume_from is not None:
+        strategy.restore_server_state(resumed)
+    train_config = ConfigRecord(dict(base_config))
+    hooks = _RoundHooks(config, reporter, strategy, bundle, holdout, output_dir, offset)
+    initial = ArrayRecord(task.trainable_arrays(bundle))
+    if config.normalization == "federated":
+        # Every client normalises with the merged statistics, sent on purpose with each round.
+        _attach_stats(strategy, merged)
+    strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=config.num_rounds - offset,
+        train_config=train_config,
+        evaluate_fn=hooks,
+    )
+    reporter.log(f"federation finished after round {config.num_rounds}")
+
+
+def _attach_stats(strategy: TrackedStrategy, stats: task.Stats) -> None:
+    """Add the merged statistics to every train message."""
+    record = stats_to_record(stats)
+    original = strategy.configure_train
+
+    def configure_train(server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):  # type: ignore[no-untyped-def]
+        messages = list(original(server_round, arrays, config, grid))
+        for message in messages:
+            message.content[STATS_KEY] = record
+        return messages
+
+    strategy.configure_train = configure_train  # type: ignore[method-assign]
+
+
+def _describe_clients(
+    grid: Grid, config: FederationConfig, base_config: ConfigRecord
+) -> dict[int, dict[str, Any]]:
+    """Query every client; check that their datasets agree; fail naming the odd one out."""
+    nodes = _wait_for_nodes(
+        grid, config.num_clients if config.mode == "simulation" else config.min_clients
+    )
+    messages = [
+        Message(
+            RecordDict({CONFIG_KEY: base_config}), dst_node_id=node, message_type=MessageType.QUERY
+        )
+        for node in nodes
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S))
+    errors = [r.error.reason for r in replies if r.has_error()]
+    if errors:
+        raise DatasetError("; ".join(_short(e) for e in errors))
+    clients: dict[int, dict[str, Any]] = {}
+    expected: DatasetFeatures | None = None
+    for reply in sorted(replies, key=lambda r: str(r.content[CONFIG_KEY]["label"])):
+        info = reply.content[CONFIG_KEY]
+        stats = reply.content[STATS_KEY]
+        metrics = reply.content["metrics"]
+        assert isinstance(info, ConfigRecord) and isinstance(stats, ArrayRecord)
+        assert isinstance(metrics, MetricRecord)
+        features = json.loads(str(info["features"]))
+        found = _features(features, int(info["fps"]))  # type: ignore[call-overload]
+        label = str(info["label"])
+        if expected is None:
+            expected = found
+        elif mismatches := expected.mismatches(found):
+            raise DatasetError(
+                f"{label}: dataset {info['dataset']} does not match the experiment: "
+                + "; ".join(mismatches)
+            )
+        clients[reply.metadata.src_node_id] = {
+            "label": label,
+            "features": features,
+            "expected": expected,
+            "stats": stats_from_record(stats),
+            "frames": int(metrics["num-examples"]),  # type: ignore[call-overload]
+        }
+    return clients
+
+
+def _short(reason: str) -> str:
+    """The last line of a client's traceback: the error itself."""
+    lines = [line for line in reason.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else reason
+
+
+def _features(features: dict[str, Any], fps: int) -> DatasetFeatures:
+    cameras = sorted(k for k, f in features.items() if f.get("dtype") in ("image", "video"))
+    return DatasetFeatures(
+        state_dim=int(features["observation.state"]["shape"][0]),
+        action_dim=int(features["action"]["shape"][0]),
+        cameras=tuple(cameras),
+        fps=fps,
+    )
+
+
+def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
+    deadline = time.monotonic() + QUERY_TIMEOUT_S
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= count or time.monotonic() > deadline:
+            return nodes
+        time.sleep(1.0)
+
+
+def _holdout_data(
+    config: FederationConfig, bundle: task.PolicyBundle, expected: DatasetFeatures
+) -> list[task.ClientData]:
+    from worker.data.partition import plan_data
+
+    refs = plan_data(config).holdout if config.mode == "simulation" else config.eval_datasets
+    data = []
+    for ref in refs:
+        check_dataset(ref, "server evaluation", None)
+        data.append(
+            task.open_dataset(
+                ref, chunk_size=bundle.policy.config.chunk_size, owner="server evaluation"
+            )
+        )
+    return data
+
+
+def _resume(config: FederationConfig, bundle: task.PolicyBundle) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    assert config.resume_from is not None
+    folder = Path(config.resume_from.checkpoint_dir)
+    weights = folder / checkpoints.PRETRAINED_DIR / checkpoints.WEIGHTS_FILE
+    if not weights.is_file():
+        raise FederationError(f"resume_from: no checkpoint at {weights}")
+    state = load_file(weights)
+    trainable = task.trainable_arrays(bundle)
+    task.load_trainable(bundle, {k: state[k] for k in trainable})
+    return checkpoints.load_server_state(folder)
+
+
+class _RoundHooks:
+    """The strategy's evaluate_fn: evaluate, checkpoint and report after each round."""
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        reporter: Reporter,
+        strategy: TrackedStrategy,
+        bundle: task.PolicyBundle,
+        holdout: list[task.ClientData],
+        output_dir: Path,
+        offset: int,
+    ) -> None:
+        self.config = config
+        self.reporter = reporter
+        self.strategy = strategy
+        self.bundle = bundle
+        self.holdout = holdout
+        self.output_dir = output_dir
+        self.offset = offset
+
+    def __call__(self, strategy_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        server_round = strategy_round + self.offset
+        if strategy_round == 0 and self.offset > 0:
+            return None  # the resumed round was evaluated and reported by the earlier run
+        log = self.strategy.log if strategy_round > 0 else RoundLog()
+        task.load_trainable(self.bundle, decode_arrays(arrays, "float32"))
+        eval_loss = self._evaluate(server_round)
+        report = self._report(server_round, log, eval_loss)
+        self.reporter.round_finished(report)
+        if strategy_round > 0:
+            self._check_enough(server_round, report)
+            self._checkpoint(server_round, eval_loss)
+        self.strategy.log = RoundLog()
+        return MetricRecord({"eval-loss": eval_loss}) if eval_loss is not None else None
+
+    def _evaluate(self, server_round: int) -> float | None:
+        every = self.config.eval_every
+        last = server_round == self.config.num_rounds
+        if not self.holdout or every == 0 or (server_round % every != 0 and not last):
+            return None
+        losses, weights = [], []
+        for data in self.holdout:
+            loss, samples = task.evaluate(
+                self.bundle,
+                data,
+                batches=self.config.eval_batches,
+                batch_size=self.config.batch_size,
+                seed=self.config.seed,
+            )
+            losses.append(loss * samples)
+            weights.append(samples)
+        return sum(losses) / sum(weights)
+
+    def _report(self, server_round: int, log: RoundLog, eval_loss: float | None) -> RoundReport:
+        ok = [c for c in log.clients if c.ok]
+        samples = sum(c.samples for c in ok)
+        train_loss = (
+            sum((c.train_loss or 0.0) * c.samples for c in ok) / samples if samples else None
+        )
+        return RoundReport(
+            round=server_round,
+            train_loss=train_loss,
+            eval_loss=eval_loss,
+            duration_s=time.perf_counter() - log.started,
+            bytes_sent=log.bytes_sent,
+            bytes_received=sum(c.bytes_sent for c in ok),
+            clients_sampled=len(log.sampled),
+            clients_succeeded=len(ok),
+            clients_failed=len(log.clients) - len(ok),
+            clients=sorted(log.clients, key=lambda c: c.client),
+        )
+
+    def _check_enough(self, server_round: int, report: RoundReport) -> None:
+        if report.clients_succeeded < self.config.min_clients:
+            errors = "; ".join(
+                f"{c.client}: {_short(c.error or '')}" for c in report.clients if not c.ok
+            )
+            raise FederationError(
+                f"round {server_round}: only {report.clients_succeeded} of the "
+                f"{self.config.min_clients} clients needed answered ({errors})"
+            )
+
+    def _checkpoint(self, server_round: int, eval_loss: float | None) -> None:
+        every = self.config.checkpoint_every
+        last = server_round == self.config.num_rounds
+        if not last and (every == 0 or server_round % every != 0):
+            return
+        saved = checkpoints.save_checkpoint(
+            self.output_dir,
+            server_round,
+            policy=self.bundle.policy,
+            preprocessor=self.bundle.preprocessor,
+            postprocessor=self.bundle.postprocessor,
+            server_state=self.strategy.server_state(),
+            eval_loss=eval_loss,
+        )
+        self.reporter.checkpoint_saved(saved)
+        checkpoints.apply_retention(self.output_dir, self.config.keep_checkpoints, self.reporter)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """`flwr run .`: the experiment from the run config; events to <output-dir>/events.jsonl."""
+    config = federation_config_from_run_config(context.run_config)
+    output_dir = Path(str(context.run_config.get("output-dir", "outputs"))).resolve()
+    data_dir = Path(str(context.run_config.get("data-dir", output_dir / "data"))).resolve()
+    reporter = JsonLinesReporter(output_dir / "events.jsonl")
+    run_server(grid, config, reporter, output_dir=output_dir, data_dir=data_dir)

@@ -1,0 +1,160 @@
+"""Flower's strategies with narrow hooks: transport dtype, round offset (resume), bookkeeping.
+
+The hooks wrap configure_train and aggregate_train only; Flower's round loop, sampling and
+weighted aggregation ("num-examples": samples actually trained) are used as they are.
+"""
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+from worker.federation.config import FederationConfig
+from worker.federation.reporter import ClientReport
+from worker.federation.transport import encode_arrays, to_float32_record
+
+ARRAYS_KEY = "arrays"
+
+
+@dataclass
+class RoundLog:
+    """What the hooks saw during one round, read when the round is reported."""
+
+    started: float = field(default_factory=time.perf_counter)
+    sampled: list[int] = field(default_factory=list)
+    bytes_sent: int = 0
+    clients: list[ClientReport] = field(default_factory=list)
+
+
+class TrackedStrategy:
+    """Mixin for a Flower strategy; must come before it in the bases."""
+
+    round_offset: int = 0
+    transport_dtype: str = "float32"
+    labels: dict[int, str]
+    log: RoundLog
+
+    def setup_tracking(self, *, round_offset: int, transport_dtype: str) -> None:
+        self.round_offset = round_offset
+        self.transport_dtype = transport_dtype
+        self.labels = {}
+        self.log = RoundLog()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.log = RoundLog()
+        messages = list(
+            super().configure_train(  # type: ignore[misc]
+                server_round + self.round_offset, arrays, config, grid
+            )
+        )
+        if self.transport_dtype != "float32" and messages:
+            state = {k: _tensor(v.numpy()) for k, v in arrays.items()}
+            encoded = encode_arrays(state, self.transport_dtype)
+            for message in messages:
+                message.content[ARRAYS_KEY] = encoded
+        for message in messages:
+            self.log.sampled.append(message.metadata.dst_node_id)
+            payload = message.content[ARRAYS_KEY]
+            assert isinstance(payload, ArrayRecord)
+            self.log.bytes_sent += payload.count_bytes()
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        answered = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            label = self.labels.get(node, f"node-{node}")
+            if reply.has_error():
+                self.log.clients.append(
+                    ClientReport(client=label, site_id=None, ok=False, error=reply.error.reason)
+                )
+                continue
+            metrics = reply.content["metrics"]
+            assert isinstance(metrics, MetricRecord)
+            payload = reply.content[ARRAYS_KEY]
+            assert isinstance(payload, ArrayRecord)
+            self.log.clients.append(
+                ClientReport(
+                    client=label,
+                    site_id=None,
+                    ok=True,
+                    train_loss=float(metrics["train-loss"]),  # type: ignore[arg-type]
+                    samples=int(metrics["num-examples"]),  # type: ignore[call-overload]
+                    episodes=int(metrics["episodes"]),  # type: ignore[call-overload]
+                    seconds=float(metrics["seconds"]),  # type: ignore[arg-type]
+                    load_seconds=float(metrics["load-seconds"]),  # type: ignore[arg-type]
+                    bytes_sent=payload.count_bytes(),
+                    bytes_received=int(metrics["bytes-received"]),  # type: ignore[call-overload]
+                )
+            )
+            reply.content[ARRAYS_KEY] = to_float32_record(payload, self.transport_dtype)
+        for node in self.log.sampled:
+            if node not in answered:
+                label = self.labels.get(node, f"node-{node}")
+                self.log.clients.append(
+                    ClientReport(client=label, site_id=None, ok=False, error="no reply in time")
+                )
+        return super().aggregate_train(  # type: ignore[misc,no-any-return]
+            server_round + self.round_offset, replies
+        )
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        """Strategy state that a resumed run needs (FedAdam's moments)."""
+        return {}
+
+    def restore_server_state(self, state: dict[str, np.ndarray]) -> None:
+        return None
+
+
+def _tensor(values: np.ndarray):  # type: ignore[no-untyped-def]
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(values))
+
+
+class TrackedFedAvg(TrackedStrategy, FedAvg):
+    pass
+
+
+class TrackedFedProx(TrackedStrategy, FedProx):
+    pass
+
+
+class TrackedFedAdam(TrackedStrategy, FedAdam):
+    def server_state(self) -> dict[str, np.ndarray]:
+        state = {f"m_t|{k}": np.asarray(v) for k, v in (self.m_t or {}).items()}
+        state.update({f"v_t|{k}": np.asarray(v) for k, v in (self.v_t or {}).items()})
+        return state
+
+    def restore_server_state(self, state: dict[str, np.ndarray]) -> None:
+        self.m_t = {k.split("|", 1)[1]: v for k, v in state.items() if k.startswith("m_t|")}
+        self.v_t = {k.split("|", 1)[1]: v for k, v in state.items() if k.startswith("v_t|")}
+
+
+def make_strategy(config: FederationConfig, *, round_offset: int) -> TrackedStrategy:
+    common = {
+        "fraction_train": config.fraction_train,
+        "fraction_evaluate": 0.0,  # evaluation is server-side, on held-out data
+        "min_train_nodes": config.min_clients,
+        "min_available_nodes": config.min_clients,
+        "min_evaluate_nodes": 0,
+    }
+    strategy: TrackedStrategy
+    if config.strategy == "fedprox":
+        strategy = TrackedFedProx(proximal_mu=config.proximal_mu, **common)  # type: ignore[arg-type]
+    elif config.strategy == "fedadam":
+        strategy = TrackedFedAdam(eta=config.server_learning_rate, **common)  # type: ignore[arg-type]
+    else:
+        strategy = TrackedFedAvg(**common)  # type: ignore[arg-type]
+    strategy.setup_tracking(round_offset=round_offset, transport_dtype=config.transport_dtype)
+    return strategy
