@@ -4,14 +4,14 @@ Body: ``{"detail": "<short, stable sentence>", "errors": [{"field": ..., "reason
 ``errors`` is empty unless specific fields are at fault.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -49,7 +49,7 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     def __init__(self, detail: str, field: str | None = None) -> None:
-        errors = [FieldProblem(field=field, reason=detail)] if field else []
+        errors = [FieldProblem(field=field, reason="already in use")] if field else []
         super().__init__(409, detail, errors)
 
 
@@ -72,6 +72,26 @@ class InvalidFields(ApiError):
     @classmethod
     def one(cls, field: str, reason: str) -> "InvalidFields":
         return cls([FieldProblem(field=field, reason=reason)])
+
+
+def _nul_paths(value: Any, path: str) -> Iterator[str]:
+    if isinstance(value, str) and "\x00" in value:
+        yield path or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nul_paths(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _nul_paths(item, f"{path}.{index}" if path else str(index))
+
+
+def reject_nul_characters(data: Any) -> None:
+    """422 for text with NUL characters, which PostgreSQL cannot store (SQLite would)."""
+    problems = [
+        FieldProblem(field=path, reason="contains a NUL character") for path in _nul_paths(data, "")
+    ]
+    if problems:
+        raise InvalidFields(problems)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -147,6 +167,14 @@ async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "Conflicts with stored data")
 
 
+async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot hold (out of range, bad encoding) that validation let through."""
+    reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+    return error_response(
+        422, "Value cannot be stored", [FieldProblem(field="body", reason=reason)]
+    )
+
+
 async def _unexpected_error(_request: Request, _exc: Exception) -> JSONResponse:
     return error_response(500, "Internal server error")
 
@@ -156,6 +184,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(ValidationError, _pydantic_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 

@@ -7,7 +7,14 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, func, select
 
-from app.core.errors import Conflict, FieldProblem, Forbidden, InvalidFields, NotFound
+from app.core.errors import (
+    Conflict,
+    FieldProblem,
+    Forbidden,
+    InvalidFields,
+    NotFound,
+    reject_nul_characters,
+)
 from app.models import ApiToken, Experiment, ExperimentSite, Role, Run, RunStatus, Site, utcnow
 from app.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentUpdate
 from worker.federation.config import FederationConfig
@@ -78,7 +85,9 @@ def _check_sites(*, session: Session, site_ids: list[int]) -> None:
 
 
 def _definition(data: ExperimentCreate) -> dict[str, Any]:
-    return data.model_dump(mode="json")
+    definition = data.model_dump(mode="json")
+    reject_nul_characters(definition)
+    return definition
 
 
 def _save(*, session: Session, experiment: Experiment, site_ids: list[int] | None) -> Experiment:

@@ -3,7 +3,7 @@
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, NotFound, reject_nul_characters
 from app.models import ApiToken, Role, Site, SiteAudit, SiteStatus, utcnow
 from app.schemas.sites import SiteCreate, SiteUpdate
 
@@ -30,8 +30,10 @@ def _audit(*, session: Session, site: Site, action: str, actor: str, reason: str
 
 
 def create_site(*, session: Session, data: SiteCreate, actor: str) -> Site:
+    fields = data.model_dump(mode="json")
+    reject_nul_characters(fields)
     _refuse_duplicate_name(session=session, name=data.name)
-    site = Site(**data.model_dump(mode="json"))
+    site = Site(**fields)
     session.add(site)
     session.flush()
     _audit(session=session, site=site, action="register", actor=actor, reason="")
@@ -59,6 +61,7 @@ def list_sites(
 
 def update_site(*, session: Session, site: Site, data: SiteUpdate, actor: str) -> Site:
     changes = data.model_dump(mode="json", exclude_unset=True)
+    reject_nul_characters(changes)
     for required in ("name", "dataset", "features"):
         if required in changes and changes[required] is None:
             changes.pop(required)
@@ -80,6 +83,7 @@ def set_status(
     *, session: Session, site: Site, status: SiteStatus, actor: str, reason: str
 ) -> Site:
     """Approve or revoke a site, with an audit row saying who did it and why."""
+    reject_nul_characters({"reason": reason})
     if site.status == status:
         raise Conflict(f"Site is already {status.value}")
     now = utcnow()

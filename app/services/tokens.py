@@ -5,7 +5,7 @@ from datetime import timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from app.core.errors import Conflict, InvalidFields, NotFound
+from app.core.errors import Conflict, InvalidFields, NotFound, reject_nul_characters
 from app.core.security import display_prefix, generate_token, hash_token, token_matches
 from app.models import ApiToken, Role, Site, utcnow
 
@@ -19,6 +19,7 @@ def create_token(
     *, session: Session, name: str, role: Role, site_id: int | None = None
 ) -> tuple[ApiToken, str]:
     """A new token and its secret; the secret is not stored and cannot be shown again."""
+    reject_nul_characters({"name": name})
     if role == Role.operator and site_id is None:
         raise InvalidFields.one("site_id", "an operator token needs the site it belongs to")
     if role != Role.operator and site_id is not None:
