@@ -2,10 +2,19 @@
 
 from typing import Annotated
 
-from fastapi import Query
-from pydantic import BaseModel
+from fastapi import Path, Query
+from pydantic import BaseModel, Field
 
 MAX_PAGE_SIZE = 200
+MAX_OFFSET = 10**9
+MAX_ID = 2**31 - 1
+"""Row ids are 32-bit on PostgreSQL; a larger id can name nothing."""
+
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
+"""A row id inside a request body."""
+
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+"""A row id in the URL: ``def get_x(x_id: IdPath)``."""
 
 
 class Page(BaseModel):
@@ -16,7 +25,7 @@ class Page(BaseModel):
 
 
 def page_params(
-    offset: Annotated[int, Query(ge=0, description="Rows to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Rows to return.")] = 50,
 ) -> Page:
     return Page(offset=offset, limit=limit)

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel.main import SQLModelConfig
 
 from app.models import ExperimentBase, Mode, Strategy
+from app.schemas.common import RowId
 from worker.federation.config import DatasetRef, Partition
 
 EXPERIMENT_EXAMPLE: dict[str, Any] = {
@@ -36,7 +37,7 @@ class ExperimentCreate(ExperimentBase):
         extra="forbid", json_schema_extra={"examples": [EXPERIMENT_EXAMPLE]}
     )
 
-    site_ids: list[int] = Field(
+    site_ids: list[RowId] = Field(
         default_factory=list, description="Deployment mode: the sites that take part."
     )
 
@@ -74,7 +75,7 @@ class ExperimentUpdate(BaseModel):
     client_num_cpus: float | None = None
     client_num_gpus: float | None = None
     device: str | None = None
-    site_ids: list[int] | None = None
+    site_ids: list[RowId] | None = None
 
 
 class ExperimentPublic(ExperimentBase):

@@ -6,6 +6,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.models import Role
+from app.schemas.common import RowId
 
 
 class TokenCreate(BaseModel):
@@ -13,7 +14,7 @@ class TokenCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=100, examples=["lab-a-operator"])
     role: Role = Field(examples=["operator"])
-    site_id: int | None = Field(
+    site_id: RowId | None = Field(
         None, description="The site an operator token belongs to (operators only).", examples=[1]
     )
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Response, status
 
 from app.api.deps import AdminToken, ReaderToken, SessionDep
 from app.core.errors import ERROR_RESPONSES
-from app.schemas.common import Page, page_params
+from app.schemas.common import IdPath, Page, page_params
 from app.schemas.experiments import (
     ExperimentCreate,
     ExperimentPublic,
@@ -40,7 +40,9 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=ExperimentPublic)
-def get_experiment(experiment_id: int, session: SessionDep, token: ReaderToken) -> ExperimentPublic:
+def get_experiment(
+    experiment_id: IdPath, session: SessionDep, token: ReaderToken
+) -> ExperimentPublic:
     experiment = service.get_readable_experiment(
         session=session, token=token, experiment_id=experiment_id
     )
@@ -49,7 +51,7 @@ def get_experiment(experiment_id: int, session: SessionDep, token: ReaderToken) 
 
 @router.patch("/{experiment_id}", response_model=ExperimentPublic)
 def update_experiment(
-    experiment_id: int, body: ExperimentUpdate, session: SessionDep, _token: AdminToken
+    experiment_id: IdPath, body: ExperimentUpdate, session: SessionDep, _token: AdminToken
 ) -> ExperimentPublic:
     """Change fields (admins). Runs already launched keep the config they were frozen with."""
     experiment = service.get_experiment(session=session, experiment_id=experiment_id)
@@ -58,7 +60,7 @@ def update_experiment(
 
 
 @router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_experiment(experiment_id: int, session: SessionDep, _token: AdminToken) -> Response:
+def delete_experiment(experiment_id: IdPath, session: SessionDep, _token: AdminToken) -> Response:
     """Delete the experiment and its runs (admins); refused while a run is queued or running."""
     experiment = service.get_experiment(session=session, experiment_id=experiment_id)
     service.delete_experiment(session=session, experiment=experiment)

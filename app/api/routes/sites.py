@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Response, status
 from app.api.deps import AdminToken, ReaderToken, SessionDep, SiteEditorToken, ensure_site_access
 from app.core.errors import ERROR_RESPONSES
 from app.models import SiteStatus
-from app.schemas.common import Page, page_params
+from app.schemas.common import IdPath, Page, page_params
 from app.schemas.sites import (
     SiteAuditPublic,
     SiteCreate,
@@ -41,7 +41,7 @@ def list_sites(
 
 
 @router.get("/{site_id}", response_model=SitePublic)
-def get_site(site_id: int, session: SessionDep, token: ReaderToken) -> SitePublic:
+def get_site(site_id: IdPath, session: SessionDep, token: ReaderToken) -> SitePublic:
     site = service.get_site(session=session, site_id=site_id)
     ensure_site_access(token, site_id)
     return SitePublic.model_validate(site, from_attributes=True)
@@ -49,7 +49,7 @@ def get_site(site_id: int, session: SessionDep, token: ReaderToken) -> SitePubli
 
 @router.patch("/{site_id}", response_model=SitePublic)
 def update_site(
-    site_id: int, body: SiteUpdate, session: SessionDep, token: SiteEditorToken
+    site_id: IdPath, body: SiteUpdate, session: SessionDep, token: SiteEditorToken
 ) -> SitePublic:
     """Change a site's details (admins, or the site's operator). Status is not changed here."""
     site = service.get_site(session=session, site_id=site_id)
@@ -59,7 +59,11 @@ def update_site(
 
 
 def _change_status(
-    site_id: int, new_status: SiteStatus, body: StatusChange, session: SessionDep, token: AdminToken
+    site_id: IdPath,
+    new_status: SiteStatus,
+    body: StatusChange,
+    session: SessionDep,
+    token: AdminToken,
 ) -> SitePublic:
     site = service.get_site(session=session, site_id=site_id)
     site = service.set_status(
@@ -70,7 +74,7 @@ def _change_status(
 
 @router.post("/{site_id}/approve", response_model=SitePublic)
 def approve_site(
-    site_id: int, body: StatusChange, session: SessionDep, token: AdminToken
+    site_id: IdPath, body: StatusChange, session: SessionDep, token: AdminToken
 ) -> SitePublic:
     """Approve a site (admins); recorded in the site's audit log."""
     return _change_status(site_id, SiteStatus.approved, body, session, token)
@@ -78,14 +82,14 @@ def approve_site(
 
 @router.post("/{site_id}/revoke", response_model=SitePublic)
 def revoke_site(
-    site_id: int, body: StatusChange, session: SessionDep, token: AdminToken
+    site_id: IdPath, body: StatusChange, session: SessionDep, token: AdminToken
 ) -> SitePublic:
     """Revoke a site (admins): it can no longer take part. Recorded in the audit log."""
     return _change_status(site_id, SiteStatus.revoked, body, session, token)
 
 
 @router.get("/{site_id}/audit", response_model=list[SiteAuditPublic])
-def site_audit(site_id: int, session: SessionDep, token: ReaderToken) -> list[SiteAuditPublic]:
+def site_audit(site_id: IdPath, session: SessionDep, token: ReaderToken) -> list[SiteAuditPublic]:
     """Who registered, approved, revoked or re-keyed the site, when and why."""
     service.get_site(session=session, site_id=site_id)
     ensure_site_access(token, site_id)
@@ -94,7 +98,7 @@ def site_audit(site_id: int, session: SessionDep, token: ReaderToken) -> list[Si
 
 
 @router.delete("/{site_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_site(site_id: int, session: SessionDep, _token: AdminToken) -> Response:
+def delete_site(site_id: IdPath, session: SessionDep, _token: AdminToken) -> Response:
     """Delete a site with its operator tokens (admins)."""
     site = service.get_site(session=session, site_id=site_id)
     service.delete_site(session=session, site=site)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, status
 
 from app.api.deps import AdminToken, SessionDep
 from app.core.errors import ERROR_RESPONSES
-from app.schemas.common import Page, page_params
+from app.schemas.common import IdPath, Page, page_params
 from app.schemas.tokens import TokenCreate, TokenCreated, TokenPublic, TokensPublic
 from app.services import tokens as service
 
@@ -31,7 +31,7 @@ def list_tokens(
 
 
 @router.post("/{token_id}/revoke", response_model=TokenPublic)
-def revoke_token(token_id: int, session: SessionDep, _token: AdminToken) -> TokenPublic:
+def revoke_token(token_id: IdPath, session: SessionDep, _token: AdminToken) -> TokenPublic:
     """Revoke a token: it is refused (401) from now on."""
     token = service.get_token(session=session, token_id=token_id)
     return TokenPublic.model_validate(service.revoke_token(session=session, token=token))
