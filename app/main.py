@@ -9,10 +9,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
-from app.api.routes import experiments, health, sites, tokens
+from app.api.routes import checkpoints, experiments, health, runs, sites, tokens, workers
 from app.core.config import Settings
 from app.core.db import make_engine
 from app.core.errors import BodySizeLimit, install_error_handlers
+from app.web.mount import install_web
 
 API_PREFIX = "/api/v1"
 
@@ -21,6 +22,9 @@ OPENAPI_TAGS = [
     {"name": "experiments", "description": "Federation definitions that runs are launched from."},
     {"name": "sites", "description": "Robot sites: their datasets, keys and approval status."},
     {"name": "tokens", "description": "API tokens and their roles (admins only)."},
+    {"name": "runs", "description": "Launch, follow (live events), cancel and resume federations."},
+    {"name": "checkpoints", "description": "The policies a run saved, as downloads."},
+    {"name": "workers", "description": "The GPU workers that run federations."},
 ]
 
 DESCRIPTION = """
@@ -65,4 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(experiments.router, prefix=API_PREFIX)
     app.include_router(sites.router, prefix=API_PREFIX)
     app.include_router(tokens.router, prefix=API_PREFIX)
+    app.include_router(runs.router, prefix=API_PREFIX)
+    app.include_router(checkpoints.router, prefix=API_PREFIX)
+    app.include_router(workers.router, prefix=API_PREFIX)
+    install_web(app, settings)
     return app

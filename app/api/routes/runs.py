@@ -1,0 +1,202 @@
+"""/runs: launch (admins), follow, cancel (admins); metrics and events of a run."""
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, status
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.deps import AdminToken, EngineDep, ReaderToken, SessionDep, SettingsDep
+from app.core.errors import ERROR_RESPONSES, ErrorBody
+from app.models import RunStatus
+from app.schemas.common import Page, page_params
+from app.schemas.runs import (
+    ClientMetricPublic,
+    ClientMetricsPublic,
+    RoundMetricPublic,
+    RoundMetricsPublic,
+    RunEventPublic,
+    RunEventsPublic,
+    RunLaunch,
+    RunLaunchFromExperiment,
+    RunPublic,
+    RunsPublic,
+)
+from app.services import runs as service
+from app.services.events import event_json, publisher_for
+
+router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
+
+LAUNCH_RESPONSES: dict[int | str, dict[str, object]] = {
+    409: {"model": ErrorBody, "description": "Sites not approved, datasets that do not match"},
+    503: {"model": ErrorBody, "description": "The broker is down; no run was created"},
+}
+
+
+def reap_lost_runs(session: SessionDep, settings: SettingsDep) -> None:
+    """Before answering about runs: fail those whose worker went silent (see services.runs)."""
+    service.reap_lost_runs(session, publisher_for(settings.redis_url), settings.lost_after_s)
+
+
+Reaped = Depends(reap_lost_runs)
+
+
+def _launch(
+    session: SessionDep,
+    settings: SettingsDep,
+    token: AdminToken,
+    experiment_id: int,
+    body: RunLaunchFromExperiment,
+) -> RunPublic:
+    resume = body.resume_from
+    run = service.launch_run(
+        session,
+        settings,
+        publisher_for(settings.redis_url),
+        experiment_id=experiment_id,
+        resume=service.ResumeFrom(resume.run_id, resume.round) if resume else None,
+        actor=token.name,
+    )
+    return RunPublic.model_validate(run)
+
+
+@router.post(
+    "/runs",
+    response_model=RunPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=LAUNCH_RESPONSES,
+)
+def launch_run(
+    body: RunLaunch, session: SessionDep, settings: SettingsDep, token: AdminToken
+) -> RunPublic:
+    """Freeze the experiment into a run and queue it for a GPU worker (admins)."""
+    return _launch(session, settings, token, body.experiment_id, body)
+
+
+@router.post(
+    "/experiments/{experiment_id}/runs",
+    response_model=RunPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=LAUNCH_RESPONSES,
+)
+def launch_experiment_run(
+    experiment_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: AdminToken,
+    body: RunLaunchFromExperiment | None = None,
+) -> RunPublic:
+    """Launch a run of this experiment (admins); the body may name a checkpoint to resume from."""
+    return _launch(session, settings, token, experiment_id, body or RunLaunchFromExperiment())
+
+
+@router.get("/runs", response_model=RunsPublic, dependencies=[Reaped])
+def list_runs(
+    session: SessionDep,
+    token: ReaderToken,
+    page: Annotated[Page, Depends(page_params)],
+    run_status: Annotated[RunStatus | None, Query(alias="status")] = None,
+    experiment_id: int | None = None,
+) -> RunsPublic:
+    """Newest first. Operators see only runs of experiments their site takes part in."""
+    rows, count = service.list_runs(
+        session,
+        token,
+        status=run_status,
+        experiment_id=experiment_id,
+        offset=page.offset,
+        limit=page.limit,
+    )
+    return RunsPublic(data=[RunPublic.model_validate(row) for row in rows], count=count)
+
+
+@router.get("/runs/{run_id}", response_model=RunPublic, dependencies=[Reaped])
+def get_run(run_id: int, session: SessionDep, token: ReaderToken) -> RunPublic:
+    return RunPublic.model_validate(service.get_run(session, run_id, token))
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunPublic)
+def cancel_run(
+    run_id: int, session: SessionDep, settings: SettingsDep, token: AdminToken
+) -> RunPublic:
+    """Cancel a queued or running run (admins); its worker stops the federation within seconds.
+    Checkpoints already written stay. 409 if the run already finished."""
+    run = service.cancel_run(session, publisher_for(settings.redis_url), run_id, actor=token.name)
+    return RunPublic.model_validate(run)
+
+
+@router.get("/runs/{run_id}/rounds", response_model=RoundMetricsPublic)
+def list_rounds(run_id: int, session: SessionDep, token: ReaderToken) -> RoundMetricsPublic:
+    service.get_run(session, run_id, token)
+    rows = service.round_metrics(session, run_id)
+    return RoundMetricsPublic(
+        data=[RoundMetricPublic.model_validate(row) for row in rows], count=len(rows)
+    )
+
+
+@router.get("/runs/{run_id}/clients", response_model=ClientMetricsPublic)
+def list_client_metrics(
+    run_id: int,
+    session: SessionDep,
+    token: ReaderToken,
+    round: Annotated[int | None, Query(ge=0, description="Only this round.")] = None,
+) -> ClientMetricsPublic:
+    """Per client (site or simulated partition) and round: loss, samples, seconds, bytes."""
+    service.get_run(session, run_id, token)
+    rows = service.client_metrics(session, run_id, round)
+    return ClientMetricsPublic(
+        data=[ClientMetricPublic.model_validate(row) for row in rows], count=len(rows)
+    )
+
+
+@router.get("/runs/{run_id}/events.json", response_model=RunEventsPublic, dependencies=[Reaped])
+def list_events(
+    run_id: int,
+    session: SessionDep,
+    token: ReaderToken,
+    after_id: Annotated[int, Query(ge=0, description="Events with a larger id.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> RunEventsPublic:
+    """The run's events as JSON pages, oldest first; page on with ``after_id=next_after_id``."""
+    service.get_run(session, run_id, token)
+    events, finished = service.run_events(session, run_id, after_id, limit)
+    next_after_id = events[-1].id if events and events[-1].id is not None else after_id
+    return RunEventsPublic(
+        data=[RunEventPublic.model_validate(event) for event in events],
+        next_after_id=next_after_id,
+        finished=finished,
+    )
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
+)
+def stream_events(
+    run_id: int,
+    request: Request,
+    session: SessionDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    token: ReaderToken,
+    after_id: Annotated[int, Query(ge=0, description="Start after this event id.")] = 0,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> EventSourceResponse:
+    """The run's events live, as server-sent events (``event:`` is the kind, ``id:`` the event id).
+
+    Reconnect with ``Last-Event-ID`` (browsers do) to receive exactly the events missed. The
+    stream ends with an ``end`` event once the run is final and every event was sent.
+    """
+    service.get_run(session, run_id, token)
+    start = last_event_id if last_event_id is not None else after_id
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async for event in service.follow_events(engine, settings, run_id, start):
+            yield ServerSentEvent(
+                id=str(event.id), event=event.kind, data=json.dumps(event_json(event))
+            )
+        yield ServerSentEvent(event="end", data=json.dumps({"run_id": run_id}))
+
+    return EventSourceResponse(stream(), ping=15)

@@ -1,0 +1,465 @@
+"""A run's life: launch, claim by a worker, heartbeats, finish, cancel, and reaping lost runs.
+
+The REST API, the web pages and the Celery worker all change runs through these functions only.
+Every status change is a conditional UPDATE (``... WHERE status = <expected>``), so a cancel that
+races a worker's claim or finish has exactly one winner, and each change appends a status event
+in the same transaction.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from redis import asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+from sqlalchemy import func, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
+
+from app.core.config import Settings
+from app.core.errors import ApiError, Conflict, FieldProblem, Forbidden, NotFound
+from app.models import (
+    ApiToken,
+    Checkpoint,
+    ClientMetric,
+    Experiment,
+    ExperimentSite,
+    Role,
+    RoundMetric,
+    Run,
+    RunEvent,
+    RunStatus,
+    Site,
+    SiteStatus,
+    utcnow,
+)
+from app.services import dispatch, experiments
+from app.services.events import (
+    EventPublisher,
+    append_event,
+    channel,
+    events_after,
+    publisher_for,
+)
+from worker.federation.config import FederationConfig, ResumePoint
+
+LOST_RUN_ERROR = "worker lost: no heartbeat for {seconds:.0f} s"
+
+
+class BrokerDown(ApiError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            503,
+            "The task broker is unreachable; the run was not created. Try again later.",
+            [FieldProblem(field="broker", reason=reason)],
+        )
+
+
+@dataclass(frozen=True)
+class ResumeFrom:
+    run_id: int
+    round: int
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every timestamp we store is UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _set_status(
+    session: Session,
+    run_id: int,
+    expected: Sequence[RunStatus],
+    values: dict[str, Any],
+    message: str,
+    extra_where: Sequence[Any] = (),
+) -> RunEvent | None:
+    """Moves a run out of one of ``expected`` states; None when another writer got there first."""
+    result = session.execute(
+        update(Run)
+        .where(col(Run.id) == run_id, col(Run.status).in_(expected), *extra_where)
+        .values(**values)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return None
+    status = values["status"]
+    data = {"status": str(status), "error": values.get("error")}
+    return append_event(session, run_id, "status", message, data)
+
+
+def _commit(session: Session, publisher: EventPublisher, *events: RunEvent | None) -> None:
+    session.commit()
+    publisher.publish([event for event in events if event is not None])
+
+
+# --------------------------------------------------------------------------- launch
+
+
+def _deployment_problems(sites: Sequence[Site]) -> list[FieldProblem]:
+    """Why the sites of a deployment experiment cannot train together, if they cannot."""
+    if not sites:
+        return [FieldProblem(field="sites", reason="a deployment experiment needs sites")]
+    problems = [
+        FieldProblem(field="sites", reason=f"site {site.name!r} (id {site.id}) is {site.status}")
+        for site in sites
+        if site.status != SiteStatus.approved
+    ]
+    first = sites[0]
+    for site in sites[1:]:
+        for feature in ("state_dim", "action_dim", "fps", "camera_keys"):
+            ours, theirs = site.features.get(feature), first.features.get(feature)
+            if feature == "camera_keys":
+                ours, theirs = sorted(ours or []), sorted(theirs or [])
+            if ours != theirs:
+                problems.append(
+                    FieldProblem(
+                        field=f"sites.{site.id}.features.{feature}",
+                        reason=f"site {site.name!r} has {feature} {ours}, "
+                        f"site {first.name!r} has {theirs}",
+                    )
+                )
+    return problems
+
+
+def _resume_point(session: Session, experiment: Experiment, resume: ResumeFrom) -> ResumePoint:
+    source = session.get(Run, resume.run_id)
+    if source is None:
+        raise Conflict(f"Run {resume.run_id} does not exist", field="resume_from.run_id")
+    if source.experiment_id != experiment.id:
+        raise Conflict(
+            f"Run {resume.run_id} belongs to experiment {source.experiment_id}, "
+            f"not {experiment.id}",
+            field="resume_from.run_id",
+        )
+    checkpoint = session.exec(
+        select(Checkpoint).where(
+            Checkpoint.run_id == resume.run_id, Checkpoint.round == resume.round
+        )
+    ).first()
+    if checkpoint is None:
+        kept = session.exec(
+            select(Checkpoint.round)
+            .where(Checkpoint.run_id == resume.run_id)
+            .order_by(col(Checkpoint.round))
+        ).all()
+        raise Conflict(
+            f"Run {resume.run_id} has no checkpoint of round {resume.round} "
+            f"(kept rounds: {list(kept) or 'none'})",
+            field="resume_from.round",
+        )
+    return ResumePoint(checkpoint_dir=str(Path(checkpoint.path).parent), round=resume.round)
+
+
+def freeze_config(
+    session: Session, experiment: Experiment, resume: ResumeFrom | None = None
+) -> FederationConfig:
+    """The experiment as the engine will run it; 409 with the reasons when it cannot run now."""
+    config = experiments.config_of(session=session, experiment=experiment)
+    if config.mode == "deployment":
+        sites = session.exec(
+            select(Site).where(col(Site.id).in_(config.site_ids)).order_by(col(Site.id))
+        ).all()
+        problems = _deployment_problems(sites)
+        if problems:
+            raise ApiError(409, "The experiment's sites cannot run together", problems)
+    if resume is not None:
+        config = FederationConfig.model_validate(
+            {**config.model_dump(), "resume_from": _resume_point(session, experiment, resume)}
+        )
+    return config
+
+
+def launch_run(
+    session: Session,
+    settings: Settings,
+    publisher: EventPublisher,
+    *,
+    experiment_id: int,
+    resume: ResumeFrom | None = None,
+    actor: str,
+) -> Run:
+    """Freezes the experiment into a queued run and sends it to the GPU queue.
+
+    The task is sent before the run is committed: a broker that is down leaves no run behind
+    (503). A worker that receives the task before the commit retries until the run appears.
+    """
+    experiment = experiments.get_experiment(session=session, experiment_id=experiment_id)
+    config = freeze_config(session, experiment, resume)
+    run = Run(
+        experiment_id=experiment_id,
+        config=config.model_dump(mode="json"),
+        status=RunStatus.queued,
+        resumed_from_run_id=resume.run_id if resume else None,
+        resumed_from_round=resume.round if resume else None,
+    )
+    session.add(run)
+    session.flush()
+    assert run.id is not None
+    source = f", resuming run {resume.run_id} from round {resume.round}" if resume else ""
+    event = append_event(
+        session, run.id, "status", f"queued by {actor}{source}", {"status": "queued"}
+    )
+    try:
+        run.task_id = dispatch.send_run(settings, run.id)
+    except dispatch.BrokerUnavailable as error:
+        session.rollback()
+        raise BrokerDown(str(error)) from error
+    _commit(session, publisher, event)
+    session.refresh(run)
+    return run
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def get_run(session: Session, run_id: int, token: ApiToken | None = None) -> Run:
+    """The run, 404 if unknown, 403 for an operator whose site is not in its experiment."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound("Run")
+    if token is not None and not experiments.can_read(
+        session=session, token=token, experiment_id=run.experiment_id
+    ):
+        raise Forbidden("This site does not take part in the run's experiment")
+    return run
+
+
+def _operator_experiments(token: ApiToken) -> Any:
+    return select(ExperimentSite.experiment_id).where(ExperimentSite.site_id == token.site_id)
+
+
+def list_runs(
+    session: Session,
+    token: ApiToken,
+    *,
+    status: RunStatus | None = None,
+    experiment_id: int | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> tuple[Sequence[Run], int]:
+    query = select(Run)
+    if status is not None:
+        query = query.where(Run.status == status)
+    if experiment_id is not None:
+        query = query.where(Run.experiment_id == experiment_id)
+    if token.role == Role.operator:
+        query = query.where(col(Run.experiment_id).in_(_operator_experiments(token)))
+    count = session.exec(select(func.count()).select_from(query.subquery())).one()
+    runs = session.exec(query.order_by(col(Run.id).desc()).offset(offset).limit(limit)).all()
+    return runs, count
+
+
+def round_metrics(session: Session, run_id: int) -> Sequence[RoundMetric]:
+    return session.exec(
+        select(RoundMetric).where(RoundMetric.run_id == run_id).order_by(col(RoundMetric.round))
+    ).all()
+
+
+def client_metrics(
+    session: Session, run_id: int, round: int | None = None
+) -> Sequence[ClientMetric]:
+    query = select(ClientMetric).where(ClientMetric.run_id == run_id)
+    if round is not None:
+        query = query.where(ClientMetric.round == round)
+    return session.exec(query.order_by(col(ClientMetric.round), col(ClientMetric.client))).all()
+
+
+def run_events(
+    session: Session, run_id: int, after_id: int = 0, limit: int = 100
+) -> tuple[Sequence[RunEvent], bool]:
+    """A page of events after ``after_id``, and whether the run is final with none after them.
+
+    The status is read before the events: everything a final run wrote is then in the page.
+    """
+    final = run_status(session, run_id).is_final
+    events = events_after(session, run_id, after_id, limit)
+    return events, final and len(events) < limit
+
+
+async def follow_events(
+    engine: Engine, settings: Settings, run_id: int, after_id: int = 0
+) -> AsyncIterator[RunEvent]:
+    """Every event of the run after ``after_id``, live, until the run is final and all were sent.
+
+    The table is read in id order from ``after_id`` on, so a client that reconnects with the last
+    id it saw gets each event exactly once. With Redis, a published event wakes the reader at
+    once; without it (or if a publish is lost) the table is polled.
+    """
+    publisher = publisher_for(settings.redis_url)
+    subscription = await _subscribe(settings.redis_url, run_id)
+    try:
+        last = after_id
+        while True:
+            events, done = await run_in_threadpool(
+                _read_events, engine, publisher, settings.lost_after_s, run_id, last
+            )
+            for event in events:
+                assert event.id is not None
+                last = event.id
+                yield event
+            if done:
+                return
+            if len(events) < FOLLOW_PAGE:
+                await _wait_for_news(subscription)
+    finally:
+        if subscription is not None:
+            await subscription.aclose()
+
+
+FOLLOW_PAGE = 200
+POLL_INTERVAL_S = 0.5
+
+
+def _read_events(
+    engine: Engine, publisher: EventPublisher, lost_after_s: float, run_id: int, after_id: int
+) -> tuple[Sequence[RunEvent], bool]:
+    with Session(engine, expire_on_commit=False) as session:
+        reap_lost_runs(session, publisher, lost_after_s)
+        return run_events(session, run_id, after_id, FOLLOW_PAGE)
+
+
+async def _subscribe(redis_url: str, run_id: int) -> PubSub | None:
+    """The run's Redis channel, subscribed; None without Redis (or when it is down: poll)."""
+    if not redis_url:
+        return None
+    # The PubSub owns its connection and closes it with aclose(); no shared pool is left behind.
+    subscription = aioredis.Redis.from_url(redis_url).pubsub()
+    try:
+        await subscription.subscribe(channel(run_id))
+    except (RedisError, OSError):
+        await subscription.aclose()
+        return None
+    return subscription
+
+
+async def _wait_for_news(subscription: PubSub | None) -> None:
+    """Until an event is published on the run's channel, or a poll interval passed."""
+    if subscription is None:
+        await asyncio.sleep(POLL_INTERVAL_S)
+        return
+    try:
+        message = await subscription.get_message(
+            ignore_subscribe_messages=True, timeout=POLL_INTERVAL_S * 2
+        )
+        while message is not None:  # drain: one read of the table covers them all
+            message = await subscription.get_message(ignore_subscribe_messages=True, timeout=0)
+    except RedisError:
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def cancel_run(session: Session, publisher: EventPublisher, run_id: int, *, actor: str) -> Run:
+    """Cancels a queued or running run; its worker then stops the federation. 409 if final."""
+    run = get_run(session, run_id)
+    event = _set_status(
+        session,
+        run_id,
+        (RunStatus.queued, RunStatus.running),
+        {"status": RunStatus.cancelled, "finished_at": utcnow()},
+        f"cancelled by {actor}",
+    )
+    if event is None:
+        session.refresh(run)
+        raise Conflict(f"Run {run_id} already finished ({run.status})", field="status")
+    _commit(session, publisher, event)
+    session.refresh(run)
+    return run
+
+
+class RunMissing(LookupError):
+    """A worker received a task for a run that is not (or not yet) in the database."""
+
+
+def claim_run(session: Session, publisher: EventPublisher, run_id: int, worker: str) -> bool:
+    """A worker takes a queued run (queued -> running); False if it is no longer queued."""
+    if session.get(Run, run_id) is None:
+        raise RunMissing(f"run {run_id} not found")
+    now = utcnow()
+    event = _set_status(
+        session,
+        run_id,
+        (RunStatus.queued,),
+        {"status": RunStatus.running, "worker": worker, "started_at": now, "heartbeat_at": now},
+        f"running on {worker}",
+    )
+    if event is None:
+        return False
+    _commit(session, publisher, event)
+    return True
+
+
+def heartbeat(session: Session, run_id: int) -> RunStatus:
+    """Stamps a running run's heartbeat and returns its status (cancelled: stop the federation)."""
+    session.execute(
+        update(Run)
+        .where(col(Run.id) == run_id, col(Run.status) == RunStatus.running)
+        .values(heartbeat_at=utcnow())
+    )
+    session.commit()
+    status = session.exec(select(Run.status).where(Run.id == run_id)).one()
+    return RunStatus(status)
+
+
+def run_status(session: Session, run_id: int) -> RunStatus:
+    return RunStatus(session.exec(select(Run.status).where(Run.id == run_id)).one())
+
+
+def finish_run(
+    session: Session,
+    publisher: EventPublisher,
+    run_id: int,
+    status: RunStatus,
+    error: str | None = None,
+) -> bool:
+    """running -> succeeded | failed; False when the run had already left "running"."""
+    message = "succeeded" if status == RunStatus.succeeded else f"failed: {error}"
+    event = _set_status(
+        session,
+        run_id,
+        (RunStatus.running,),
+        {"status": status, "finished_at": utcnow(), "error": error},
+        message,
+    )
+    if event is None:
+        return False
+    _commit(session, publisher, event)
+    return True
+
+
+def reap_lost_runs(session: Session, publisher: EventPublisher, lost_after_s: float) -> list[int]:
+    """Fails running runs whose worker stopped sending heartbeats; rounds and checkpoints stay."""
+    cutoff = utcnow() - timedelta(seconds=lost_after_s)
+    stale = session.exec(
+        select(Run.id).where(Run.status == RunStatus.running, col(Run.heartbeat_at) < cutoff)
+    ).all()
+    reaped = []
+    for run_id in stale:
+        assert run_id is not None
+        error = LOST_RUN_ERROR.format(seconds=lost_after_s)
+        event = _set_status(
+            session,
+            run_id,
+            (RunStatus.running,),
+            {"status": RunStatus.failed, "finished_at": utcnow(), "error": error},
+            f"failed: {error}",
+            extra_where=(col(Run.heartbeat_at) < cutoff,),
+        )
+        if event is not None:
+            _commit(session, publisher, event)
+            reaped.append(run_id)
+    return reaped
+
+
+def heartbeat_age(run: Run) -> float | None:
+    beat = _aware(run.heartbeat_at)
+    return None if beat is None else (utcnow() - beat).total_seconds()

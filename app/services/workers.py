@@ -1,0 +1,61 @@
+"""The GPU workers as they registered themselves, and whether they are still alive."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from app.models import WorkerNode, utcnow
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    worker: WorkerNode
+    online: bool
+
+
+def register(
+    session: Session, *, name: str, host: str, queue: str, gpus: list[dict[str, Any]]
+) -> WorkerNode:
+    """Creates or refreshes the worker's row (a restarted worker keeps its name and row)."""
+    node = session.exec(select(WorkerNode).where(WorkerNode.name == name)).first()
+    now = utcnow()
+    if node is None:
+        node = WorkerNode(name=name, host=host, queue=queue, gpus=gpus)
+    node.host, node.queue, node.gpus = host, queue, gpus
+    node.started_at = node.heartbeat_at = now
+    node.current_run_id = None
+    session.add(node)
+    session.commit()
+    session.refresh(node)
+    return node
+
+
+def heartbeat(session: Session, name: str) -> None:
+    session.execute(
+        update(WorkerNode).where(col(WorkerNode.name) == name).values(heartbeat_at=utcnow())
+    )
+    session.commit()
+
+
+def set_current_run(session: Session, name: str, run_id: int | None) -> None:
+    session.execute(
+        update(WorkerNode)
+        .where(col(WorkerNode.name) == name)
+        .values(current_run_id=run_id, heartbeat_at=utcnow())
+    )
+    session.commit()
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def list_workers(session: Session, *, offline_after_s: float) -> Sequence[WorkerState]:
+    """Every registered worker, newest heartbeat first; silent for ``offline_after_s``: offline."""
+    cutoff = utcnow() - timedelta(seconds=offline_after_s)
+    nodes = session.exec(select(WorkerNode).order_by(col(WorkerNode.heartbeat_at).desc())).all()
+    return [WorkerState(node, _aware(node.heartbeat_at) >= cutoff) for node in nodes]

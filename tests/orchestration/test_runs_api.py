@@ -1,0 +1,350 @@
+"""The runs API: launch (queued on the real embedded broker), refusals, listing, cancel, resume
+points, metrics and event pages, and the reaper, on SQLite and PostgreSQL."""
+
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from app.core.config import Settings
+from app.main import create_app
+from app.models import Role, Run, RunEvent, RunStatus, SiteStatus, utcnow
+from app.services import runs
+from app.services import sites as site_service
+from app.services.events import EventPublisher
+from tests.factories import deployment_body, make_site
+from tests.factories import make_experiment as make_experiment_from_body
+from worker.db_reporter import DbReporter
+from worker.federation.reporter import CheckpointReport, ClientReport, RoundReport
+
+NO_REDIS = EventPublisher("")
+
+
+def _count(session: Session, table: type) -> int:
+    return session.exec(select(func.count()).select_from(table)).one()
+
+
+def test_launch_freezes_the_experiment_and_queues_it(
+    client: TestClient, session: Session, admin: dict[str, str], make_experiment
+) -> None:
+    experiment = make_experiment(num_rounds=4)
+
+    answer = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=admin)
+
+    assert answer.status_code == 202, answer.text
+    run = answer.json()
+    assert run["status"] == "queued"
+    assert run["config"]["num_rounds"] == 4
+    assert run["config"]["policy"] == "tiny"
+    # Editing the experiment afterwards leaves what was launched untouched.
+    patched = client.patch(
+        f"/api/v1/experiments/{experiment.id}", headers=admin, json={"num_rounds": 9}
+    )
+    assert patched.status_code == 200, patched.text
+    again = client.get(f"/api/v1/runs/{run['id']}", headers=admin).json()
+    assert again["config"]["num_rounds"] == 4
+    stored = session.get(Run, run["id"])
+    assert stored is not None and stored.task_id
+    events = client.get(f"/api/v1/runs/{run['id']}/events.json", headers=admin).json()
+    assert [e["message"] for e in events["data"]] == [f"queued by {_name(session, admin)}"]
+
+
+def _name(session: Session, headers: dict[str, str]) -> str:
+    from app.services.tokens import authenticate
+
+    token = authenticate(session=session, secret=headers["Authorization"].split()[1])
+    assert token is not None
+    return token.name
+
+
+def test_launch_by_body_and_roles(
+    client: TestClient,
+    admin: dict[str, str],
+    viewer: dict[str, str],
+    make_experiment,
+) -> None:
+    experiment = make_experiment()
+    body = {"experiment_id": experiment.id}
+
+    assert client.post("/api/v1/runs", json=body).status_code == 401
+    assert client.post("/api/v1/runs", json=body, headers=viewer).status_code == 403
+    answer = client.post("/api/v1/runs", json=body, headers=admin)
+    assert answer.status_code == 202, answer.text
+    missing = client.post("/api/v1/runs", json={"experiment_id": 999}, headers=admin)
+    assert (missing.status_code, missing.json()["detail"]) == (404, "Experiment not found")
+    unknown_field = client.post("/api/v1/runs", json={**body, "rounds": 3}, headers=admin)
+    assert unknown_field.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "broker_url",
+    ["redis://127.0.0.1:1/0", "sqla+sqlite:////nonexistent/directory/broker.db"],
+    ids=["redis-down", "embedded-unwritable"],
+)
+def test_a_broker_that_is_down_answers_503_and_creates_no_run(
+    fast_settings: Settings,
+    session: Session,
+    admin: dict[str, str],
+    make_experiment,
+    broker_url: str,
+) -> None:
+    experiment = make_experiment()
+    settings = fast_settings.model_copy(update={"broker_url": broker_url})
+    with TestClient(create_app(settings)) as client:
+        answer = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=admin)
+
+    assert answer.status_code == 503, answer.text
+    body = answer.json()
+    assert body["detail"] == (
+        "The task broker is unreachable; the run was not created. Try again later."
+    )
+    assert body["errors"][0]["field"] == "broker"
+    assert _count(session, Run) == 0
+    assert _count(session, RunEvent) == 0
+
+
+def test_deployment_with_unapproved_or_mismatched_sites_is_refused(
+    client: TestClient, session: Session, admin: dict[str, str]
+) -> None:
+    approved = make_site(session)
+    site_service.set_status(
+        session=session, site=approved, status=SiteStatus.approved, actor="t", reason=""
+    )
+    pending = make_site(
+        session,
+        features={"state_dim": 7, "action_dim": 6, "fps": 30, "camera_keys": ["top"]},
+    )
+    assert approved.id is not None and pending.id is not None
+    experiment = make_experiment_from_body(session, deployment_body([approved.id, pending.id]))
+
+    answer = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=admin)
+
+    assert answer.status_code == 409, answer.text
+    body = answer.json()
+    assert body["detail"] == "The experiment's sites cannot run together"
+    reasons = {problem["field"]: problem["reason"] for problem in body["errors"]}
+    assert reasons["sites"] == f"site {pending.name!r} (id {pending.id}) is pending"
+    assert reasons[f"sites.{pending.id}.features.state_dim"] == (
+        f"site {pending.name!r} has state_dim 7, site {approved.name!r} has 6"
+    )
+    assert _count(session, Run) == 0
+
+
+def test_list_filters_and_pages(
+    client: TestClient, session: Session, admin: dict[str, str], make_experiment
+) -> None:
+    first, second = make_experiment(), make_experiment()
+    ids = [
+        client.post(f"/api/v1/experiments/{exp.id}/runs", headers=admin).json()["id"]
+        for exp in (first, second, second)
+    ]
+    client.post(f"/api/v1/runs/{ids[2]}/cancel", headers=admin)
+
+    everything = client.get("/api/v1/runs", headers=admin).json()
+    assert [r["id"] for r in everything["data"]] == ids[::-1]
+    assert everything["count"] == 3
+    page = client.get("/api/v1/runs?limit=1&offset=1", headers=admin).json()
+    assert ([r["id"] for r in page["data"]], page["count"]) == ([ids[1]], 3)
+    of_second = client.get(f"/api/v1/runs?experiment_id={second.id}", headers=admin).json()
+    assert [r["id"] for r in of_second["data"]] == [ids[2], ids[1]]
+    cancelled = client.get("/api/v1/runs?status=cancelled", headers=admin).json()
+    assert [r["id"] for r in cancelled["data"]] == [ids[2]]
+    bad = client.get("/api/v1/runs?status=paused", headers=admin)
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "status"
+
+
+def test_operators_see_runs_of_their_experiments_only(
+    client: TestClient, session: Session, admin: dict[str, str], bearer
+) -> None:
+    own, other = make_site(session), make_site(session)
+    for site in (own, other):
+        site_service.set_status(
+            session=session, site=site, status=SiteStatus.approved, actor="t", reason=""
+        )
+    assert own.id is not None and other.id is not None
+    mine = make_experiment_from_body(session, deployment_body([own.id]))
+    theirs = make_experiment_from_body(session, deployment_body([other.id]))
+    mine_run = client.post(f"/api/v1/experiments/{mine.id}/runs", headers=admin).json()
+    theirs_run = client.post(f"/api/v1/experiments/{theirs.id}/runs", headers=admin).json()
+    operator = bearer(Role.operator, own.id)
+
+    listed = client.get("/api/v1/runs", headers=operator).json()
+    assert [r["id"] for r in listed["data"]] == [mine_run["id"]]
+    assert client.get(f"/api/v1/runs/{mine_run['id']}", headers=operator).status_code == 200
+    assert client.get(f"/api/v1/runs/{theirs_run['id']}", headers=operator).status_code == 403
+    assert (
+        client.get(f"/api/v1/runs/{theirs_run['id']}/events.json", headers=operator).status_code
+        == 403
+    )
+    assert client.post(f"/api/v1/runs/{mine_run['id']}/cancel", headers=operator).status_code == 403
+    assert mine_run["config"]["site_ids"] == [own.id]
+
+
+def test_cancel_and_cancelling_a_finished_run(
+    client: TestClient, admin: dict[str, str], viewer: dict[str, str], make_experiment
+) -> None:
+    run = client.post(f"/api/v1/experiments/{make_experiment().id}/runs", headers=admin).json()
+
+    assert client.post(f"/api/v1/runs/{run['id']}/cancel", headers=viewer).status_code == 403
+    cancelled = client.post(f"/api/v1/runs/{run['id']}/cancel", headers=admin)
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    again = client.post(f"/api/v1/runs/{run['id']}/cancel", headers=admin)
+    assert again.status_code == 409
+    assert again.json()["detail"] == f"Run {run['id']} already finished (cancelled)"
+    assert client.post("/api/v1/runs/999/cancel", headers=admin).status_code == 404
+
+
+def _claimed_run(client: TestClient, engine: Engine, admin: dict[str, str], experiment) -> int:
+    run_id: int = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=admin).json()[
+        "id"
+    ]
+    with Session(engine) as session:
+        assert runs.claim_run(session, NO_REDIS, run_id, "test-worker")
+    return run_id
+
+
+def _report_round(reporter: DbReporter, round: int) -> None:
+    reporter.round_finished(
+        RoundReport(
+            round=round,
+            train_loss=1.0 / (round + 1),
+            eval_loss=2.0 / (round + 1),
+            duration_s=1.5,
+            bytes_sent=1000,
+            bytes_received=900,
+            clients_sampled=2,
+            clients_succeeded=2,
+            clients_failed=0,
+            clients=[
+                ClientReport(client=f"client-{i}", site_id=None, ok=True, train_loss=0.5, samples=8)
+                for i in range(2)
+            ],
+        )
+    )
+
+
+def test_reported_rounds_clients_and_events_are_served(
+    client: TestClient,
+    engine: Engine,
+    fast_settings: Settings,
+    admin: dict[str, str],
+    viewer: dict[str, str],
+    make_experiment,
+) -> None:
+    run_id = _claimed_run(client, engine, admin, make_experiment())
+    reporter = DbReporter(fast_settings.database_url, "", run_id)
+    reporter.log("building the tiny policy")
+    _report_round(reporter, 0)
+    _report_round(reporter, 1)
+    reporter.close()
+
+    rounds = client.get(f"/api/v1/runs/{run_id}/rounds", headers=viewer).json()
+    assert [(r["round"], r["eval_loss"]) for r in rounds["data"]] == [(0, 2.0), (1, 1.0)]
+    clients = client.get(f"/api/v1/runs/{run_id}/clients?round=1", headers=viewer).json()
+    assert [(c["round"], c["client"]) for c in clients["data"]] == [
+        (1, "client-0"),
+        (1, "client-1"),
+    ]
+    assert client.get(f"/api/v1/runs/{run_id}", headers=viewer).json()["current_round"] == 1
+
+    first = client.get(f"/api/v1/runs/{run_id}/events.json?limit=2", headers=viewer).json()
+    assert [e["kind"] for e in first["data"]] == ["status", "status"]
+    assert first["finished"] is False
+    rest = client.get(
+        f"/api/v1/runs/{run_id}/events.json?after_id={first['next_after_id']}", headers=viewer
+    ).json()
+    assert [e["kind"] for e in rest["data"]] == ["log", "round", "round"]
+    assert rest["data"][1]["message"] == "round 0, train loss 1.0000, eval loss 2.0000, 2/2 clients"
+    assert rest["data"][2]["data"]["clients"][0]["client"] == "client-0"
+    assert rest["finished"] is False  # still running
+
+
+def test_resume_points_are_checked(
+    client: TestClient,
+    engine: Engine,
+    fast_settings: Settings,
+    admin: dict[str, str],
+    make_experiment,
+) -> None:
+    experiment = make_experiment()
+    source = _claimed_run(client, engine, admin, experiment)
+    reporter = DbReporter(fast_settings.database_url, "", source)
+    folder = fast_settings.checkpoint_dir / str(source) / "round-2" / "pretrained_model"
+    reporter.checkpoint_saved(CheckpointReport(2, str(folder), "ab" * 32, 10, 0.5))
+    reporter.close()
+    url = f"/api/v1/experiments/{experiment.id}/runs"
+
+    no_round = client.post(url, headers=admin, json={"resume_from": {"run_id": source, "round": 1}})
+    assert no_round.status_code == 409
+    assert (
+        no_round.json()["detail"] == f"Run {source} has no checkpoint of round 1 (kept rounds: [2])"
+    )
+    assert no_round.json()["errors"][0]["field"] == "resume_from.round"
+    no_run = client.post(url, headers=admin, json={"resume_from": {"run_id": 999, "round": 1}})
+    assert (no_run.status_code, no_run.json()["detail"]) == (409, "Run 999 does not exist")
+    other = make_experiment()
+    elsewhere = client.post(
+        f"/api/v1/experiments/{other.id}/runs",
+        headers=admin,
+        json={"resume_from": {"run_id": source, "round": 2}},
+    )
+    assert elsewhere.status_code == 409
+
+    resumed = client.post(url, headers=admin, json={"resume_from": {"run_id": source, "round": 2}})
+
+    assert resumed.status_code == 202, resumed.text
+    body = resumed.json()
+    assert (body["resumed_from_run_id"], body["resumed_from_round"]) == (source, 2)
+    assert body["config"]["resume_from"] == {"checkpoint_dir": str(folder.parent), "round": 2}
+
+
+def test_runs_of_a_lost_worker_fail_when_looked_at(
+    client: TestClient,
+    engine: Engine,
+    fast_settings: Settings,
+    admin: dict[str, str],
+    make_experiment,
+) -> None:
+    run_id = _claimed_run(client, engine, admin, make_experiment())
+    reporter = DbReporter(fast_settings.database_url, "", run_id)
+    _report_round(reporter, 0)
+    reporter.close()
+    assert client.get(f"/api/v1/runs/{run_id}", headers=admin).json()["status"] == "running"
+    with Session(engine) as session:
+        stale = utcnow() - timedelta(seconds=fast_settings.lost_after_s + 1)
+        session.execute(update(Run).where(col(Run.id) == run_id).values(heartbeat_at=stale))
+        session.commit()
+
+    run = client.get(f"/api/v1/runs/{run_id}", headers=admin).json()
+
+    assert run["status"] == "failed"
+    assert run["error"] == "worker lost: no heartbeat for 4 s"
+    assert run["finished_at"] is not None
+    rounds = client.get(f"/api/v1/runs/{run_id}/rounds", headers=admin).json()
+    assert rounds["count"] == 1  # what was done stays
+    with Session(engine) as session:
+        assert not runs.finish_run(session, NO_REDIS, run_id, RunStatus.succeeded)
+
+
+def test_claim_is_exclusive_and_refuses_cancelled_runs(
+    client: TestClient, engine: Engine, admin: dict[str, str], make_experiment
+) -> None:
+    experiment = make_experiment()
+    first = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=admin).json()["id"]
+    second = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=admin).json()["id"]
+    client.post(f"/api/v1/runs/{second}/cancel", headers=admin)
+
+    with Session(engine) as session:
+        assert runs.claim_run(session, NO_REDIS, first, "worker-a")
+        assert not runs.claim_run(session, NO_REDIS, first, "worker-b")
+        assert not runs.claim_run(session, NO_REDIS, second, "worker-a")
+        with pytest.raises(runs.RunMissing):
+            runs.claim_run(session, NO_REDIS, 999, "worker-a")
+        run = session.get(Run, first)
+        assert run is not None and run.worker == "worker-a"

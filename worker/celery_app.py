@@ -1,0 +1,57 @@
+"""The Celery application, built from Settings.
+
+No result backend: the database is the source of truth for what a run did. Tasks are acknowledged
+late and rejected (so redelivered) when their worker dies; a redelivered run task finds its run no
+longer queued and does nothing, and the lost run is failed by the heartbeat reaper instead.
+"""
+
+from celery import Celery
+
+from app.core.config import Settings
+
+RUN_TASK = "fedvla.run_federation"
+VISIBILITY_TIMEOUT_S = 3600
+"""Redis redelivers an unacknowledged task after this long; a redelivered run task is a no-op."""
+
+
+class FedvlaCelery(Celery):
+    """A Celery app that carries the Settings it was built from, for its tasks to read."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("fedvla", broker=settings.broker_url, set_as_current=False)
+        self.settings = settings
+
+
+def broker_transport_options(broker_url: str) -> dict[str, object]:
+    if broker_url.startswith("sqla+"):
+        # kombu hands the SQL transport's options to create_engine: nothing to tune here.
+        return {}
+    return {
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        "socket_connect_timeout": 3,
+        "socket_timeout": 10,
+    }
+
+
+def make_celery(settings: Settings) -> FedvlaCelery:
+    app = FedvlaCelery(settings)
+    app.conf.update(
+        task_default_queue=settings.gpu_queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_hijack_root_logger=False,
+        broker_transport_options=broker_transport_options(settings.broker_url),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        result_backend=None,
+        enable_utc=True,
+    )
+    from worker.tasks import register_tasks
+
+    register_tasks(app)
+    return app

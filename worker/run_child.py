@@ -1,0 +1,67 @@
+"""The federation process of one run: ``python -m worker.run_child <run_id>``.
+
+Started by worker.supervisor in its own process group, with the worker's settings in FEDVLA_*
+variables. It reads the run's frozen config, runs the engine with the database reporter, and exits
+0 on success; on failure the traceback goes to the run's federation.log and the exit code is 1.
+"""
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from sqlmodel import Session
+
+from app.core.config import Settings
+from app.core.db import make_engine
+from app.models import Run
+from worker.db_reporter import DbReporter
+from worker.federation.config import FederationConfig
+from worker.supervisor import run_output_dir
+
+
+def watch_parent(parent_pid: int, every_s: float = 1.0) -> threading.Thread:
+    """If the worker dies (kill -9), take down this process group rather than train on alone."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="fedvla-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run_id = int(argv[0])
+    watch_parent(os.getppid())
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    with Session(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise SystemExit(f"run {run_id} not found in the database")
+        config = FederationConfig.model_validate(run.config)
+    engine.dispose()
+
+    from worker.federation.runner import run_federation  # heavy: torch, flwr, lerobot
+
+    reporter = DbReporter(settings.database_url, settings.redis_url, run_id)
+    try:
+        run_federation(
+            config,
+            reporter,
+            output_dir=run_output_dir(settings, run_id),
+            data_dir=settings.data_dir,
+        )
+    finally:
+        reporter.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
