@@ -16,6 +16,7 @@ from app.core.config import Settings
 from app.core.errors import Forbidden, Unauthorized
 from app.models import ApiToken, Role
 from app.services import tokens as token_service
+from app.web import session as web_session
 
 
 def get_settings(request: Request) -> Settings:
@@ -46,16 +47,33 @@ _bearer = HTTPBearer(
 
 
 def get_current_token(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiToken:
-    """The caller's token; 401 when it is missing, unknown or revoked."""
+    """The caller's token; 401 when it is missing, unknown or revoked.
+
+    Without a bearer token, a GET or HEAD may use the dashboard's signed-in session cookie (the
+    browser's live event stream and checkpoint downloads). Writes always need the bearer token,
+    so the cookie cannot be used to forge requests to the API from another site.
+    """
+    if credentials is None and request.method in ("GET", "HEAD"):
+        token = _session_cookie_token(session, web_session.signed_in_token_id(request))
+        if token is not None:
+            return token
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized()
     token = token_service.authenticate(session=session, secret=credentials.credentials)
     if token is None:
         raise Unauthorized()
     return token
+
+
+def _session_cookie_token(session: Session, token_id: int | None) -> ApiToken | None:
+    if token_id is None:
+        return None
+    token = session.get(ApiToken, token_id)
+    return None if token is None or token.revoked else token
 
 
 CurrentToken = Annotated[ApiToken, Depends(get_current_token)]

@@ -1,0 +1,82 @@
+"""Dependencies of the dashboard's pages: the signed-in token, its role checks, and CSRF.
+
+The token comes from the session cookie (see app.web.session), is looked up with the token
+service on every request (a revoked token signs the session out), and goes through the same role
+checks as the REST API.
+"""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from app.api.deps import SessionDep
+from app.core.errors import ApiError, Forbidden, NotFound
+from app.models import ApiToken
+from app.services import tokens as token_service
+from app.web import session as web_session
+from app.web.permissions import admin_check, site_editor_check
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class SignInRequired(ApiError):
+    """No live session: pages redirect to the sign-in form."""
+
+    def __init__(self) -> None:
+        super().__init__(401, "Sign in to continue")
+
+
+def session_token(request: Request, session: Session) -> ApiToken | None:
+    """The live token this browser signed in with, if any."""
+    token_id = web_session.signed_in_token_id(request)
+    if token_id is None:
+        return None
+    try:
+        token = token_service.get_token(session=session, token_id=token_id)
+    except NotFound:
+        token = None
+    if token is None or token.revoked:
+        web_session.sign_out(request)
+        return None
+    return token
+
+
+async def check_csrf(request: Request) -> None:
+    """Every unsafe request carries this session's CSRF token (form field or htmx header)."""
+    if request.method not in UNSAFE_METHODS:
+        return
+    submitted = request.headers.get(web_session.CSRF_HEADER)
+    if submitted is None:
+        form = await request.form()
+        value = form.get(web_session.CSRF_FIELD)
+        submitted = value if isinstance(value, str) else None
+    if not web_session.csrf_matches(request, submitted):
+        raise Forbidden("Missing or wrong CSRF token; reload the page and try again")
+
+
+def get_web_token(
+    request: Request, session: SessionDep, _csrf: Annotated[None, Depends(check_csrf)]
+) -> ApiToken:
+    token = session_token(request, session)
+    if token is None:
+        raise SignInRequired()
+    return token
+
+
+WebToken = Annotated[ApiToken, Depends(get_web_token)]
+
+
+def _web_admin(token: WebToken) -> ApiToken:
+    return admin_check(token)
+
+
+def _web_site_editor(token: WebToken) -> ApiToken:
+    return site_editor_check(token)
+
+
+WebAdmin = Annotated[ApiToken, Depends(_web_admin)]
+"""Signed in with an admin token (the REST API's AdminToken check)."""
+
+WebSiteEditor = Annotated[ApiToken, Depends(_web_site_editor)]
+"""Admins and operators (the REST API's SiteEditorToken check); pages check which site."""

@@ -1,0 +1,16 @@
+"""Adds the dashboard to an app: session cookie, static files, and the page routes."""
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.core.config import Settings
+from app.web.routes import auth, experiments, runs, sites, workers
+from app.web.session import SessionCookieMiddleware
+from app.web.templating import STATIC_DIR
+
+
+def install_web(app: FastAPI, settings: Settings) -> None:
+    app.add_middleware(SessionCookieMiddleware, secret_key=settings.secret_key)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    for module in (auth, experiments, runs, sites, workers):
+        app.include_router(module.router)

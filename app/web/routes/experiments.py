@@ -1,0 +1,231 @@
+"""Experiment pages: list, create, edit, clone, detail with runs, and Launch."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.datastructures import FormData
+from starlette.responses import RedirectResponse, Response
+
+from app.api.deps import SessionDep, SettingsDep
+from app.core.errors import ApiError, FieldProblem
+from app.models import Mode, Strategy
+from app.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentUpdate
+from app.schemas.sites import SitePublic
+from app.services import experiments as service
+from app.services import runs as run_service
+from app.services import sites as site_service
+from app.services.events import publisher_for
+from app.web import forms
+from app.web import session as web_session
+from app.web.contexts import ExperimentFormPage, ExperimentPage, ExperimentRow, ExperimentsPage
+from app.web.deps import WebAdmin, WebToken
+from app.web.errors import HtmlRoute
+from app.web.templating import render
+
+router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
+
+CHOICES = {
+    "strategy": [s.value for s in Strategy],
+    "mode": [m.value for m in Mode],
+    "normalization": ["local", "federated"],
+    "transport_dtype": ["float32", "bfloat16", "float16"],
+    "device": ["auto", "cpu", "cuda"],
+    "partition_scheme": ["iid", "task"],
+}
+
+
+def _api(experiment_id: int | None = None) -> str:
+    return "/api/v1/experiments" + (f"/{experiment_id}" if experiment_id is not None else "")
+
+
+def _defaults() -> dict[str, str]:
+    """A new experiment's form: the API's defaults."""
+    values = {}
+    for name in forms.EXPERIMENT_FIELDS:
+        default = ExperimentCreate.model_fields[name].get_default(call_default_factory=True)
+        values[name] = "" if default is None else str(getattr(default, "value", default))
+    values.update(client_datasets="", eval_datasets="", site_ids="", partition_repo_id="")
+    values.update(partition_root="", partition_num_clients="2", partition_scheme="iid")
+    values["partition_holdout_episodes"] = "0"
+    return values
+
+
+def _all_sites(session: SessionDep, token: WebToken) -> list[SitePublic]:
+    rows, _ = site_service.list_sites(session=session, token=token, limit=200)
+    return [SitePublic.model_validate(row, from_attributes=True) for row in rows]
+
+
+def _form_page(
+    request: Request,
+    session: SessionDep,
+    token: WebToken,
+    *,
+    action: str,
+    heading: str,
+    values: dict[str, str],
+    problems: list[FieldProblem] = (),  # type: ignore[assignment]
+    cancel_url: str,
+    status_code: int = 200,
+) -> Response:
+    state = forms.form_state(values, problems, forms.experiment_field)
+    page = ExperimentFormPage(
+        action=action,
+        heading=heading,
+        form=state,
+        sites=_all_sites(session, token),
+        choices=CHOICES,
+        cancel_url=cancel_url,
+    )
+    wide = "; ".join(state.errors.get(forms.FORM_WIDE, [])) or None
+    if state.errors and not wide:
+        wide = "The experiment was not saved: see the fields marked below."
+    return render(
+        request, "experiment_form.html", page, token=token, status_code=status_code,
+        nav="experiments", form_error=wide,
+    )  # fmt: skip
+
+
+def _submitted(form: FormData) -> tuple[dict[str, str], list[str]]:
+    values = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+    site_ids = [v for v in form.getlist("site_ids") if isinstance(v, str) and v]
+    values["site_ids"] = ",".join(site_ids)
+    return values, site_ids
+
+
+def _problems(error: ApiError) -> list[FieldProblem]:
+    return error.errors or [FieldProblem(field=forms.FORM_WIDE, reason=str(error.detail))]
+
+
+@router.get("/experiments", name="web_experiments")
+def list_experiments(request: Request, session: SessionDep, token: WebToken) -> Response:
+    experiments, count = service.list_experiments(session=session, token=token, limit=200)
+    rows = []
+    for experiment in experiments:
+        public = service.to_public(session=session, experiment=experiment)
+        latest, _ = run_service.list_runs(session, token, experiment_id=public.id, limit=1)
+        rows.append(ExperimentRow(experiment=public, latest_run=latest[0] if latest else None))
+    page = ExperimentsPage(rows=rows, count=count)
+    return render(
+        request, "experiments.html", page, token=token, fragment="_experiments_table.html",
+        alternate=_api(), nav="experiments",
+    )  # fmt: skip
+
+
+@router.get("/experiments/new", name="web_experiment_new")
+def new_experiment(request: Request, session: SessionDep, token: WebAdmin) -> Response:
+    return _form_page(
+        request, session, token, action="/experiments", heading="New experiment",
+        values=_defaults(), cancel_url="/experiments",
+    )  # fmt: skip
+
+
+@router.post("/experiments", name="web_experiment_create")
+async def create_experiment(request: Request, session: SessionDep, token: WebAdmin) -> Response:
+    values, site_ids = _submitted(await request.form())
+    body = forms.experiment_request(values, site_ids)
+    try:
+        data = ExperimentCreate.model_validate(body)
+        experiment = service.create_experiment(session=session, data=data)
+    except ValidationError as error:
+        problems, status_code = forms.problems_of(error), 422
+    except ApiError as error:
+        problems, status_code = _problems(error), error.status_code
+    else:
+        web_session.flash(request, f"Experiment {experiment.name!r} created.")
+        return RedirectResponse(f"/experiments/{experiment.id}", status_code=303)
+    return _form_page(
+        request, session, token, action="/experiments", heading="New experiment",
+        values=values, problems=problems, cancel_url="/experiments", status_code=status_code,
+    )  # fmt: skip
+
+
+@router.get("/experiments/{experiment_id}", name="web_experiment")
+def show_experiment(
+    request: Request, experiment_id: int, session: SessionDep, token: WebToken
+) -> Response:
+    experiment = service.get_readable_experiment(
+        session=session, token=token, experiment_id=experiment_id
+    )
+    public = service.to_public(session=session, experiment=experiment)
+    runs, _ = run_service.list_runs(session, token, experiment_id=experiment_id, limit=200)
+    sites = [s for s in _all_sites(session, token) if s.id in public.site_ids]
+    page = ExperimentPage(experiment=public, runs=list(runs), sites=sites)
+    return render(
+        request, "experiment.html", page, token=token, fragment="_experiment_runs.html",
+        alternate=_api(experiment_id), nav="experiments",
+    )  # fmt: skip
+
+
+def _editable(session: SessionDep, experiment_id: int) -> ExperimentPublic:
+    experiment = service.get_experiment(session=session, experiment_id=experiment_id)
+    return service.to_public(session=session, experiment=experiment)
+
+
+@router.get("/experiments/{experiment_id}/edit", name="web_experiment_edit")
+def edit_experiment(
+    request: Request, experiment_id: int, session: SessionDep, token: WebAdmin
+) -> Response:
+    public = _editable(session, experiment_id)
+    return _form_page(
+        request, session, token, action=f"/experiments/{experiment_id}/edit",
+        heading=f"Edit {public.name}", values=forms.experiment_values(public),
+        cancel_url=f"/experiments/{experiment_id}",
+    )  # fmt: skip
+
+
+@router.post("/experiments/{experiment_id}/edit", name="web_experiment_update")
+async def update_experiment(
+    request: Request, experiment_id: int, session: SessionDep, token: WebAdmin
+) -> Response:
+    experiment = service.get_experiment(session=session, experiment_id=experiment_id)
+    values, site_ids = _submitted(await request.form())
+    body: dict[str, Any] = forms.experiment_request(values, site_ids)
+    try:
+        data = ExperimentUpdate.model_validate(body)
+        experiment = service.update_experiment(session=session, experiment=experiment, data=data)
+    except ValidationError as error:
+        problems, status_code = forms.problems_of(error), 422
+    except ApiError as error:
+        problems, status_code = _problems(error), error.status_code
+    else:
+        web_session.flash(request, f"Experiment {experiment.name!r} saved.")
+        return RedirectResponse(f"/experiments/{experiment_id}", status_code=303)
+    return _form_page(
+        request, session, token, action=f"/experiments/{experiment_id}/edit",
+        heading=f"Edit {experiment.name}", values=values, problems=problems,
+        cancel_url=f"/experiments/{experiment_id}", status_code=status_code,
+    )  # fmt: skip
+
+
+@router.get("/experiments/{experiment_id}/clone", name="web_experiment_clone")
+def clone_experiment(
+    request: Request, experiment_id: int, session: SessionDep, token: WebAdmin
+) -> Response:
+    """The create form, filled in with this experiment's definition under a new name."""
+    public = _editable(session, experiment_id)
+    values = forms.experiment_values(public)
+    values["name"] = f"{public.name}-copy"[:100]
+    return _form_page(
+        request, session, token, action="/experiments", heading=f"Clone {public.name}",
+        values=values, cancel_url=f"/experiments/{experiment_id}",
+    )  # fmt: skip
+
+
+@router.post("/experiments/{experiment_id}/launch", name="web_experiment_launch")
+def launch(
+    request: Request,
+    experiment_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: WebAdmin,
+) -> Response:
+    run = run_service.launch_run(
+        session,
+        settings,
+        publisher_for(settings.redis_url),
+        experiment_id=experiment_id,
+        actor=token.name,
+    )
+    web_session.flash(request, f"Run {run.id} queued.")
+    return RedirectResponse(f"/runs/{run.id}", status_code=303)

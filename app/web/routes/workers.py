@@ -1,0 +1,36 @@
+"""The workers page: GPU workers, their heartbeats and current run, and the queue."""
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from app.api.deps import SessionDep, SettingsDep
+from app.api.routes.runs import reap_lost_runs
+from app.models import RunStatus
+from app.services import experiments as experiment_service
+from app.services import runs as run_service
+from app.services import workers as service
+from app.web.contexts import WorkersPage
+from app.web.deps import WebToken
+from app.web.errors import HtmlRoute
+from app.web.templating import render
+
+router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
+
+
+@router.get("/workers", name="web_workers", dependencies=[Depends(reap_lost_runs)])
+def list_workers(
+    request: Request, session: SessionDep, settings: SettingsDep, token: WebToken
+) -> Response:
+    queued, _ = run_service.list_runs(session, token, status=RunStatus.queued, limit=200)
+    running, _ = run_service.list_runs(session, token, status=RunStatus.running, limit=200)
+    experiments, _ = experiment_service.list_experiments(session=session, token=token, limit=1000)
+    page = WorkersPage(
+        workers=list(service.list_workers(session, offline_after_s=settings.lost_after_s)),
+        queued=sorted(queued, key=lambda run: run.id or 0),
+        running=list(running),
+        experiment_names={e.id: e.name for e in experiments if e.id is not None},
+    )
+    return render(
+        request, "workers.html", page, token=token, fragment="_workers.html",
+        alternate="/api/v1/workers", nav="workers",
+    )  # fmt: skip
