@@ -1,0 +1,229 @@
+"""The engine's parts on their own: tiny policy, loading, data checks, partitions, transport."""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worker.data.features import DatasetError, check_dataset
+from worker.data.partition import split_partition
+from worker.federation import task
+from worker.federation.config import DatasetRef, FederationConfig, Partition
+from worker.federation.run_config import (
+    federation_config_from_run_config,
+    run_config_from_federation_config,
+)
+from worker.federation.transport import decode_arrays, encode_arrays
+from worker.policy.loading import (
+    PolicySourceError,
+    load_pretrained_fast,
+    read_policy_config,
+    resolve_policy_source,
+    trainable_state,
+)
+from worker.policy.tiny import SPECIAL_TOKENS, tiny_vlm_dir
+
+
+def test_tiny_vlm_is_generated_once_with_the_special_tokens(data_dir: Path) -> None:
+    from transformers import AutoProcessor
+
+    folder = tiny_vlm_dir(data_dir)
+    stamp = (folder / "config.json").stat().st_mtime_ns
+    assert tiny_vlm_dir(data_dir) == folder
+    assert (folder / "config.json").stat().st_mtime_ns == stamp
+    processor = AutoProcessor.from_pretrained(folder)
+    for attribute, token in SPECIAL_TOKENS.items():
+        assert getattr(processor.tokenizer, attribute) == token
+        assert processor.tokenizer.convert_tokens_to_ids(token) != processor.tokenizer.unk_token_id
+
+
+def test_hub_id_missing_from_the_cache_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(PolicySourceError, match="'nobody/no_such_policy' is not in the local"):
+        resolve_policy_source("nobody/no_such_policy")
+
+
+def test_folder_without_weights_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PolicySourceError, match="not a pretrained_model folder"):
+        resolve_policy_source(str(tmp_path))
+
+
+def _bundle(data_dir: Path, ref: DatasetRef) -> tuple[task.PolicyBundle, task.ClientData]:
+    data = task.open_dataset(ref, chunk_size=4, owner="test")
+    bundle = task.build_bundle(
+        resolve_policy_source("tiny"),
+        data.features,
+        stats=data.stats,
+        data_dir=data_dir,
+        seed=0,
+        device="cpu",
+    )
+    return bundle, data
+
+
+def test_meta_device_load_matches_lerobot_from_pretrained(
+    data_dir: Path, images_dataset: DatasetRef, tmp_path: Path
+) -> None:
+    from lerobot.policies.smolvla import SmolVLAPolicy
+
+    bundle, data = _bundle(data_dir, images_dataset)
+    bundle.policy.save_pretrained(tmp_path)
+    fast = load_pretrained_fast(
+        read_policy_config(resolve_policy_source(str(tmp_path))), tmp_path / "model.safetensors"
+    )
+    plain = SmolVLAPolicy.from_pretrained(tmp_path)
+    for name, buffer in plain.named_buffers():
+        assert torch.equal(dict(fast.named_buffers())[name], buffer), name
+    batch = bundle.preprocessor(next(iter(torch.utils.data.DataLoader(data.dataset, batch_size=2))))
+    torch.manual_seed(0)
+    fast_loss, _ = fast.forward(dict(batch))
+    torch.manual_seed(0)
+    plain_loss, _ = plain.forward(dict(batch))
+    assert torch.allclose(fast_loss, plain_loss)
+
+
+def test_only_action_expert_and_projections_train(
+    data_dir: Path, images_dataset: DatasetRef
+) -> None:
+    bundle, _ = _bundle(data_dir, images_dataset)
+    trainable = trainable_state(bundle.policy)
+    assert trainable and all(".vlm." not in key for key in trainable)
+    assert sum(v.numel() for v in trainable.values()) < sum(
+        p.numel() for p in bundle.policy.parameters()
+    )
+    assert not any("mean" in key or "std" in key for key in bundle.policy.state_dict())
+
+
+def test_training_lowers_the_loss(data_dir: Path, images_dataset: DatasetRef) -> None:
+    bundle, data = _bundle(data_dir, images_dataset)
+    before, _ = task.evaluate(bundle, data, batches=2, batch_size=8, seed=1)
+    result = task.train(bundle, data, steps=15, batch_size=8, learning_rate=3e-3, seed=0)
+    after, _ = task.evaluate(bundle, data, batches=2, batch_size=8, seed=1)
+    assert result.samples == 15 * 8
+    assert after < before
+
+
+def test_fedprox_term_keeps_weights_closer(data_dir: Path, images_dataset: DatasetRef) -> None:
+    drifts = []
+    for mu in (0.0, 100.0):
+        bundle, data = _bundle(data_dir, images_dataset)
+        start = {k: v.clone() for k, v in trainable_state(bundle.policy).items()}
+        task.train(bundle, data, steps=5, batch_size=4, learning_rate=3e-3, seed=0, proximal_mu=mu)
+        end = trainable_state(bundle.policy)
+        drifts.append(sum(float(((end[k] - start[k]) ** 2).sum()) for k in start))
+    assert drifts[1] < drifts[0]
+
+
+def test_video_dataset_decodes(video_dataset: DatasetRef) -> None:
+    data = task.open_dataset(video_dataset, chunk_size=4, owner="test")
+    item = data.dataset[5]
+    assert item["observation.images.front"].shape == (3, 24, 32)
+    assert item["observation.images.wrist"].shape == (3, 24, 32)
+    assert item["action"].shape == (4, 6)
+    assert data.dataset.skipped == 0
+
+
+def test_corrupt_video_frames_are_skipped_and_counted(
+    video_dataset: DatasetRef, tmp_path: Path
+) -> None:
+    root = tmp_path / "corrupt"
+    shutil.copytree(str(video_dataset.root), root)
+    video = next((root / "videos" / "observation.images.front").rglob("*.mp4"))
+    content = bytearray(video.read_bytes())
+    middle = len(content) // 2
+    content[middle : middle + len(content) // 4] = os.urandom(len(content) // 4)
+    video.write_bytes(bytes(content))
+    data = task.open_dataset(
+        video_dataset.model_copy(update={"root": str(root)}), chunk_size=4, owner="c"
+    )
+    items = [data.dataset[i] for i in range(len(data.dataset))]
+    assert len(items) == len(data.dataset)
+    assert data.dataset.skipped > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "mismatch"),
+    [
+        ("state5", {"state_dim": 5}, "state dim 5, expected 6"),
+        ("two_cameras", {"cameras": ("front", "wrist")}, "cameras"),
+        ("fps15", {"fps": 15}, "fps 15, expected 30"),
+    ],
+)
+def test_mismatched_dataset_names_owner_dataset_and_mismatch(
+    make_dataset, images_dataset: DatasetRef, name: str, changes: dict[str, object], mismatch: str
+) -> None:  # type: ignore[no-untyped-def]
+    expected = check_dataset(images_dataset, "client-0", None)
+    odd = make_dataset(name, episodes=2, **changes)
+    with pytest.raises(DatasetError) as raised:
+        check_dataset(odd, "client-2", expected)
+    message = str(raised.value)
+    assert "client-2" in message and str(odd.root) in message and mismatch in message
+
+
+def test_missing_dataset_is_named(tmp_path: Path) -> None:
+    ref = DatasetRef(repo_id="site/arm", root=str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError, match=r"client-1: dataset site/arm at .*nowhere is missing"):
+        check_dataset(ref, "client-1", None)
+
+
+def test_iid_partition_deals_disjoint_episodes_and_holds_some_back(
+    images_dataset: DatasetRef,
+) -> None:
+    partition = Partition(dataset=images_dataset, num_clients=3, holdout_episodes=2)
+    clients, holdout = split_partition(partition, seed=0)
+    shares = [set(c.episodes or []) for c in clients]
+    held = set(holdout[0].episodes or [])
+    assert len(held) == 2 and all(shares)
+    assert set().union(*shares, held) == set(range(9))
+    assert sum(len(s) for s in shares) + len(held) == 9
+
+
+def test_task_partition_gives_each_client_whole_tasks(images_dataset: DatasetRef) -> None:
+    partition = Partition(dataset=images_dataset, num_clients=3, scheme="task")
+    clients, _ = split_partition(partition, seed=0)
+    for client in clients:
+        assert len({e % 3 for e in client.episodes or []}) == 1  # synthetic: task = episode % 3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_transport_dtypes_round_trip(dtype: str) -> None:
+    state = {"w": torch.linspace(-2, 2, 64).reshape(8, 8)}
+    record = encode_arrays(state, dtype)
+    back = decode_arrays(record, dtype)["w"]
+    assert back.dtype == torch.float32
+    assert torch.allclose(back, state["w"], atol=2e-2)
+    assert record.count_bytes() >= (64 * 4 if dtype == "float32" else 64 * 2)
+    if dtype != "float32":
+        assert record.count_bytes() < encode_arrays(state, "float32").count_bytes()
+
+
+def test_run_config_round_trips(images_dataset: DatasetRef) -> None:
+    config = FederationConfig(
+        policy="tiny", partition=Partition(dataset=images_dataset, num_clients=2)
+    )
+    run_config = run_config_from_federation_config(config)
+    assert run_config["local-steps"] == config.local_steps
+    assert federation_config_from_run_config(run_config) == config
+
+
+def test_merged_stats_weight_by_count(images_dataset: DatasetRef, make_dataset) -> None:  # type: ignore[no-untyped-def]
+    other = make_dataset("other_seed", episodes=3, seed=7)
+    first = task.open_dataset(images_dataset, chunk_size=4, owner="a").stats
+    second = task.open_dataset(other, chunk_size=4, owner="b").stats
+    merged = task.merge_stats([first, second])
+    mean = merged["observation.state"]["mean"]
+    assert np.all(
+        mean
+        >= np.minimum(first["observation.state"]["mean"], second["observation.state"]["mean"])
+        - 1e-6
+    )
+    assert np.all(
+        mean
+        <= np.maximum(first["observation.state"]["mean"], second["observation.state"]["mean"])
+        + 1e-6
+    )
