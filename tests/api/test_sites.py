@@ -1,0 +1,157 @@
+"""Sites through the REST API: registration, edits, approval with an audit trail."""
+
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from app.models import ApiToken, Site
+from tests.api.conftest import World
+from tests.factories import bearer, public_key_pem, site_body
+
+API = "/api/v1/sites"
+
+
+def test_register_read_edit_delete(client: TestClient, world: World) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+    body = site_body(name="lab-c", robot_type="so101", hardware="RTX 4090")
+
+    created = client.post(API, json=body, headers=admin)
+    assert created.status_code == 201, created.text
+    site = created.json()
+    assert site["status"] == "pending"
+    assert site["features"]["state_dim"] == 6
+    assert site["public_key"].startswith("-----BEGIN PUBLIC KEY-----")
+
+    assert client.get(f"{API}/{site['id']}", headers=admin).json() == site
+    assert client.get(API, headers=admin).json()["count"] == 3
+
+    patched = client.patch(
+        f"{API}/{site['id']}",
+        json={"features": {"state_dim": 7, "action_dim": 7, "fps": 15}},
+        headers=admin,
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["features"]["state_dim"] == 7
+    assert patched.json()["name"] == "lab-c"
+
+    assert client.delete(f"{API}/{site['id']}", headers=admin).status_code == 204
+    assert client.get(f"{API}/{site['id']}", headers=admin).json() == {
+        "detail": "Site not found",
+        "errors": [],
+    }
+
+
+def test_operator_sees_and_edits_only_its_own_site(client: TestClient, world: World) -> None:
+    operator = bearer(world.secrets["operator_own"] or "")
+
+    listed = client.get(API, headers=operator).json()
+    edited = client.patch(f"{API}/{world.own_site_id}", json={"contact": "me@x"}, headers=operator)
+    foreign = client.patch(
+        f"{API}/{world.other_site_id}", json={"contact": "me@x"}, headers=operator
+    )
+    status_change = client.patch(
+        f"{API}/{world.own_site_id}", json={"status": "approved"}, headers=operator
+    )
+
+    assert [s["id"] for s in listed["data"]] == [world.own_site_id]
+    assert listed["count"] == 1
+    assert edited.status_code == 200
+    assert edited.json()["contact"] == "me@x"
+    assert foreign.status_code == 403
+    assert status_change.status_code == 422
+    assert status_change.json()["errors"][0]["field"] == "status"
+
+
+def test_approve_and_revoke_are_audited(client: TestClient, world: World) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+
+    approved = client.post(
+        f"{API}/{world.own_site_id}/approve", json={"reason": "checked on a call"}, headers=admin
+    )
+    again = client.post(f"{API}/{world.own_site_id}/approve", json={}, headers=admin)
+    revoked = client.post(
+        f"{API}/{world.own_site_id}/revoke", json={"reason": "key leaked"}, headers=admin
+    )
+    audit = client.get(f"{API}/{world.own_site_id}/audit", headers=admin).json()
+
+    assert approved.json()["status"] == "approved"
+    assert approved.json()["approved_at"] is not None
+    assert again.status_code == 409
+    assert revoked.json()["status"] == "revoked"
+    assert revoked.json()["status_reason"] == "key leaked"
+    assert [(a["action"], a["reason"]) for a in audit] == [
+        ("register", ""),
+        ("approve", "checked on a call"),
+        ("revoke", "key leaked"),
+    ]
+    assert {a["actor"] for a in audit[1:]} == {
+        "admin-" + a["actor"].split("-")[-1] for a in audit[1:]
+    }
+
+
+def test_new_public_key_sends_an_approved_site_back_to_pending(
+    client: TestClient, world: World
+) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+    operator = bearer(world.secrets["operator_own"] or "")
+    client.post(f"{API}/{world.own_site_id}/approve", json={}, headers=admin)
+
+    response = client.patch(
+        f"{API}/{world.own_site_id}", json={"public_key": public_key_pem()}, headers=operator
+    )
+
+    assert response.json()["status"] == "pending"
+    audit = client.get(f"{API}/{world.own_site_id}/audit", headers=operator).json()
+    assert audit[-1]["action"] == "rekey"
+
+
+def test_public_key_must_be_a_pem_public_key(client: TestClient, world: World) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+    private_looking = "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n"
+    for bad in ("ssh-ed25519 AAAA", private_looking):
+        response = client.post(API, json=site_body(public_key=bad), headers=admin)
+
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["field"] == "public_key"
+        assert "PEM" in response.json()["errors"][0]["reason"]
+    assert client.get(API, headers=admin).json()["count"] == 2
+
+
+def test_invalid_features_name_the_field(client: TestClient, world: World) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+    features = {"state_dim": 0, "action_dim": 6, "fps": 30}
+
+    response = client.post(API, json=site_body(features=features), headers=admin)
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "features.state_dim"
+
+
+def test_duplicate_name_is_409_and_changes_nothing(
+    client: TestClient, world: World, session: Session
+) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+    own = client.get(f"{API}/{world.own_site_id}", headers=admin).json()
+    other = client.get(f"{API}/{world.other_site_id}", headers=admin).json()
+
+    duplicate = client.post(API, json=site_body(name=own["name"]), headers=admin)
+    rename = client.patch(
+        f"{API}/{world.other_site_id}", json={"name": own["name"], "hardware": "x"}, headers=admin
+    )
+
+    assert duplicate.status_code == 409
+    assert duplicate.json()["errors"] == [{"field": "name", "reason": "already in use"}]
+    assert rename.status_code == 409
+    assert client.get(f"{API}/{world.other_site_id}", headers=admin).json() == other
+    assert len(session.exec(select(Site)).all()) == 2
+
+
+def test_deleting_a_site_removes_its_operator_tokens(
+    client: TestClient, world: World, session: Session
+) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+
+    assert client.delete(f"{API}/{world.own_site_id}", headers=admin).status_code == 204
+
+    remaining = session.exec(select(ApiToken).where(ApiToken.site_id == world.own_site_id)).all()
+    assert remaining == []
+    assert client.get(API, headers=bearer(world.secrets["operator_own"] or "")).status_code == 401
