@@ -1,0 +1,255 @@
+"""Experiment pages: list, create with inline errors, edit, clone, launch, roles."""
+
+from collections.abc import Callable
+
+from sqlmodel import Session, select
+
+from app.models import Experiment, Run, RunStatus
+from tests.factories import make_experiment, simulation_body
+from tests.web.conftest import Browser, Secrets, html
+
+VALID_FORM = {
+    "name": "pick-fedavg",
+    "description": "two labs",
+    "policy": "tiny",
+    "strategy": "fedavg",
+    "proximal_mu": "0",
+    "server_learning_rate": "0.01",
+    "num_rounds": "2",
+    "fraction_train": "1",
+    "min_clients": "2",
+    "local_steps": "2",
+    "batch_size": "2",
+    "learning_rate": "0.0001",
+    "seed": "0",
+    "eval_every": "1",
+    "eval_batches": "1",
+    "checkpoint_every": "1",
+    "keep_checkpoints": "3",
+    "mode": "simulation",
+    "normalization": "local",
+    "transport_dtype": "float32",
+    "client_num_cpus": "1",
+    "client_num_gpus": "0",
+    "device": "cpu",
+    "client_datasets": "",
+    "partition_repo_id": "local/so100",
+    "partition_root": "/data/so100",
+    "partition_num_clients": "2",
+    "partition_scheme": "iid",
+    "partition_holdout_episodes": "1",
+    "eval_datasets": "",
+}
+
+
+def field_error(response: object, name: str) -> str | None:
+    error = html(response).find(id=f"f-{name}-error")  # type: ignore[arg-type]
+    return None if error is None else error.text.strip()
+
+
+def input_value(response: object, name: str) -> str | None:
+    soup = html(response)  # type: ignore[arg-type]
+    tag = soup.find(attrs={"name": name, "id": f"f-{name}"})
+    if tag is None:
+        return None
+    if tag.name == "textarea":
+        return tag.text
+    if tag.name == "select":
+        chosen = tag.find("option", selected=True)
+        return None if chosen is None else str(chosen["value"])
+    return str(tag.get("value"))
+
+
+def test_every_input_has_a_label(browser: Callable[..., Browser], secrets: Secrets) -> None:
+    soup = html(browser(secrets.admin).get("/experiments/new"))
+    inputs = soup.select(
+        "form.stacked input:not([type=hidden]):not([type=checkbox]), select, textarea"
+    )
+    assert len(inputs) > 20
+    for tag in inputs:
+        assert soup.find("label", attrs={"for": tag["id"]}) is not None, tag
+
+
+def test_create_shows_each_error_by_its_field_and_keeps_values(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    b = browser(secrets.admin)
+    form = {**VALID_FORM, "num_rounds": "0", "learning_rate": "fast", "partition_num_clients": "1"}
+    response = b.post("/experiments", form)
+    assert response.status_code == 422
+    assert "greater than or equal to 1" in (field_error(response, "num_rounds") or "")
+    assert "valid number" in (field_error(response, "learning_rate") or "")
+    assert field_error(response, "policy") is None
+    assert input_value(response, "learning_rate") == "fast"
+    assert input_value(response, "description") == "two labs"
+    assert input_value(response, "partition_root") == "/data/so100"
+    assert html(response).find(id="form-error") is not None
+    assert session.exec(select(Experiment)).first() is None
+
+
+def test_federation_rule_errors_land_on_their_field(
+    browser: Callable[..., Browser], secrets: Secrets
+) -> None:
+    b = browser(secrets.admin)
+    response = b.post("/experiments", {**VALID_FORM, "min_clients": "3"})
+    assert response.status_code == 422
+    assert "min_clients (3) exceeds the 2 clients" in (field_error(response, "min_clients") or "")
+    response = b.post("/experiments", {**VALID_FORM, "partition_repo_id": ""})
+    assert response.status_code == 422
+    assert html(response).find(id="form-error") is not None
+
+
+def test_create_then_fix_then_detail(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    b = browser(secrets.admin)
+    assert b.post("/experiments", {**VALID_FORM, "num_rounds": "-1"}).status_code == 422
+    response = b.post("/experiments", VALID_FORM)
+    assert response.status_code == 303
+    experiment = session.exec(select(Experiment)).one()
+    assert response.headers["location"] == f"/experiments/{experiment.id}"
+    assert experiment.partition == {
+        "dataset": {"repo_id": "local/so100", "root": "/data/so100", "episodes": None},
+        "num_clients": 2,
+        "scheme": "iid",
+        "holdout_episodes": 1,
+    }
+    page = b.get(f"/experiments/{experiment.id}")
+    assert "created" in page.text and "pick-fedavg" in page.text
+    assert page.headers["link"] == (
+        f'</api/v1/experiments/{experiment.id}>; rel="alternate"; type="application/json"'
+    )
+
+
+def test_duplicate_name_is_shown_on_the_name_field(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    existing = make_experiment(session, simulation_body())
+    response = browser(secrets.admin).post("/experiments", {**VALID_FORM, "name": existing.name})
+    assert response.status_code == 409
+    assert "already in use" in (field_error(response, "name") or "")
+
+
+def test_edit_keeps_fields_and_saves(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    experiment = make_experiment(session, simulation_body(num_rounds=2))
+    b = browser(secrets.admin)
+    form = b.get(f"/experiments/{experiment.id}/edit")
+    assert input_value(form, "name") == experiment.name
+    assert input_value(form, "partition_repo_id") == "test/so100_pick"
+    values = {
+        tag["name"]: input_value(form, tag["name"]) or ""
+        for tag in html(form).select("[id^=f-]")
+        if tag.get("name")
+    }
+    response = b.post(f"/experiments/{experiment.id}/edit", {**values, "num_rounds": "7"})
+    assert response.status_code == 303
+    session.refresh(experiment)
+    assert experiment.num_rounds == 7
+    bad = b.post(f"/experiments/{experiment.id}/edit", {**values, "batch_size": "0"})
+    assert bad.status_code == 422 and field_error(bad, "batch_size")
+    session.refresh(experiment)
+    assert experiment.batch_size == 8
+
+
+def test_clone_prefills_the_create_form(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    experiment = make_experiment(session, simulation_body(seed=42))
+    form = browser(secrets.admin).get(f"/experiments/{experiment.id}/clone")
+    assert input_value(form, "name") == f"{experiment.name}-copy"
+    assert input_value(form, "seed") == "42"
+    assert html(form).find("form", attrs={"action": "/experiments"}) is not None
+
+
+def test_launch_queues_a_run_and_shows_it(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    experiment = make_experiment(session, simulation_body())
+    b = browser(secrets.admin)
+    response = b.post(f"/experiments/{experiment.id}/launch")
+    assert response.status_code == 303
+    run = session.exec(select(Run)).one()
+    assert run.status == RunStatus.queued
+    assert response.headers["location"] == f"/runs/{run.id}"
+    listing = b.get("/experiments")
+    row = html(listing).find("a", string=experiment.name).find_parent("tr")
+    assert f"run {run.id}" in row.text and "queued" in row.text
+
+
+def test_viewer_sees_no_buttons_and_is_refused(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    experiment = make_experiment(session, simulation_body())
+    b = browser(secrets.viewer)
+    listing = html(b.get("/experiments"))
+    assert listing.find("a", string="New experiment") is None
+    detail = html(b.get(f"/experiments/{experiment.id}"))
+    assert detail.find("button", string="Launch run") is None
+    assert detail.find("a", string="Edit") is None and detail.find("a", string="Clone") is None
+    assert b.get("/experiments/new").status_code == 403
+    assert b.post("/experiments", VALID_FORM).status_code == 403
+    assert b.post(f"/experiments/{experiment.id}/launch").status_code == 403
+    assert b.post(f"/experiments/{experiment.id}/edit", VALID_FORM).status_code == 403
+    assert session.exec(select(Run)).first() is None
+
+
+def test_admin_sees_the_buttons(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    experiment = make_experiment(session, simulation_body())
+    detail = html(browser(secrets.admin).get(f"/experiments/{experiment.id}"))
+    assert detail.find("button", string="Launch run") is not None
+    assert detail.find("a", string="Edit") is not None
+
+
+def test_post_without_csrf_is_refused(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    experiment = make_experiment(session, simulation_body())
+    b = browser(secrets.admin)
+    response = b.post(f"/experiments/{experiment.id}/launch", csrf=False)
+    assert response.status_code == 403
+    assert "CSRF" in html(response).find("h1").text
+    wrong = b.post(f"/experiments/{experiment.id}/launch", {"csrf_token": "x"}, csrf=False)
+    assert wrong.status_code == 403
+    assert session.exec(select(Run)).first() is None
+
+
+def test_operator_sees_only_its_sites_experiments(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    hidden = make_experiment(session, simulation_body())
+    b = browser(secrets.operator)
+    assert hidden.name not in b.get("/experiments").text
+    assert b.get(f"/experiments/{hidden.id}").status_code == 403
+
+
+def test_htmx_request_gets_the_fragment(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    make_experiment(session, simulation_body())
+    b = browser(secrets.viewer)
+    fragment = b.get("/experiments", headers={"HX-Request": "true"})
+    assert fragment.text.lstrip().startswith('<div class="table-wrap" id="experiments-table">')
+    assert "<html" not in fragment.text
+    assert "HX-Request" in fragment.headers["vary"]
+    boosted = b.get("/experiments", headers={"HX-Request": "true", "HX-Boosted": "true"})
+    assert "<html" in boosted.text
+    full = b.get("/experiments")
+    assert "<html" in full.text and "HX-Request" in full.headers["vary"]
+    assert full.headers["link"] == '</api/v1/experiments>; rel="alternate"; type="application/json"'
+
+
+def test_page_shows_what_the_api_returns(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    for _ in range(3):
+        make_experiment(session, simulation_body())
+    b = browser(secrets.viewer)
+    api = b.get("/api/v1/experiments").json()
+    page = html(b.get("/experiments"))
+    names = [a.text for a in page.select("#experiments-table tbody td:first-child a")]
+    assert names == [e["name"] for e in api["data"]]
+    assert f"{api['count']} experiments" in page.text

@@ -1,0 +1,209 @@
+"""Run pages: progress, per-round and per-client tables, checkpoints, cancel/resume, compare."""
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from app.core.config import Settings
+from app.models import Run, RunStatus
+from app.services import runs as run_service
+from app.services.events import publisher_for
+from tests.factories import make_experiment, simulation_body
+from tests.web.conftest import Browser, Secrets, html
+from worker.db_reporter import DbReporter
+from worker.federation.reporter import CheckpointReport, ClientReport, RoundReport
+
+
+def launch(session: Session, settings: Settings, experiment_id: int) -> Run:
+    return run_service.launch_run(
+        session, settings, publisher_for(""), experiment_id=experiment_id, actor="tests"
+    )
+
+
+def report_rounds(settings: Settings, run_id: int, rounds: int, folder: Path) -> str:
+    """Rounds and a checkpoint, written by the worker's DbReporter; the weights' sha256."""
+    reporter = DbReporter(settings.database_url, "", run_id)
+    try:
+        reporter.log("federation started")
+        for number in range(1, rounds + 1):
+            clients = [
+                ClientReport(
+                    client=f"client-{i}", site_id=None, ok=True, train_loss=1.0 / number + i,
+                    samples=16, episodes=2, seconds=1.5, bytes_sent=1000, bytes_received=2000,
+                )
+                for i in range(2)
+            ]  # fmt: skip
+            reporter.round_finished(
+                RoundReport(round=number, train_loss=1.0 / number, eval_loss=2.0 / number,
+                            duration_s=3.0, bytes_sent=4000, bytes_received=2000,
+                            clients_sampled=2, clients_succeeded=2, clients_failed=0,
+                            clients=clients)
+            )  # fmt: skip
+        model = folder / "pretrained_model"
+        model.mkdir(parents=True)
+        weights = b"weights of round %d" % rounds
+        (model / "model.safetensors").write_bytes(weights)
+        (model / "config.json").write_text("{}")
+        digest = hashlib.sha256(weights).hexdigest()
+        reporter.checkpoint_saved(
+            CheckpointReport(round=rounds, path=str(model), sha256=digest,
+                             size_bytes=len(weights), eval_loss=2.0 / rounds)
+        )  # fmt: skip
+    finally:
+        reporter.close()
+    return digest
+
+
+@pytest.fixture
+def running_run(session: Session, settings: Settings) -> Run:
+    experiment = make_experiment(session, simulation_body(num_rounds=4))
+    assert experiment.id is not None
+    run = launch(session, settings, experiment.id)
+    assert run.id is not None
+    assert run_service.claim_run(session, publisher_for(""), run.id, "worker-1")
+    session.refresh(run)
+    return run
+
+
+def test_run_page_shows_progress_tables_and_checkpoints(
+    browser: Callable[..., Browser],
+    secrets: Secrets,
+    session: Session,
+    settings: Settings,
+    running_run: Run,
+    tmp_path: Path,
+) -> None:
+    assert running_run.id is not None
+    digest = report_rounds(settings, running_run.id, 2, tmp_path / "ckpt")
+    b = browser(secrets.viewer)
+    page = b.get(f"/runs/{running_run.id}")
+    soup = html(page)
+    assert "Round 2 of 4" in soup.find("label", attrs={"for": "run-progress"}).text
+    assert soup.find("progress")["value"] == "50"
+    assert "to go" in soup.select_one(".progress .muted").text  # ETA from the mean round time
+    rows = soup.select("#rounds-table tbody tr")
+    assert [r.find("td").text for r in rows] == ["1", "2"]
+    assert len(soup.select("#clients-table tbody tr")) == 4
+    assert soup.select_one("#checkpoints-table code.sha256").text == digest
+    link = soup.select_one('#checkpoints-table a[href$="model.safetensors"]')
+    download = b.get(link["href"])
+    assert download.status_code == 200
+    assert hashlib.sha256(download.content).hexdigest() == digest
+    data = json.loads(soup.find(id="run-chart-data").text)
+    assert [r["round"] for r in data["rounds"]] == [1, 2]
+    assert {c["client"] for c in data["clients"]} == {"client-0", "client-1"}
+    stream = soup.find(id="run-stream")
+    assert stream["sse-connect"].startswith(f"/api/v1/runs/{running_run.id}/events?after_id=")
+    assert "federation started" in soup.find(id="run-log").text
+    assert page.headers["link"].startswith(f"</api/v1/runs/{running_run.id}>")
+
+
+def test_live_fragment_for_htmx(
+    browser: Callable[..., Browser], secrets: Secrets, running_run: Run
+) -> None:
+    fragment = browser(secrets.viewer).get(
+        f"/runs/{running_run.id}", headers={"HX-Request": "true"}
+    )
+    assert fragment.text.lstrip().startswith('<section id="run-live"')
+    assert "sse:round" in fragment.text
+
+
+def test_event_stream_authenticates_with_the_session_cookie(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session, running_run: Run
+) -> None:
+    assert running_run.id is not None
+    run_service.finish_run(session, publisher_for(""), running_run.id, RunStatus.succeeded)
+    b = browser(secrets.viewer)
+    with b.client.stream("GET", f"/api/v1/runs/{running_run.id}/events") as response:
+        assert response.status_code == 200
+        body = "".join(response.iter_text())
+    assert "event: status" in body and "event: end" in body
+    anonymous = browser(None)
+    assert anonymous.get(f"/api/v1/runs/{running_run.id}/events").status_code == 401
+
+
+def test_cancel_button_for_admins_only_and_viewers_refused(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session, running_run: Run
+) -> None:
+    viewer = browser(secrets.viewer)
+    assert html(viewer.get(f"/runs/{running_run.id}")).find("button", string="Cancel run") is None
+    assert viewer.post(f"/runs/{running_run.id}/cancel").status_code == 403
+    session.refresh(running_run)
+    assert running_run.status == RunStatus.running
+
+    admin = browser(secrets.admin)
+    assert html(admin.get(f"/runs/{running_run.id}")).find("button", string="Cancel run")
+    response = admin.post(f"/runs/{running_run.id}/cancel")
+    assert response.status_code == 303
+    session.refresh(running_run)
+    assert running_run.status == RunStatus.cancelled
+    page = admin.get(f"/runs/{running_run.id}")
+    assert html(page).find("button", string="Cancel run") is None
+    again = admin.post(f"/runs/{running_run.id}/cancel")
+    assert again.status_code == 409
+    assert "already finished" in html(again).find("h1").text
+
+
+def test_resume_from_a_checkpoint(
+    browser: Callable[..., Browser],
+    secrets: Secrets,
+    session: Session,
+    settings: Settings,
+    running_run: Run,
+    tmp_path: Path,
+) -> None:
+    assert running_run.id is not None
+    report_rounds(settings, running_run.id, 2, tmp_path / "ckpt")
+    run_service.finish_run(session, publisher_for(""), running_run.id, RunStatus.failed, "boom")
+    admin = browser(secrets.admin)
+    page = html(admin.get(f"/runs/{running_run.id}"))
+    assert page.find("button", string="Resume from round 2") is not None
+    response = admin.post(f"/runs/{running_run.id}/resume", {"round": "2"})
+    assert response.status_code == 303
+    resumed = session.exec(select(Run).where(Run.resumed_from_run_id == running_run.id)).one()
+    assert resumed.resumed_from_round == 2
+    assert (
+        html(browser(secrets.viewer).get(f"/runs/{running_run.id}")).find(
+            "button", string="Resume from round 2"
+        )
+        is None
+    )
+    assert (
+        browser(secrets.viewer).post(f"/runs/{running_run.id}/resume", {"round": "2"}).status_code
+        == 403
+    )
+
+
+def test_compare_overlays_two_runs(
+    browser: Callable[..., Browser],
+    secrets: Secrets,
+    session: Session,
+    settings: Settings,
+    running_run: Run,
+    tmp_path: Path,
+) -> None:
+    assert running_run.id is not None
+    other = launch(session, settings, running_run.experiment_id)
+    assert other.id is not None
+    run_service.claim_run(session, publisher_for(""), other.id, "worker-2")
+    report_rounds(settings, running_run.id, 2, tmp_path / "a")
+    report_rounds(settings, other.id, 1, tmp_path / "b")
+    page = html(browser(secrets.viewer).get(f"/runs/compare?run={running_run.id}&run={other.id}"))
+    series = json.loads(page.find(id="compare-data").text)
+    assert [len(s["rounds"]) for s in series] == [2, 1]
+    assert page.select_one("[data-compare-charts]") is not None
+    single = html(browser(secrets.viewer).get(f"/runs/compare?run={other.id}"))
+    assert single.select_one("[data-compare-charts]") is None
+
+
+def test_runs_list_filters_by_status(
+    browser: Callable[..., Browser], secrets: Secrets, running_run: Run
+) -> None:
+    b = browser(secrets.viewer)
+    assert f"run {running_run.id}" in b.get("/runs?status=running").text
+    assert f"run {running_run.id}" not in b.get("/runs?status=queued").text
+    assert b.get("/runs?status=bogus").status_code == 422
