@@ -175,6 +175,13 @@ async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _overflow_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A number too large for the database driver (SQLite's 64-bit integers)."""
+    return error_response(
+        422, "Value cannot be stored", [FieldProblem(field="body", reason="number out of range")]
+    )
+
+
 async def _unexpected_error(_request: Request, _exc: Exception) -> JSONResponse:
     return error_response(500, "Internal server error")
 
@@ -185,6 +192,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, _pydantic_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
     app.add_exception_handler(DataError, _data_error)
+    app.add_exception_handler(OverflowError, _overflow_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 

@@ -1,6 +1,7 @@
 """Bad input answers 4xx with the canonical body; nothing is stored by a failed write."""
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,3 +180,22 @@ def test_openapi_documents_models_examples_and_errors(client: TestClient) -> Non
     assert schemas["SiteCreate"]["examples"]
     assert schemas["ErrorBody"]["properties"].keys() == {"detail", "errors"}
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_no_route_answers_500_to_out_of_range_ids(client: TestClient, world: World) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+    document = client.get("/openapi.json").json()
+    paths = [
+        path
+        for path, operations in document["paths"].items()
+        if "get" in operations and "{" in path and path.startswith("/api/v1/")
+    ]
+    assert paths
+
+    for path in paths:
+        url = re.sub(r"\{[^}]+\}", str(10**30), path)
+        response = client.get(url, headers=admin)
+
+        assert response.status_code in (404, 422), (path, response.status_code, response.text)
+        assert response.json()["detail"], path
