@@ -1,9 +1,18 @@
 """Shapes shared by every resource."""
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Path, Query
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+
+def _assume_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
+"""A timestamp in responses; SQLite hands back naive UTC, PostgreSQL aware: both leave as UTC."""
 
 MAX_PAGE_SIZE = 200
 MAX_OFFSET = 10**9

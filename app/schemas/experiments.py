@@ -1,13 +1,12 @@
 """Experiments as clients create, change and read them."""
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel.main import SQLModelConfig
 
 from app.models import ExperimentBase, Mode, Strategy
-from app.schemas.common import RowId
+from app.schemas.common import RowId, UtcDatetime
 from worker.federation.config import DatasetRef, Partition
 
 EXPERIMENT_EXAMPLE: dict[str, Any] = {
@@ -81,8 +80,8 @@ class ExperimentUpdate(BaseModel):
 class ExperimentPublic(ExperimentBase):
     id: int
     site_ids: list[int]
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class ExperimentsPublic(BaseModel):

@@ -1,6 +1,5 @@
 """Sites as admins register them and operators keep them up to date."""
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -8,6 +7,7 @@ from sqlmodel.main import SQLModelConfig
 
 from app.core.security import load_public_key
 from app.models import RobotType, SiteBase, SiteFeatures, SiteStatus
+from app.schemas.common import UtcDatetime
 
 SITE_EXAMPLE: dict[str, Any] = {
     "name": "lab-a",
@@ -63,9 +63,9 @@ class SitePublic(SiteBase):
     id: int
     status: SiteStatus
     status_reason: str
-    created_at: datetime
-    approved_at: datetime | None
-    revoked_at: datetime | None
+    created_at: UtcDatetime
+    approved_at: UtcDatetime | None
+    revoked_at: UtcDatetime | None
 
 
 class SitesPublic(BaseModel):
@@ -87,4 +87,4 @@ class SiteAuditPublic(BaseModel):
     action: str = Field(examples=["approve"])
     actor: str = Field(description="Name of the token that acted.")
     reason: str
-    at: datetime
+    at: UtcDatetime

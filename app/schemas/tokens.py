@@ -1,12 +1,11 @@
 """API tokens as admins create and list them."""
 
-from datetime import datetime
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.models import Role
-from app.schemas.common import RowId
+from app.schemas.common import RowId, UtcDatetime
 
 
 class TokenCreate(BaseModel):
@@ -35,8 +34,8 @@ class TokenPublic(BaseModel):
     role: Role
     site_id: int | None
     prefix: str = Field(description="The secret's first characters, to recognise it.")
-    created_at: datetime
-    last_used_at: datetime | None
+    created_at: UtcDatetime
+    last_used_at: UtcDatetime | None
     revoked: bool
 
 

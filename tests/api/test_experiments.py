@@ -1,6 +1,7 @@
 """Experiments through the REST API, on SQLite and PostgreSQL."""
 
 import json
+from datetime import datetime, timedelta
 
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
@@ -23,6 +24,7 @@ def test_create_get_list_patch_delete(client: TestClient, world: World) -> None:
     assert experiment["name"] == "pick-fedavg"
     assert experiment["partition"]["dataset"]["repo_id"] == "test/so100_pick"
     assert experiment["site_ids"] == []
+    assert datetime.fromisoformat(experiment["created_at"]).utcoffset() == timedelta(0)
 
     fetched = client.get(f"{API}/{experiment['id']}", headers=admin).json()
     assert fetched == experiment

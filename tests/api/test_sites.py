@@ -1,5 +1,7 @@
 """Sites through the REST API: registration, edits, approval with an audit trail."""
 
+from datetime import datetime, timedelta
+
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
@@ -74,7 +76,7 @@ def test_approve_and_revoke_are_audited(client: TestClient, world: World) -> Non
     audit = client.get(f"{API}/{world.own_site_id}/audit", headers=admin).json()
 
     assert approved.json()["status"] == "approved"
-    assert approved.json()["approved_at"] is not None
+    assert datetime.fromisoformat(approved.json()["approved_at"]).utcoffset() == timedelta(0)
     assert again.status_code == 409
     assert revoked.json()["status"] == "revoked"
     assert revoked.json()["status_reason"] == "key leaked"
