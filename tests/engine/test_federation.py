@@ -207,7 +207,7 @@ def test_unreadable_dataset_stops_the_run_before_training(
     )
     reporter = RecordingReporter()
     with pytest.raises(
-        DatasetError, match="client-2: dataset synthetic/so100 at .*broken is unreadable"
+        DatasetError, match=r"client-2: dataset synthetic/so100 at .*broken is unreadable"
     ):
         run_federation(config, reporter, output_dir=tmp_path / "out", data_dir=data_dir)
     assert reporter.rounds == []
@@ -268,7 +268,7 @@ def test_mismatched_client_stops_the_run_before_training(
     reporter = RecordingReporter()
     with pytest.raises(
         DatasetError,
-        match="client-1: dataset .*state5 does not match the experiment: state dim 5, expected 6",
+        match=r"client-1: dataset .*state5 does not match the experiment: state dim 5, expected 6",
     ):
         run_federation(config, reporter, output_dir=tmp_path, data_dir=data_dir)
     assert reporter.rounds == []
@@ -281,5 +281,5 @@ def test_missing_dataset_stops_the_run(
     config = FederationConfig(
         policy="tiny", min_clients=2, client_datasets=[images_dataset, missing]
     )
-    with pytest.raises(DatasetError, match="client-1: dataset site/gone at .*gone is missing"):
+    with pytest.raises(DatasetError, match=r"client-1: dataset site/gone at .*gone is missing"):
         run_federation(config, RecordingReporter(), output_dir=tmp_path / "out", data_dir=data_dir)

@@ -18,6 +18,8 @@ from flwr.clientapp import ClientApp
 from worker.federation import task
 from worker.federation.config import DatasetRef, FederationConfig
 from worker.federation.transport import (
+    as_float,
+    as_int,
     decode_arrays,
     encode_arrays,
     stats_from_record,
@@ -139,8 +141,8 @@ def train(msg: Message, context: Context) -> Message:
         assert isinstance(stats, ArrayRecord)
         task.set_stats(state.bundle, stats_from_record(stats))
     load_seconds = _take_load_seconds(state) + (time.perf_counter() - started)
-    server_round = int(record["server-round"])
-    mu = float(record.get("proximal-mu", 0.0))
+    server_round = as_int(record["server-round"])
+    mu = as_float(record.get("proximal-mu", 0.0))
     result = task.train(
         state.bundle,
         state.data,

@@ -27,7 +27,12 @@ from worker.federation.config import FederationConfig
 from worker.federation.reporter import JsonLinesReporter, Reporter, RoundReport
 from worker.federation.run_config import federation_config_from_run_config
 from worker.federation.strategy import RoundLog, TrackedStrategy, make_strategy
-from worker.federation.transport import decode_arrays, stats_from_record, stats_to_record
+from worker.federation.transport import (
+    as_int,
+    decode_arrays,
+    stats_from_record,
+    stats_to_record,
+)
 from worker.policy.loading import resolve_policy_source
 
 CONFIG_KEY = "config"
@@ -122,7 +127,7 @@ def _describe_clients(
         for node in nodes
     ]
     replies = list(grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S))
-    errors = [r.error.reason for r in replies if r.has_error()]
+    errors = [r.error.reason or "" for r in replies if r.has_error()]
     if errors:
         raise DatasetError("; ".join(_short(e) for e in errors))
     clients: dict[int, dict[str, Any]] = {}
@@ -134,13 +139,13 @@ def _describe_clients(
         assert isinstance(info, ConfigRecord) and isinstance(stats, ArrayRecord)
         assert isinstance(metrics, MetricRecord)
         features = json.loads(str(info["features"]))
-        found = _features(features, int(info["fps"]))  # type: ignore[call-overload]
+        found = _features(features, as_int(info["fps"]))
         label = str(info["label"])
         if expected is None:
             expected = found
         elif mismatches := expected.mismatches(found):
             raise DatasetError(
-                f"{label}: dataset {info['dataset']} does not match the experiment: "
+                f"{label}: dataset {info['dataset']!s} does not match the experiment: "
                 + "; ".join(mismatches)
             )
         clients[reply.metadata.src_node_id] = {
@@ -148,7 +153,7 @@ def _describe_clients(
             "features": features,
             "expected": expected,
             "stats": stats_from_record(stats),
-            "frames": int(metrics["num-examples"]),  # type: ignore[call-overload]
+            "frames": as_int(metrics["num-examples"]),
         }
     return clients
 

@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from worker.federation.config import FederationConfig
 from worker.federation.reporter import ClientReport
-from worker.federation.transport import encode_arrays, to_float32_record
+from worker.federation.transport import as_float, as_int, encode_arrays, to_float32_record
 
 ARRAYS_KEY = "arrays"
 
@@ -30,7 +30,7 @@ class RoundLog:
     clients: list[ClientReport] = field(default_factory=list)
 
 
-class TrackedStrategy:
+class TrackedStrategy(FedAvg):
     """Mixin for a Flower strategy; must come before it in the bases."""
 
     round_offset: int = 0
@@ -49,9 +49,7 @@ class TrackedStrategy:
     ) -> Iterable[Message]:
         self.log = RoundLog()
         messages = list(
-            super().configure_train(  # type: ignore[misc]
-                server_round + self.round_offset, arrays, config, grid
-            )
+            super().configure_train(server_round + self.round_offset, arrays, config, grid)
         )
         if self.transport_dtype != "float32" and messages:
             state = {k: _tensor(v.numpy()) for k, v in arrays.items()}
@@ -88,13 +86,13 @@ class TrackedStrategy:
                     client=label,
                     site_id=None,
                     ok=True,
-                    train_loss=float(metrics["train-loss"]),  # type: ignore[arg-type]
-                    samples=int(metrics["num-examples"]),  # type: ignore[call-overload]
-                    episodes=int(metrics["episodes"]),  # type: ignore[call-overload]
-                    seconds=float(metrics["seconds"]),  # type: ignore[arg-type]
-                    load_seconds=float(metrics["load-seconds"]),  # type: ignore[arg-type]
+                    train_loss=as_float(metrics["train-loss"]),
+                    samples=as_int(metrics["num-examples"]),
+                    episodes=as_int(metrics["episodes"]),
+                    seconds=as_float(metrics["seconds"]),
+                    load_seconds=as_float(metrics["load-seconds"]),
                     bytes_sent=payload.count_bytes(),
-                    bytes_received=int(metrics["bytes-received"]),  # type: ignore[call-overload]
+                    bytes_received=as_int(metrics["bytes-received"]),
                 )
             )
             reply.content[ARRAYS_KEY] = to_float32_record(payload, self.transport_dtype)
@@ -104,9 +102,7 @@ class TrackedStrategy:
                 self.log.clients.append(
                     ClientReport(client=label, site_id=None, ok=False, error="no reply in time")
                 )
-        return super().aggregate_train(  # type: ignore[misc,no-any-return]
-            server_round + self.round_offset, replies
-        )
+        return super().aggregate_train(server_round + self.round_offset, replies)
 
     def server_state(self) -> dict[str, np.ndarray]:
         """Strategy state that a resumed run needs (FedAdam's moments)."""
@@ -122,7 +118,7 @@ def _tensor(values: np.ndarray):  # type: ignore[no-untyped-def]
     return torch.from_numpy(np.ascontiguousarray(values))
 
 
-class TrackedFedAvg(TrackedStrategy, FedAvg):
+class TrackedFedAvg(TrackedStrategy):
     pass
 
 

@@ -119,7 +119,8 @@ def merge_stats(stats: list[Stats]) -> Stats:
     """Federated statistics: lerobot's weighted merge of every client's statistics."""
     from lerobot.datasets.compute_stats import aggregate_stats
 
-    return aggregate_stats(stats)  # type: ignore[no-any-return]
+    merged: Stats = aggregate_stats(stats)
+    return merged
 
 
 @dataclass

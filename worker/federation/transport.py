@@ -61,3 +61,16 @@ def stats_from_record(record: ArrayRecord) -> dict[str, dict[str, np.ndarray]]:
         feature, name = key.split("|", 1)
         stats.setdefault(feature, {})[name] = array.numpy()
     return stats
+
+
+def as_int(value: object) -> int:
+    """A scalar from a Config/MetricRecord as int (records type their values loosely)."""
+    if isinstance(value, int | float | str):
+        return int(value)
+    raise TypeError(f"expected a number, got {value!r}")
+
+
+def as_float(value: object) -> float:
+    if isinstance(value, int | float | str):
+        return float(value)
+    raise TypeError(f"expected a number, got {value!r}")

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lerobot.policies.smolvla import SmolVLAConfig
@@ -104,8 +104,8 @@ def _write_tiny_vlm(folder: Path) -> None:
         SmolVLMConfig,
         SmolVLMImageProcessor,
         SmolVLMProcessor,
-        SmolVLMVideoProcessor,
     )
+    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_train_tokenizer(),
@@ -116,7 +116,7 @@ def _write_tiny_vlm(folder: Path) -> None:
         extra_special_tokens=SPECIAL_TOKENS,
     )
     image_token_id = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["image_token"])
-    config = SmolVLMConfig(
+    fields: dict[str, Any] = dict(
         vision_config={
             "hidden_size": 32,
             "intermediate_size": 64,
@@ -141,6 +141,7 @@ def _write_tiny_vlm(folder: Path) -> None:
         image_token_id=image_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    config = SmolVLMConfig(**fields)
     patches = (TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2
     size = {"longest_edge": TINY_IMAGE_SIZE}
     processor = SmolVLMProcessor(
