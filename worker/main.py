@@ -9,6 +9,8 @@ import logging
 import subprocess
 import sys
 
+from celery.utils.nodenames import default_nodename
+
 from app.core.config import Settings
 from app.core.db import make_engine
 from worker.celery_app import make_celery
@@ -18,7 +20,7 @@ from worker.supervisor import child_env
 
 def run_worker(settings: Settings, name: str | None = None, loglevel: str = "INFO") -> None:
     """Runs a Celery worker for ``settings.gpu_queue`` in this process until it is stopped."""
-    name = name or default_worker_name(settings.gpu_queue)
+    name = default_nodename(name or default_worker_name(settings.gpu_queue))  # celery@<name>
     engine = make_engine(settings.database_url)
     register_worker(engine, settings, name)
     heartbeats = HeartbeatThread(engine, settings, name)

@@ -215,3 +215,57 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop()
+
+
+# --------------------------------------------------------------------------- a live web server
+
+
+class LiveServer:
+    """The app served by uvicorn on a free port in a thread: real sockets, real streaming."""
+
+    def __init__(self, settings: Settings) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        wait_for(lambda: self.server.started, 30, "uvicorn to start")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def read_sse(lines: Iterator[str], stop_after: int | None = None) -> list[dict[str, str]]:
+    """Server-sent events from a response's lines, as {"id", "event", "data"} dicts.
+
+    Stops after ``stop_after`` events, or at the ``end`` event, or when the stream closes.
+    """
+    events: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in lines:
+        if line.startswith(":"):
+            continue  # a comment (ping)
+        if not line:
+            if current:
+                events.append(current)
+                if current.get("event") == "end" or len(events) == stop_after:
+                    return events
+            current = {}
+            continue
+        field, _, value = line.partition(":")
+        current[field] = value.removeprefix(" ")
+    return events
