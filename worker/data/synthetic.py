@@ -103,3 +103,35 @@ def generate_dataset(root: Path, spec: SyntheticSpec) -> Path:
         dataset.save_episode()
     dataset.finalize()
     return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m worker.data.synthetic ROOT`: write a synthetic dataset for trying the engine."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.data.synthetic", description=main.__doc__
+    )
+    parser.add_argument("root", type=Path, help="folder to create (must not exist)")
+    parser.add_argument("--episodes", type=int, default=SyntheticSpec.episodes)
+    parser.add_argument("--frames", type=int, default=SyntheticSpec.frames_per_episode)
+    parser.add_argument("--cameras", default="front", help="comma-separated camera names")
+    parser.add_argument("--video", action="store_true", help="store cameras as MP4 video")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.root.exists():
+        parser.error(f"{args.root} exists already")
+    spec = SyntheticSpec(
+        episodes=args.episodes,
+        frames_per_episode=args.frames,
+        cameras=tuple(args.cameras.split(",")),
+        use_videos=args.video,
+        seed=args.seed,
+    )
+    generate_dataset(args.root, spec)
+    print(f"wrote {args.episodes} episodes of {spec.repo_id} to {args.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
