@@ -17,12 +17,12 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import torch
+from safetensors.torch import save_file
 
-from worker.federation.transport import encode_arrays  # noqa: E402
-from worker.policy.loading import load_pretrained_fast, trainable_state  # noqa: E402
-from worker.policy.tiny import _write_tiny_vlm  # noqa: E402
+from worker.federation.transport import encode_arrays
+from worker.policy.loading import load_pretrained_fast, trainable_state
+from worker.policy.tiny import write_tiny_vlm
 
 RESULTS = Path(__file__).parent / "results" / "comm_bytes.json"
 
@@ -61,7 +61,7 @@ SMOLVLM2_500M_VIDEO = {
 
 def smolvlm2_folder(folder: Path) -> Path:
     """A VLM folder with SmolVLM2-500M's config (and the tiny tokenizer and processor)."""
-    _write_tiny_vlm(folder)
+    write_tiny_vlm(folder)
     (folder / "config.json").write_text(json.dumps(SMOLVLM2_500M_VIDEO, indent=2))
     return folder
 

@@ -54,7 +54,7 @@ def tiny_vlm_dir(data_dir: Path) -> Path:
             return target
         staging = Path(tempfile.mkdtemp(prefix=f".{TINY_VLM_FOLDER}-", dir=target.parent))
         try:
-            _write_tiny_vlm(staging)
+            write_tiny_vlm(staging)
             (staging / _MARKER).write_text(_FORMAT)
             if target.exists():
                 shutil.rmtree(target)
@@ -98,7 +98,8 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_tiny_vlm(folder: Path) -> None:
+def write_tiny_vlm(folder: Path) -> None:
+    """Write the tiny VLM folder: SmolVLM config, trained tokenizer, SmolVLMProcessor."""
     from transformers import (
         PreTrainedTokenizerFast,
         SmolVLMConfig,
