@@ -47,7 +47,7 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
         if self.database_url.startswith(("postgres://", "postgresql://")):
             # psycopg 3 is the driver we ship; SQLAlchemy defaults to psycopg2.
-            scheme, rest = self.database_url.split("://", 1)
+            rest = self.database_url.split("://", 1)[1]
             self.database_url = f"postgresql+psycopg://{rest}"
         if self.environment == "production" and self.secret_key == DEVELOPMENT_SECRET:
             raise ValueError("FEDVLA_SECRET_KEY must be set in production")

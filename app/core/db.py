@@ -10,7 +10,7 @@ from sqlmodel import Session, create_engine
 
 
 def make_engine(database_url: str) -> Engine:
-    """An engine for ``database_url``; SQLite gets WAL and foreign keys, so web and worker share it."""
+    """An engine for the URL; SQLite gets WAL and foreign keys, as web and worker share it."""
     if database_url.startswith("sqlite"):
         path = database_url.split("///", 1)[-1]
         if path and path != ":memory:":

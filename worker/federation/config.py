@@ -49,7 +49,7 @@ class ResumePoint(BaseModel):
 
 
 class FederationConfig(BaseModel):
-    """One federation, frozen. Field names mirror the Experiment table and [tool.flwr.app.config]."""
+    """One federation, frozen. Field names mirror the Experiment table and the flwr app config."""
 
     model_config = ConfigDict(extra="forbid")
 
