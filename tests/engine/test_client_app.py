@@ -1,0 +1,129 @@
+"""The ClientApp in this process, with hand-built Messages (as Flower's own strategy tests do)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+from worker.federation import client_app, task
+from worker.federation.config import DatasetRef, FederationConfig
+from worker.federation.transport import decode_arrays, encode_arrays, stats_to_record
+from worker.policy.loading import resolve_policy_source, trainable_state
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> Iterator[None]:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 0
+    yield
+    client_app._cache.clear()
+
+
+def _config(dataset: DatasetRef, **changes: object) -> FederationConfig:
+    return FederationConfig(
+        policy="tiny",
+        mode="deployment",
+        site_ids=[1, 2],
+        local_steps=2,
+        batch_size=4,
+        eval_batches=1,
+        transport_dtype="bfloat16",
+        **changes,  # type: ignore[arg-type]
+    )
+
+
+def _context(dataset: DatasetRef, data_dir: Path) -> Context:
+    node_config = {
+        "dataset-repo-id": dataset.repo_id,
+        "dataset-root": str(dataset.root),
+        "data-dir": str(data_dir),
+        "site-label": "site-arm-1",
+    }
+    return Context(run_id=7, node_id=11, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def _message(config: FederationConfig, kind: str, **records: object) -> Message:
+    content = RecordDict(
+        {
+            "config": ConfigRecord(
+                {"federation": config.model_dump_json(), "data-dir": "unused", "server-round": 1}
+            ),
+            **records,  # type: ignore[dict-item]
+        }
+    )
+    return Message(content, dst_node_id=11, message_type=kind)
+
+
+def _global_weights(data_dir: Path, dataset: DatasetRef) -> dict[str, object]:
+    data = task.open_dataset(dataset, chunk_size=4, owner="server")
+    bundle = task.build_bundle(
+        resolve_policy_source("tiny"),
+        data.features,
+        stats=data.stats,
+        data_dir=data_dir,
+        seed=0,
+        device="cpu",
+    )
+    return trainable_state(bundle.policy)  # type: ignore[return-value]
+
+
+def test_query_describes_the_site_from_its_node_config(
+    images_dataset: DatasetRef, data_dir: Path
+) -> None:
+    config = _config(images_dataset)
+    reply = client_app.app(_message(config, MessageType.QUERY), _context(images_dataset, data_dir))
+    info = reply.content["config"]
+    assert isinstance(info, ConfigRecord)
+    assert info["label"] == "site-arm-1" and info["fps"] == 30
+    assert "observation.images.front" in str(info["features"])
+    assert reply.content["metrics"]["num-examples"] == 9 * 16  # type: ignore[index]
+
+
+def test_train_uses_federated_stats_and_replies_trainable_weights_only(
+    images_dataset: DatasetRef, data_dir: Path
+) -> None:
+    config = _config(images_dataset, normalization="federated", learning_rate=1e-2)
+    weights = _global_weights(data_dir, images_dataset)
+    merged = task.open_dataset(images_dataset, chunk_size=4, owner="x").stats
+    merged = {k: {s: np.asarray(v) * 1.0 for s, v in d.items()} for k, d in merged.items()}
+    merged["observation.state"]["mean"] = merged["observation.state"]["mean"] + 0.5
+    arrays = encode_arrays(weights, "bfloat16")  # type: ignore[arg-type]
+    message = _message(
+        config, MessageType.TRAIN, arrays=arrays, **{"norm-stats": stats_to_record(merged)}
+    )
+    reply = client_app.app(message, _context(images_dataset, data_dir))
+
+    state = next(iter(client_app._cache.values()))
+    assert np.allclose(
+        state.bundle.stats["observation.state"]["mean"], merged["observation.state"]["mean"]
+    )
+    metrics = reply.content["metrics"]
+    assert metrics["num-examples"] == 2 * 4  # type: ignore[index]
+    assert metrics["bytes-received"] == arrays.count_bytes()  # type: ignore[index]
+    sent = reply.content["arrays"]
+    assert isinstance(sent, ArrayRecord)
+    assert set(sent.keys()) == set(weights)
+    trained = decode_arrays(sent, "bfloat16")
+    assert any(not np.allclose(trained[k].numpy(), weights[k].numpy(), atol=1e-2) for k in weights)  # type: ignore[attr-defined]
+
+
+def test_evaluate_reports_loss_on_the_site_data(images_dataset: DatasetRef, data_dir: Path) -> None:
+    config = _config(images_dataset)
+    arrays = encode_arrays(_global_weights(data_dir, images_dataset), "bfloat16")  # type: ignore[arg-type]
+    reply = client_app.app(
+        _message(config, MessageType.EVALUATE, arrays=arrays), _context(images_dataset, data_dir)
+    )
+    metrics = reply.content["metrics"]
+    assert metrics["eval-loss"] > 0 and metrics["num-examples"] == 4  # type: ignore[index,operator]
+
+
+def test_weights_that_do_not_train_are_refused(images_dataset: DatasetRef, data_dir: Path) -> None:
+    config = _config(images_dataset)
+    weights = _global_weights(data_dir, images_dataset)
+    weights["model.vlm_with_expert.vlm.lm_head.weight"] = weights[next(iter(weights))]
+    message = _message(config, MessageType.TRAIN, arrays=encode_arrays(weights, "bfloat16"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="received weights that do not train"):
+        client_app.app(message, _context(images_dataset, data_dir))
