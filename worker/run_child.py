@@ -1,16 +1,20 @@
 """The federation process of one run: ``python -m worker.run_child <run_id>``.
 
 Started by worker.supervisor in its own process group, with the worker's settings in FEDVLA_*
-variables. It reads the run's frozen config, runs the engine with the database reporter, and exits
-0 on success; on failure the traceback goes to the run's federation.log and the exit code is 1.
+variables. It reads the run's frozen config, announces itself with a first event (importing only
+what that needs: the dispatch latency includes this process's start), runs the engine with the
+database reporter, and exits 0 on success; on failure the traceback goes to the run's
+federation.log and the exit code is 1.
 """
 
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 from sqlmodel import Session
 
@@ -19,7 +23,11 @@ from app.core.db import make_engine
 from app.models import Run
 from worker.db_reporter import DbReporter
 from worker.federation.config import FederationConfig
-from worker.supervisor import run_output_dir
+
+
+def run_output_dir(settings: Settings, run_id: int) -> Path:
+    """Where a run's checkpoints and federation.log go."""
+    return settings.checkpoint_dir / str(run_id)
 
 
 def watch_parent(parent_pid: int, every_s: float = 1.0) -> threading.Thread:
@@ -47,10 +55,11 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"run {run_id} not found in the database")
         config = FederationConfig.model_validate(run.config)
     engine.dispose()
+    reporter = DbReporter(settings.database_url, settings.redis_url, run_id)
+    reporter.log(f"federation process {os.getpid()} running on {socket.gethostname()}")
 
     from worker.federation.runner import run_federation  # heavy: torch, flwr, lerobot
 
-    reporter = DbReporter(settings.database_url, settings.redis_url, run_id)
     try:
         run_federation(
             config,

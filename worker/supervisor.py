@@ -24,6 +24,7 @@ from app.core.config import Settings
 from app.models import RunStatus
 from app.services import runs
 from app.services.events import EventPublisher, append_event
+from worker.run_child import run_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,6 @@ def child_env(settings: Settings) -> dict[str, str]:
         env[f"FEDVLA_{name.upper()}"] = str(value)
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def run_output_dir(settings: Settings, run_id: int) -> Path:
-    return settings.checkpoint_dir / str(run_id)
 
 
 def failure_reason(returncode: int, log_path: Path) -> str:

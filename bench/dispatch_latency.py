@@ -1,0 +1,210 @@
+"""Dispatch latency: from the launch request to the federation's child process running.
+
+For each broker (the embedded SQLite broker with a SQLite database; Redis with PostgreSQL), a
+real worker (`python -m worker.main`, as `fedvla serve` starts it) is started, then runs are
+launched one at a time through the REST API. Each is timed from just before the POST to:
+  claimed  - the worker set the run running (Run.started_at);
+  running  - the federation child process wrote its first event, before it imports the engine
+             (so model loading is excluded).
+Each run is then cancelled, which stops its child, and the next is launched when the worker is
+idle. Results go to bench/results/dispatch_latency.json.
+
+    .venv/bin/python bench/dispatch_latency.py [--runs 10] [--brokers embedded,redis]
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, col, select
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.core.config import Settings  # noqa: E402
+from app.core.db import make_engine  # noqa: E402
+from app.core.migrate import upgrade_database  # noqa: E402
+from app.main import create_app  # noqa: E402
+from app.models import Role, Run, RunEvent, WorkerNode  # noqa: E402
+from app.schemas.experiments import ExperimentCreate  # noqa: E402
+from app.services import experiments, tokens  # noqa: E402
+from worker.main import start_local_worker  # noqa: E402
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_BROKER = "redis://127.0.0.1:6379/13"
+CHILD_MARKER = "federation process "
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _wait(condition: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise TimeoutError(what)
+
+
+def _settings(broker: str, workdir: Path) -> Settings:
+    common: dict[str, Any] = {
+        "environment": "test",
+        "data_dir": workdir / "data",
+        "gpu_queue": f"bench-{uuid.uuid4().hex[:6]}",
+        "cancel_grace_s": 1.0,
+    }
+    if broker == "embedded":
+        return Settings(**common)
+    name = f"fedvla_bench_{uuid.uuid4().hex[:8]}"
+    with create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(False)
+    return Settings(**common, database_url=url, broker_url=REDIS_BROKER)
+
+
+def _drop(settings: Settings) -> None:
+    if settings.is_sqlite:
+        return
+    name = make_url(settings.database_url).database
+    with create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def measure(broker: str, runs: int, workdir: Path) -> dict[str, Any]:
+    settings = _settings(broker, workdir)
+    upgrade_database(settings.database_url)
+    engine = make_engine(settings.database_url)
+    with Session(engine) as session:
+        _, secret = tokens.create_token(session=session, name="bench", role=Role.admin)
+        experiment = experiments.create_experiment(
+            session=session,
+            data=ExperimentCreate.model_validate(
+                {
+                    "name": "bench",
+                    "policy": "tiny",
+                    "partition": {"dataset": {"repo_id": "bench/none"}, "num_clients": 2},
+                }
+            ),
+        )
+    headers = {"Authorization": f"Bearer {secret}"}
+    worker_name = f"{settings.gpu_queue}@bench"
+    worker = start_local_worker(settings, worker_name, str(workdir / f"{broker}-worker.log"))
+    samples: list[dict[str, float]] = []
+    try:
+        _wait(lambda: _worker_ready(engine, worker_name), 60, "the worker to register")
+        time.sleep(2.0)  # let the worker finish connecting to the broker
+        with TestClient(create_app(settings)) as client:
+            for _ in range(runs):
+                t0 = datetime.now(UTC)
+                answer = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=headers)
+                answered = datetime.now(UTC)
+                answer.raise_for_status()
+                run_id = answer.json()["id"]
+                running_at = _wait(lambda: _child_started(engine, run_id), 60, "child")
+                claimed_at = _started_at(engine, run_id)
+                client.post(f"/api/v1/runs/{run_id}/cancel", headers=headers)
+                _wait(lambda: _worker_idle(engine, worker_name), 60, "the worker to be idle")
+                samples.append(
+                    {
+                        "request_s": (answered - t0).total_seconds(),
+                        "claimed_s": (claimed_at - t0).total_seconds(),
+                        "running_s": (running_at - t0).total_seconds(),
+                    }
+                )
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        engine.dispose()
+        _drop(settings)
+    return {
+        "broker": settings.broker_url.split(":", 1)[0],
+        "database": "sqlite" if settings.is_sqlite else "postgresql",
+        "runs": runs,
+        "samples": samples,
+        **{key: _summary([s[key] for s in samples]) for key in samples[0]},
+    }
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "median": round(statistics.median(ordered), 3),
+        "p90": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 3),
+        "min": round(ordered[0], 3),
+        "max": round(ordered[-1], 3),
+    }
+
+
+def _worker_ready(engine: Any, name: str) -> bool:
+    with Session(engine) as session:
+        return session.exec(select(WorkerNode).where(WorkerNode.name == name)).first() is not None
+
+
+def _worker_idle(engine: Any, name: str) -> bool:
+    with Session(engine) as session:
+        node = session.exec(select(WorkerNode).where(WorkerNode.name == name)).one()
+        return node.current_run_id is None
+
+
+def _child_started(engine: Any, run_id: int) -> datetime | None:
+    with Session(engine) as session:
+        event = session.exec(
+            select(RunEvent)
+            .where(RunEvent.run_id == run_id, col(RunEvent.message).startswith(CHILD_MARKER))
+            .limit(1)
+        ).first()
+        return _aware(event.created_at) if event else None
+
+
+def _started_at(engine: Any, run_id: int) -> datetime:
+    with Session(engine) as session:
+        run = session.get(Run, run_id)
+        assert run is not None and run.started_at is not None
+        return _aware(run.started_at)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--brokers", default="embedded,redis")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/dispatch_latency.json")
+    args = parser.parse_args()
+    results = []
+    for broker in args.brokers.split(","):
+        with tempfile.TemporaryDirectory() as workdir:
+            result = measure(broker, args.runs, Path(workdir))
+        results.append(result)
+        print(
+            f"{broker:9s} claimed median {result['claimed_s']['median']:.3f} s, "
+            f"child running median {result['running_s']['median']:.3f} s "
+            f"(p90 {result['running_s']['p90']:.3f} s, max {result['running_s']['max']:.3f} s)"
+        )
+    report = {
+        "benchmark": "dispatch_latency",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+        "note": "launch request -> worker claimed the run -> federation child process running "
+        "(its first event, before the engine is imported); seconds",
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

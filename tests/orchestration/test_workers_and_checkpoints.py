@@ -1,0 +1,180 @@
+"""Worker registration and heartbeats; checkpoint rows from the reporter and their downloads."""
+
+import hashlib
+import io
+import json
+import tarfile
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from safetensors.numpy import save_file
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from app.core.config import Settings
+from app.models import Checkpoint, RunStatus, WorkerNode, utcnow
+from app.services import runs
+from app.services.events import EventPublisher
+from worker.db_reporter import DbReporter
+from worker.federation.reporter import CheckpointReport
+from worker.registry import HeartbeatThread, detect_gpus, register_worker
+
+NO_REDIS = EventPublisher("")
+
+
+def test_a_worker_registers_beats_and_goes_offline(
+    client: TestClient, engine: Engine, fast_settings: Settings, viewer: dict[str, str]
+) -> None:
+    register_worker(engine, fast_settings, "gpu@lab-a")
+    register_worker(engine, fast_settings, "gpu@lab-b")
+    with Session(engine) as session:
+        stale = utcnow() - timedelta(seconds=fast_settings.lost_after_s + 1)
+        session.execute(
+            update(WorkerNode).where(col(WorkerNode.name) == "gpu@lab-b").values(heartbeat_at=stale)
+        )
+        session.commit()
+
+    assert client.get("/api/v1/workers").status_code == 401
+    listed = client.get("/api/v1/workers", headers=viewer).json()
+
+    assert listed["count"] == 2
+    by_name = {worker["name"]: worker for worker in listed["data"]}
+    assert by_name["gpu@lab-a"]["online"] is True
+    assert by_name["gpu@lab-b"]["online"] is False
+    assert by_name["gpu@lab-a"]["queue"] == fast_settings.gpu_queue
+    assert by_name["gpu@lab-a"]["gpus"] == detect_gpus()
+
+    HeartbeatThread(engine, fast_settings, "gpu@lab-b").beat()
+    again = client.get("/api/v1/workers", headers=viewer).json()
+    assert all(worker["online"] for worker in again["data"])
+
+
+def test_the_heartbeat_loop_fails_runs_of_lost_workers(
+    engine: Engine, fast_settings: Settings, make_experiment
+) -> None:
+    experiment = make_experiment()
+    with Session(engine) as session:
+        run = runs.launch_run(
+            session, fast_settings, NO_REDIS, experiment_id=experiment.id, actor="t"
+        )
+        run_id = run.id
+        assert run_id is not None
+        runs.claim_run(session, NO_REDIS, run_id, "gpu@gone")
+    register_worker(engine, fast_settings, "gpu@alive")
+    beats = HeartbeatThread(engine, fast_settings, "gpu@alive")
+
+    assert beats.beat() == []  # its heartbeat is fresh
+    with Session(engine) as session:
+        stale = utcnow() - timedelta(seconds=fast_settings.lost_after_s + 1)
+        session.execute(
+            update(runs.Run).where(col(runs.Run.id) == run_id).values(heartbeat_at=stale)
+        )
+        session.commit()
+    assert beats.beat() == [run_id]
+    assert beats.beat() == []
+    with Session(engine) as session:
+        assert runs.run_status(session, run_id) == RunStatus.failed
+
+
+def _write_checkpoint(folder: Path) -> str:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"type": "smolvla"}))
+    import numpy as np
+
+    save_file({"weight": np.arange(50_000, dtype=np.float32)}, str(folder / "model.safetensors"))
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def run_with_checkpoints(
+    client: TestClient,
+    engine: Engine,
+    fast_settings: Settings,
+    admin: dict[str, str],
+    make_experiment,
+) -> tuple[int, Path, str]:
+    run_id = client.post(f"/api/v1/experiments/{make_experiment().id}/runs", headers=admin).json()[
+        "id"
+    ]
+    with Session(engine) as session:
+        runs.claim_run(session, NO_REDIS, run_id, "gpu@test")
+    reporter = DbReporter(fast_settings.database_url, "", run_id)
+    folders = {}
+    for round in (1, 2):
+        folder = fast_settings.checkpoint_dir / str(run_id) / f"round_{round}" / "pretrained_model"
+        digest = _write_checkpoint(folder)
+        reporter.checkpoint_saved(
+            CheckpointReport(round, str(folder), digest, 200_080, 1.0 / round)
+        )
+        folders[round] = (folder, digest)
+    reporter.checkpoint_saved(CheckpointReport(2, str(folders[2][0]), folders[2][1], 200_080, 0.4))
+    reporter.checkpoint_removed(1)
+    reporter.close()
+    return run_id, *folders[2]
+
+
+def test_checkpoints_listed_and_downloaded(
+    client: TestClient, engine: Engine, viewer: dict[str, str], run_with_checkpoints
+) -> None:
+    run_id, _folder, weights_digest = run_with_checkpoints
+
+    listed = client.get(f"/api/v1/runs/{run_id}/checkpoints", headers=viewer).json()
+    assert [(c["round"], c["eval_loss"]) for c in listed["data"]] == [(2, 0.4)]  # upserted, 1 gone
+
+    url = f"/api/v1/runs/{run_id}/checkpoints/2/archive"
+    whole = client.get(url, headers=viewer)
+    assert whole.status_code == 200
+    assert whole.headers["content-type"] == "application/x-tar"
+    assert whole.headers["accept-ranges"] == "bytes"
+    assert f"run-{run_id}-round-2-pretrained_model.tar" in whole.headers["content-disposition"]
+    digest = whole.headers["x-checksum-sha256"]
+    assert hashlib.sha256(whole.content).hexdigest() == digest
+    with tarfile.open(fileobj=io.BytesIO(whole.content)) as tar:
+        assert sorted(tar.getnames()) == [
+            "pretrained_model/config.json",
+            "pretrained_model/model.safetensors",
+        ]
+        weights = tar.extractfile("pretrained_model/model.safetensors")
+        assert weights is not None
+        assert hashlib.sha256(weights.read()).hexdigest() == weights_digest
+
+    resumed = client.get(url, headers={**viewer, "Range": "bytes=1000-"})
+    assert resumed.status_code == 206
+    assert (
+        resumed.headers["content-range"]
+        == f"bytes 1000-{len(whole.content) - 1}/{len(whole.content)}"
+    )
+    assert whole.content[:1000] + resumed.content == whole.content
+    # The archive is built once: a second request serves the same bytes and digest.
+    assert client.get(url, headers=viewer).headers["x-checksum-sha256"] == digest
+    past_end = client.get(url, headers={**viewer, "Range": f"bytes={len(whole.content) + 5}-"})
+    assert past_end.status_code == 416
+
+    single = client.get(f"/api/v1/runs/{run_id}/checkpoints/2/model.safetensors", headers=viewer)
+    assert hashlib.sha256(single.content).hexdigest() == weights_digest
+    assert single.headers["x-checksum-sha256"] == weights_digest
+
+
+def test_download_errors(
+    client: TestClient, engine: Engine, viewer: dict[str, str], run_with_checkpoints
+) -> None:
+    run_id, folder, _digest = run_with_checkpoints
+
+    missing_round = client.get(f"/api/v1/runs/{run_id}/checkpoints/1/archive", headers=viewer)
+    assert (missing_round.status_code, missing_round.json()["detail"]) == (
+        404,
+        "Checkpoint not found",
+    )
+    assert client.get("/api/v1/runs/999/checkpoints", headers=viewer).status_code == 404
+    assert client.get(f"/api/v1/runs/{run_id}/checkpoints/2/archive").status_code == 401
+    (folder / "model.safetensors").unlink()
+    gone = client.get(f"/api/v1/runs/{run_id}/checkpoints/2/model.safetensors", headers=viewer)
+    assert (gone.status_code, gone.json()["detail"]) == (
+        410,
+        "The checkpoint's files are no longer on disk (pretrained_model)",
+    )
+    with Session(engine) as session:
+        assert session.exec(select(Checkpoint).where(Checkpoint.run_id == run_id)).one()
