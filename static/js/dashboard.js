@@ -4,10 +4,13 @@
 (function () {
   "use strict";
 
+  const ROUND_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
   const PALETTE = ["#0b5cad", "#a4161a", "#116329", "#7a4b00", "#6f42c1", "#00707a", "#8a1d6b", "#404a57"];
 
-  function width(el) {
-    return Math.max(280, Math.floor(el.getBoundingClientRect().width) - 8);
+  function width(figure) {
+    const style = getComputedStyle(figure);
+    const inner = figure.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    return Math.max(240, Math.floor(inner));
   }
 
   function plot(figure, title, series, data, yLabel) {
@@ -16,7 +19,8 @@
       width: width(figure),
       height: 220,
       scales: { x: { time: false } },
-      axes: [{ label: "round" }, { label: yLabel, size: 60 }],
+      legend: { live: false },
+      axes: [{ label: "round", incrs: ROUND_STEPS }, { label: yLabel, size: 60 }],
       series: [{ label: "round" }].concat(series.map(function (s, i) {
         return { label: s, stroke: PALETTE[i % PALETTE.length], width: 2, points: { show: true, size: 6 }, spanGaps: true };
       })),

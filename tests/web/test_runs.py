@@ -108,7 +108,10 @@ def test_live_fragment_for_htmx(
     fragment = browser(secrets.viewer).get(
         f"/runs/{running_run.id}", headers={"HX-Request": "true"}
     )
-    assert fragment.text.lstrip().startswith('<section id="run-live"')
+    assert (
+        '<section id="run-status"' in fragment.text and '<section id="run-tables"' in fragment.text
+    )
+    assert "<html" not in fragment.text
     assert "sse:round" in fragment.text
 
 

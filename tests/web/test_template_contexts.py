@@ -29,6 +29,8 @@ PAGES: dict[str, tuple[type, set[str]]] = {
     "_runs_table.html": (contexts.RunsPage, set()),
     "run.html": (contexts.RunPage, set()),
     "_run_live.html": (contexts.RunPage, set()),
+    "_run_status.html": (contexts.RunPage, set()),
+    "_run_tables.html": (contexts.RunPage, set()),
     "compare.html": (contexts.ComparePage, set()),
     "sites.html": (contexts.SitesPage, set()),
     "_sites_table.html": (contexts.SitesPage, set()),
