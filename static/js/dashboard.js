@@ -27,10 +27,18 @@
     };
     if (figure._plot) {
       figure._plot.destroy();
+      figure._plot = null;
     }
     holder.innerHTML = "";
-    figure._plot = new uPlot(opts, data, holder);
     const points = data[0].length;
+    if (points === 0) {
+      const empty = document.createElement("p");
+      empty.className = "muted";
+      empty.textContent = "No round finished yet.";
+      holder.append(empty);
+    } else {
+      figure._plot = new uPlot(opts, data, holder);
+    }
     figure.dataset.points = String(points);
     holder.setAttribute("aria-label", title + ": " + points + " round" + (points === 1 ? "" : "s") + " plotted");
   }

@@ -227,5 +227,5 @@ def launch(
         experiment_id=experiment_id,
         actor=token.name,
     )
-    web_session.flash(request, f"Run {run.id} queued.")
+    web_session.flash(request, f"Run {run.id} launched.")
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
