@@ -9,10 +9,20 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
-from app.api.routes import checkpoints, experiments, health, runs, sites, tokens, workers
+from app.api.routes import (
+    checkpoints,
+    deployment,
+    experiments,
+    health,
+    runs,
+    sites,
+    tokens,
+    workers,
+)
 from app.core.config import Settings
 from app.core.db import make_engine
 from app.core.errors import BodySizeLimit, install_error_handlers
+from app.services import runs as run_service
 from app.web.mount import install_web
 
 API_PREFIX = "/api/v1"
@@ -25,6 +35,10 @@ OPENAPI_TAGS = [
     {"name": "runs", "description": "Launch, follow (live events), cancel and resume federations."},
     {"name": "checkpoints", "description": "The policies a run saved, as downloads."},
     {"name": "workers", "description": "The GPU workers that run federations."},
+    {
+        "name": "deployment",
+        "description": "Sites in Flower's deployment engine: compatibility, startup kits, nodes.",
+    },
 ]
 
 DESCRIPTION = """
@@ -50,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
+        async with run_service.reaper(engine, settings):
+            yield
         engine.dispose()
 
     app = FastAPI(
@@ -68,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, prefix=API_PREFIX)
     app.include_router(experiments.router, prefix=API_PREFIX)
     app.include_router(sites.router, prefix=API_PREFIX)
+    app.include_router(deployment.router, prefix=API_PREFIX)
     app.include_router(tokens.router, prefix=API_PREFIX)
     app.include_router(runs.router, prefix=API_PREFIX)
     app.include_router(checkpoints.router, prefix=API_PREFIX)

@@ -7,7 +7,9 @@ in the same transaction.
 """
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +40,7 @@ from app.models import (
     SiteStatus,
     utcnow,
 )
-from app.services import dispatch, experiments
+from app.services import compatibility, dispatch, experiments
 from app.services.events import (
     EventPublisher,
     append_event,
@@ -47,6 +49,8 @@ from app.services.events import (
     publisher_for,
 )
 from worker.federation.config import FederationConfig, ResumePoint
+
+log = logging.getLogger(__name__)
 
 LOST_RUN_ERROR = "worker lost: no heartbeat for {seconds:.0f} s"
 
@@ -103,7 +107,7 @@ def _commit(session: Session, publisher: EventPublisher, *events: RunEvent | Non
 # --------------------------------------------------------------------------- launch
 
 
-def _deployment_problems(sites: Sequence[Site]) -> list[FieldProblem]:
+def _deployment_problems(experiment: Experiment, sites: Sequence[Site]) -> list[FieldProblem]:
     """Why the sites of a deployment experiment cannot train together, if they cannot."""
     if not sites:
         return [FieldProblem(field="sites", reason="a deployment experiment needs sites")]
@@ -112,20 +116,7 @@ def _deployment_problems(sites: Sequence[Site]) -> list[FieldProblem]:
         for site in sites
         if site.status != SiteStatus.approved
     ]
-    first = sites[0]
-    for site in sites[1:]:
-        for feature in ("state_dim", "action_dim", "fps", "camera_keys"):
-            ours, theirs = site.features.get(feature), first.features.get(feature)
-            if feature == "camera_keys":
-                ours, theirs = sorted(ours or []), sorted(theirs or [])
-            if ours != theirs:
-                problems.append(
-                    FieldProblem(
-                        field=f"sites.{site.id}.features.{feature}",
-                        reason=f"site {site.name!r} has {feature} {ours}, "
-                        f"site {first.name!r} has {theirs}",
-                    )
-                )
+    problems += compatibility.launch_problems(experiment, sites)
     return problems
 
 
@@ -167,7 +158,7 @@ def freeze_config(
         sites = session.exec(
             select(Site).where(col(Site.id).in_(config.site_ids)).order_by(col(Site.id))
         ).all()
-        problems = _deployment_problems(sites)
+        problems = _deployment_problems(experiment, sites)
         if problems:
             raise ApiError(409, "The experiment's sites cannot run together", problems)
     if resume is not None:
@@ -463,3 +454,28 @@ def reap_lost_runs(session: Session, publisher: EventPublisher, lost_after_s: fl
 def heartbeat_age(run: Run) -> float | None:
     beat = _aware(run.heartbeat_at)
     return None if beat is None else (utcnow() - beat).total_seconds()
+
+
+@asynccontextmanager
+async def reaper(engine: Engine, settings: Settings) -> AsyncIterator[None]:
+    """While the web app runs: fail lost runs even when no worker is alive to do it."""
+
+    def reap() -> list[int]:
+        with Session(engine) as session:
+            return reap_lost_runs(session, publisher_for(settings.redis_url), settings.lost_after_s)
+
+    async def loop() -> None:
+        while True:
+            try:
+                await run_in_threadpool(reap)
+            except Exception:  # the database may be briefly away; try again next time
+                log.exception("reaping lost runs failed")
+            await asyncio.sleep(min(settings.lost_after_s / 4, 15.0))
+
+    task = asyncio.create_task(loop(), name="fedvla-reaper")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task

@@ -18,6 +18,7 @@ from app.core.config import Settings
 from app.models import Checkpoint, RunStatus, WorkerNode, utcnow
 from app.services import runs
 from app.services.events import EventPublisher
+from tests.orchestration.conftest import wait_for
 from worker.db_reporter import DbReporter
 from worker.federation.reporter import CheckpointReport
 from worker.registry import HeartbeatThread, detect_gpus, register_worker
@@ -178,3 +179,29 @@ def test_download_errors(
     )
     with Session(engine) as session:
         assert session.exec(select(Checkpoint).where(Checkpoint.run_id == run_id)).one()
+
+
+def test_the_web_app_fails_lost_runs_in_the_background(
+    client: TestClient,
+    engine: Engine,
+    fast_settings: Settings,
+    admin: dict[str, str],
+    make_experiment,
+) -> None:
+    """No worker is alive and nobody reads the run: the app's own reaper still fails it."""
+    run_id = client.post(f"/api/v1/experiments/{make_experiment().id}/runs", headers=admin).json()[
+        "id"
+    ]
+    with Session(engine) as session:
+        runs.claim_run(session, NO_REDIS, run_id, "gpu@gone")
+        stale = utcnow() - timedelta(seconds=fast_settings.lost_after_s + 1)
+        session.execute(
+            update(runs.Run).where(col(runs.Run.id) == run_id).values(heartbeat_at=stale)
+        )
+        session.commit()
+
+    def failed() -> bool:
+        with Session(engine) as session:
+            return runs.run_status(session, run_id) == RunStatus.failed
+
+    wait_for(failed, 30, "the background reaper")
