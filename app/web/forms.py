@@ -5,12 +5,13 @@ models (ExperimentCreate, SiteCreate, ...) validate, and turn the field paths of
 (``partition.num_clients``) back into the form's field names, so each error shows by its input.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.errors import FieldProblem, problems_from_pydantic
+from app.core.errors import ApiError, FieldProblem, problems_from_pydantic
 from app.schemas.experiments import ExperimentPublic
 from app.schemas.sites import SitePublic
 from app.web.contexts import FormState
@@ -46,6 +47,27 @@ def form_state(
     for problem in problems:
         errors.setdefault(fields(problem.field), []).append(problem.reason)
     return FormState(values=dict(values), errors=errors)
+
+
+@dataclass(frozen=True)
+class Outcome[T]:
+    """What a form's save did: the saved row, or the problems and the API's status code."""
+
+    saved: T | None
+    problems: list[FieldProblem]
+    status_code: int
+
+
+def attempt[T](save: Callable[[], T]) -> Outcome[T]:
+    """Runs a save (validation with the API's models, then the service) and collects its errors,
+    so the form can come back with each of them by its field."""
+    try:
+        return Outcome(save(), [], 200)
+    except ValidationError as error:
+        return Outcome(None, problems_of(error), 422)
+    except ApiError as error:
+        problems = error.errors or [FieldProblem(field=FORM_WIDE, reason=str(error.detail))]
+        return Outcome(None, list(problems), error.status_code)
 
 
 def problems_of(error: ValidationError) -> list[FieldProblem]:

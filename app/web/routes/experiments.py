@@ -1,14 +1,11 @@
 """Experiment pages: list, create, edit, clone, detail with runs, and Launch."""
 
-from typing import Any
-
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from app.api.deps import SessionDep, SettingsDep
-from app.core.errors import ApiError, FieldProblem
+from app.core.errors import FieldProblem
 from app.models import Mode, Strategy
 from app.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentUpdate
 from app.schemas.sites import SitePublic
@@ -93,10 +90,6 @@ def _submitted(form: FormData) -> tuple[dict[str, str], list[str]]:
     return values, site_ids
 
 
-def _problems(error: ApiError) -> list[FieldProblem]:
-    return error.errors or [FieldProblem(field=forms.FORM_WIDE, reason=str(error.detail))]
-
-
 @router.get("/experiments", name="web_experiments")
 def list_experiments(request: Request, session: SessionDep, token: WebToken) -> Response:
     experiments, count = service.list_experiments(session=session, token=token, limit=200)
@@ -124,19 +117,18 @@ def new_experiment(request: Request, session: SessionDep, token: WebAdmin) -> Re
 async def create_experiment(request: Request, session: SessionDep, token: WebAdmin) -> Response:
     values, site_ids = _submitted(await request.form())
     body = forms.experiment_request(values, site_ids)
-    try:
-        data = ExperimentCreate.model_validate(body)
-        experiment = service.create_experiment(session=session, data=data)
-    except ValidationError as error:
-        problems, status_code = forms.problems_of(error), 422
-    except ApiError as error:
-        problems, status_code = _problems(error), error.status_code
-    else:
+    outcome = forms.attempt(
+        lambda: service.create_experiment(
+            session=session, data=ExperimentCreate.model_validate(body)
+        )
+    )
+    if (experiment := outcome.saved) is not None:
         web_session.flash(request, f"Experiment {experiment.name!r} created.")
         return RedirectResponse(f"/experiments/{experiment.id}", status_code=303)
     return _form_page(
         request, session, token, action="/experiments", heading="New experiment",
-        values=values, problems=problems, cancel_url="/experiments", status_code=status_code,
+        values=values, problems=outcome.problems, cancel_url="/experiments",
+        status_code=outcome.status_code,
     )  # fmt: skip
 
 
@@ -180,21 +172,19 @@ async def update_experiment(
 ) -> Response:
     experiment = service.get_experiment(session=session, experiment_id=experiment_id)
     values, site_ids = _submitted(await request.form())
-    body: dict[str, Any] = forms.experiment_request(values, site_ids)
-    try:
-        data = ExperimentUpdate.model_validate(body)
-        experiment = service.update_experiment(session=session, experiment=experiment, data=data)
-    except ValidationError as error:
-        problems, status_code = forms.problems_of(error), 422
-    except ApiError as error:
-        problems, status_code = _problems(error), error.status_code
-    else:
-        web_session.flash(request, f"Experiment {experiment.name!r} saved.")
+    body = forms.experiment_request(values, site_ids)
+    outcome = forms.attempt(
+        lambda: service.update_experiment(
+            session=session, experiment=experiment, data=ExperimentUpdate.model_validate(body)
+        )
+    )
+    if outcome.saved is not None:
+        web_session.flash(request, f"Experiment {outcome.saved.name!r} saved.")
         return RedirectResponse(f"/experiments/{experiment_id}", status_code=303)
     return _form_page(
         request, session, token, action=f"/experiments/{experiment_id}/edit",
-        heading=f"Edit {experiment.name}", values=values, problems=problems,
-        cancel_url=f"/experiments/{experiment_id}", status_code=status_code,
+        heading=f"Edit {experiment.name}", values=values, problems=outcome.problems,
+        cancel_url=f"/experiments/{experiment_id}", status_code=outcome.status_code,
     )  # fmt: skip
 
 

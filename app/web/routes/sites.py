@@ -3,12 +3,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
-from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response
 
 from app.api.deps import SessionDep, ensure_site_access
-from app.core.errors import ApiError, FieldProblem
-from app.models import RobotType, SiteStatus
+from app.core.errors import FieldProblem
+from app.models import RobotType, Site, SiteStatus
 from app.schemas.sites import SiteCreate, SitePublic, SiteUpdate, StatusChange
 from app.services import contributions
 from app.services import sites as service
@@ -84,25 +83,19 @@ def new_site(request: Request, token: WebAdmin) -> Response:
 async def create_site(request: Request, session: SessionDep, token: WebAdmin) -> Response:
     values = _submitted(await request.form())
     body, problems = forms.site_request(values)
-    status_code = 422
+    outcome = forms.Outcome[Site](None, problems, 422)
     if not problems:
-        try:
-            site = service.create_site(
+        outcome = forms.attempt(
+            lambda: service.create_site(
                 session=session, data=SiteCreate.model_validate(body), actor=token.name
             )
-        except ValidationError as error:
-            problems = forms.problems_of(error)
-        except ApiError as error:
-            problems, status_code = (
-                error.errors or [FieldProblem(field="", reason=str(error.detail))],
-                error.status_code,
-            )
-        else:
-            web_session.flash(request, f"Site {site.name!r} registered; it waits for approval.")
-            return RedirectResponse(f"/sites/{site.id}", status_code=303)
+        )
+    if (site := outcome.saved) is not None:
+        web_session.flash(request, f"Site {site.name!r} registered; it waits for approval.")
+        return RedirectResponse(f"/sites/{site.id}", status_code=303)
     return _form_page(
         request, token, action="/sites", heading="Register a site", values=values,
-        problems=problems, cancel_url="/sites", status_code=status_code,
+        problems=outcome.problems, cancel_url="/sites", status_code=outcome.status_code,
     )  # fmt: skip
 
 
@@ -140,25 +133,20 @@ async def update_site(
     ensure_site_access(token, site_id)
     values = _submitted(await request.form())
     body, problems = forms.site_request(values)
-    status_code = 422
+    outcome = forms.Outcome[Site](None, problems, 422)
     if not problems:
-        try:
-            site = service.update_site(
+        outcome = forms.attempt(
+            lambda: service.update_site(
                 session=session, site=site, data=SiteUpdate.model_validate(body), actor=token.name
             )
-        except ValidationError as error:
-            problems = forms.problems_of(error)
-        except ApiError as error:
-            problems, status_code = (
-                error.errors or [FieldProblem(field="", reason=str(error.detail))],
-                error.status_code,
-            )
-        else:
-            web_session.flash(request, f"Site {site.name!r} saved.")
-            return RedirectResponse(f"/sites/{site_id}", status_code=303)
+        )
+    if outcome.saved is not None:
+        web_session.flash(request, f"Site {outcome.saved.name!r} saved.")
+        return RedirectResponse(f"/sites/{site_id}", status_code=303)
     return _form_page(
         request, token, action=f"/sites/{site_id}/edit", heading=f"Edit {site.name}",
-        values=values, problems=problems, cancel_url=f"/sites/{site_id}", status_code=status_code,
+        values=values, problems=outcome.problems, cancel_url=f"/sites/{site_id}",
+        status_code=outcome.status_code,
     )  # fmt: skip
 
 
