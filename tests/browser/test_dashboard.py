@@ -1,4 +1,8 @@
-"""End to end in headless Chromium: what a coordinator and a robot operator do in the dashboard."""
+"""End to end in headless Chromium: what a coordinator and a robot operator do in the dashboard.
+
+The tests share one running system (module-scoped) and build on each other in file order: the
+run of the second test is what the third compares and what the viewer opens.
+"""
 
 import hashlib
 import re
