@@ -4,7 +4,7 @@ from itertools import count
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session
 
 from app.models import Experiment, Role, Site
@@ -22,7 +22,7 @@ def unique(prefix: str) -> str:
 
 
 def public_key_pem() -> str:
-    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    key = ec.generate_private_key(ec.SECP384R1()).public_key()
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()

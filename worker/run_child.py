@@ -58,15 +58,20 @@ def main(argv: list[str]) -> int:
     reporter = DbReporter(settings.database_url, settings.redis_url, run_id)
     reporter.log(f"federation process {os.getpid()} running on {socket.gethostname()}")
 
-    from worker.federation.runner import run_federation  # heavy: torch, flwr, lerobot
-
     try:
-        run_federation(
-            config,
-            reporter,
-            output_dir=run_output_dir(settings, run_id),
-            data_dir=settings.data_dir,
-        )
+        if config.mode == "deployment":
+            from worker.deployment.federation import run_on_superlink
+
+            run_on_superlink(settings, run_id, config, reporter)
+        else:
+            from worker.federation.runner import run_federation  # heavy: torch, flwr, lerobot
+
+            run_federation(
+                config,
+                reporter,
+                output_dir=run_output_dir(settings, run_id),
+                data_dir=settings.data_dir,
+            )
     finally:
         reporter.close()
     return 0

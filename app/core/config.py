@@ -38,6 +38,21 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8080
+    superlink_host: str = Field(
+        "127.0.0.1", description="Interface the Flower SuperLink binds (0.0.0.0: every one)."
+    )
+    superlink_port: int = Field(
+        9092,
+        ge=1,
+        le=65535,
+        description="The SuperLink's one HTTPS port (Fleet, Control and ServerAppIo APIs in "
+        "flwr 1.42); not 8000, Flower's default, nor the web app's port.",
+    )
+    superlink_public_address: str = Field(
+        "",
+        description="host:port SuperNodes dial, written into startup kits and the server "
+        "certificate; empty: superlink_host:superlink_port.",
+    )
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Self:
@@ -52,6 +67,16 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.secret_key == DEVELOPMENT_SECRET:
             raise ValueError("FEDVLA_SECRET_KEY must be set in production")
         return self
+
+    @property
+    def superlink_address(self) -> str:
+        """Where sites reach the SuperLink."""
+        return self.superlink_public_address or f"{self.superlink_host}:{self.superlink_port}"
+
+    @property
+    def superlink_dir(self) -> Path:
+        """The SuperLink's certificates, state database and logs."""
+        return self.data_dir / "superlink"
 
     @property
     def checkpoint_dir(self) -> Path:

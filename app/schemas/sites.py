@@ -5,9 +5,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel.main import SQLModelConfig
 
-from app.core.security import load_public_key
 from app.models import RobotType, SiteBase, SiteFeatures, SiteStatus
 from app.schemas.common import UtcDatetime
+from app.services.compatibility import CompatibilityReport
+from worker.deployment.keys import normalise_public_key
 
 SITE_EXAMPLE: dict[str, Any] = {
     "name": "lab-a",
@@ -31,8 +32,7 @@ SITE_EXAMPLE: dict[str, Any] = {
 def _check_public_key(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
-    load_public_key(value)  # ValueError -> 422 naming public_key
-    return value.strip() + "\n"
+    return normalise_public_key(value)  # InvalidPublicKey (a ValueError) -> 422 naming it
 
 
 class SiteCreate(SiteBase):
@@ -66,6 +66,12 @@ class SitePublic(SiteBase):
     created_at: UtcDatetime
     approved_at: UtcDatetime | None
     revoked_at: UtcDatetime | None
+
+
+class SiteRegistered(SitePublic):
+    """A new site with its compatibility reports (app.services.compatibility)."""
+
+    compatibility: list[CompatibilityReport]
 
 
 class SitesPublic(BaseModel):

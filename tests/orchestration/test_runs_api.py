@@ -128,7 +128,8 @@ def test_deployment_with_unapproved_or_mismatched_sites_is_refused(
     reasons = {problem["field"]: problem["reason"] for problem in body["errors"]}
     assert reasons["sites"] == f"site {pending.name!r} (id {pending.id}) is pending"
     assert reasons[f"sites.{pending.id}.features.state_dim"] == (
-        f"site {pending.name!r} has state_dim 7, site {approved.name!r} has 6"
+        f"site {pending.name!r}: state has 7 dimensions, the experiment's has 6; "
+        "fix: record states with the experiment's 6 joints"
     )
     assert _count(session, Run) == 0
 

@@ -12,20 +12,31 @@ from app.schemas.sites import (
     SiteAuditPublic,
     SiteCreate,
     SitePublic,
+    SiteRegistered,
     SitesPublic,
     SiteUpdate,
     StatusChange,
 )
+from app.services import compatibility
 from app.services import sites as service
 
 router = APIRouter(prefix="/sites", tags=["sites"], responses=ERROR_RESPONSES)
 
 
-@router.post("", response_model=SitePublic, status_code=status.HTTP_201_CREATED)
-def create_site(body: SiteCreate, session: SessionDep, token: AdminToken) -> SitePublic:
-    """Register a site (admins). It starts pending; approve it to let it take part."""
+@router.post("", response_model=SiteRegistered, status_code=status.HTTP_201_CREATED)
+def create_site(body: SiteCreate, session: SessionDep, token: AdminToken) -> SiteRegistered:
+    """Register a site (admins). It starts pending; approve it to let it take part.
+
+    The answer carries the compatibility report of the site's declared features.
+    """
     site = service.create_site(session=session, data=body, actor=token.name)
-    return SitePublic.model_validate(site, from_attributes=True)
+    reports = compatibility.reports_for_site(session=session, site=site)
+    return SiteRegistered.model_validate(
+        {
+            **SitePublic.model_validate(site, from_attributes=True).model_dump(),
+            "compatibility": reports,
+        }
+    )
 
 
 @router.get("", response_model=SitesPublic)

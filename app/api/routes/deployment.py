@@ -1,0 +1,57 @@
+"""Sites in Flower's deployment engine: compatibility reports, startup kits, node status."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import ReaderToken, SessionDep, SettingsDep, SiteEditorToken, ensure_site_access
+from app.core.errors import ERROR_RESPONSES
+from app.schemas.common import IdPath, RowId
+from app.services import compatibility, experiments, startup_kit
+from app.services import sites as site_service
+from app.services.compatibility import CompatibilityReport
+
+router = APIRouter(prefix="/sites", tags=["deployment"], responses=ERROR_RESPONSES)
+
+ZIP_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/zip": {}}, "description": "The kit, a zip."}
+}
+
+
+@router.get(
+    "/{site_id}/compatibility", response_model=list[CompatibilityReport] | CompatibilityReport
+)
+def site_compatibility(
+    site_id: IdPath,
+    session: SessionDep,
+    token: ReaderToken,
+    experiment_id: Annotated[RowId | None, Query()] = None,
+) -> list[CompatibilityReport] | CompatibilityReport:
+    """The site's declared features checked against one experiment (``experiment_id``), or,
+    without it, on their own and against every deployment experiment the site is in."""
+    site = site_service.get_site(session=session, site_id=site_id)
+    ensure_site_access(token, site_id)
+    if experiment_id is None:
+        return compatibility.reports_for_site(session=session, site=site)
+    experiment = experiments.get_experiment(session=session, experiment_id=experiment_id)
+    return compatibility.check_site_for_experiment(
+        session=session, site=site, experiment=experiment
+    )
+
+
+@router.get("/{site_id}/startup-kit", response_class=Response, responses=ZIP_RESPONSE)
+def download_startup_kit(
+    site_id: IdPath, session: SessionDep, settings: SettingsDep, token: SiteEditorToken
+) -> Response:
+    """The approved site's startup kit (admins, or that site's operator): CA certificate,
+    SuperLink address, flower-supernode command line, compose service, Kubernetes manifest,
+    README. It holds no private key: sites generate theirs with ``fedvla site keygen``."""
+    site = site_service.get_site(session=session, site_id=site_id)
+    ensure_site_access(token, site_id)
+    data = startup_kit.build_kit(session, settings, site)
+    filename = f"fedvla-site-{site.id}-startup-kit.zip"
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

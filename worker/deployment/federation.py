@@ -1,0 +1,146 @@
+"""A deployment-mode run: the federation started on our SuperLink, followed to its end.
+
+What ``flwr run`` does, done directly: build a Flower App Bundle (FAB) whose pyproject names our
+ServerApp (worker.deployment.server_app, which reports into the database) and ClientApp, whose
+config is the run's frozen FederationConfig plus our run id; StartRun on the Control API; then
+poll the run's status. The FAB holds no code: the SuperLink and the sites run the installed
+fedvla (the SuperLink has runtime dependency installation disabled).
+"""
+
+import hashlib
+import signal
+import time
+from importlib.metadata import PackageNotFoundError, version
+from types import FrameType
+from typing import Any
+
+import tomli_w
+from flwr.cli.build import build_fab_from_files
+from flwr.common.serde import fab_to_proto
+from flwr.proto.control_pb2 import StartRunRequest
+from flwr.supercore.fab import Fab
+from sqlmodel import Session
+
+from app.core.config import Settings
+from app.core.db import make_engine
+from worker.deployment import node_registry
+from worker.deployment.server_app import RUN_ID_KEY
+from worker.deployment.superlink import SuperLinkError, _call, run_status, stop_run
+from worker.federation.config import FederationConfig
+from worker.federation.reporter import Reporter
+from worker.federation.run_config import run_config_from_federation_config
+
+POLL_S = 1.0
+APP_NAME = "fedvla-deployment"
+
+
+class DeploymentError(RuntimeError):
+    """The SuperLink refused the run, or the run failed there."""
+
+
+def _fedvla_version() -> str:
+    try:
+        return version("fedvla")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def app_bundle(config: FederationConfig, run_id: int) -> bytes:
+    """The FAB of one run: pyproject only, the run's config as the app's config."""
+    app_config: dict[str, Any] = {
+        **run_config_from_federation_config(config),
+        RUN_ID_KEY: run_id,
+    }
+    pyproject = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {
+            "name": APP_NAME,
+            "version": _fedvla_version(),
+            "description": "fedvla's federation on a SuperLink (code: the installed fedvla)",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedvla",
+                    "components": {
+                        "serverapp": "worker.deployment.server_app:app",
+                        "clientapp": "worker.federation.client_app:app",
+                    },
+                    "config": app_config,
+                }
+            }
+        },
+    }
+    fab, _ = build_fab_from_files({"pyproject.toml": tomli_w.dumps(pyproject).encode()})
+    return fab
+
+
+def start_run(settings: Settings, config: FederationConfig, run_id: int) -> int:
+    """The Flower run id of the federation now started on the SuperLink."""
+    data = app_bundle(config, run_id)
+    fab = Fab(hashlib.sha256(data).hexdigest(), data, {})
+    response = _call(
+        settings,
+        "starting the federation on the SuperLink",
+        lambda c: c.StartRun(StartRunRequest(fab=fab_to_proto(fab))),
+    )
+    if not response.HasField("run_id"):
+        raise DeploymentError("the SuperLink did not start the run")
+    return int(response.run_id)
+
+
+def run_on_superlink(
+    settings: Settings, run_id: int, config: FederationConfig, reporter: Reporter
+) -> None:
+    """Registers the approved sites' keys, starts the federation, waits for its end.
+
+    The ServerApp reports rounds and checkpoints itself; here only the start and the outcome.
+    SIGTERM (a cancel) stops the Flower run before this returns.
+    """
+    engine = make_engine(settings.database_url)
+    try:
+        with Session(engine) as session:
+            sync = node_registry.sync_registrations(session, settings)
+    finally:
+        engine.dispose()
+    if sync.registered or sync.unregistered:
+        reporter.log(
+            f"SuperLink nodes: registered {sync.registered or 'none'}, "
+            f"unregistered {sync.unregistered or 'none'}"
+        )
+    for name in sync.needs_new_key:
+        reporter.log(f"site {name!r} needs a new key pair: its key was unregistered before")
+    flwr_run_id = start_run(settings, config, run_id)
+    reporter.log(
+        f"federation started on the SuperLink at {settings.superlink_address} "
+        f"(Flower run {flwr_run_id}); waiting for {config.min_clients} site node(s)"
+    )
+    stopping: list[int] = []
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        while True:
+            if stopping:
+                stop_run(settings, flwr_run_id)
+                raise DeploymentError(f"cancelled: Flower run {flwr_run_id} stopped")
+            try:
+                status, sub_status, details = run_status(settings, flwr_run_id)
+            except SuperLinkError as error:
+                reporter.log(f"SuperLink unreachable, retrying: {error}")
+                time.sleep(POLL_S * 5)
+                continue
+            if status == "finished":
+                if sub_status != "completed":
+                    raise DeploymentError(
+                        f"Flower run {flwr_run_id} {sub_status}: "
+                        + (details or "see the SuperLink log")
+                    )
+                return
+            time.sleep(POLL_S)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
