@@ -23,13 +23,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from worker.data.features import DatasetError
     from worker.federation.runner import run_federation
+    from worker.federation.server_app import FederationError
+    from worker.policy.loading import PolicySourceError
 
     reporter = JsonLinesReporter(args.output / "events.jsonl")
     try:
         run_federation(
             config, reporter, output_dir=args.output, data_dir=args.data_dir or args.output / "data"
         )
-    except DatasetError as error:
+    except (DatasetError, PolicySourceError, FederationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"done: events in {args.output / 'events.jsonl'}")

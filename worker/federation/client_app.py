@@ -68,11 +68,18 @@ def client_dataset(config: FederationConfig, context: Context) -> tuple[str, Dat
 
 
 def client_state(config: FederationConfig, record: ConfigRecord, context: Context) -> ClientState:
-    label, ref = client_dataset(config, context)
-    data_dir = Path(str(context.node_config.get("data-dir", record["data-dir"])))
-    key = (str(context.run_id), label, ref.model_dump_json(), config.policy, str(config.seed))
+    """This client's policy and dataset: built on the first message, then kept in the process."""
+    key = (
+        str(context.run_id),
+        json.dumps(context.node_config, sort_keys=True),
+        config.model_dump_json(
+            include={"policy", "seed", "device", "client_datasets", "partition"}
+        ),
+    )
     state = _cache.get(key)
     if state is None:
+        label, ref = client_dataset(config, context)
+        data_dir = Path(str(context.node_config.get("data-dir", record["data-dir"])))
         torch.set_num_threads(max(1, int(config.client_num_cpus)))
         source = resolve_policy_source(config.policy)
         chunk = _chunk_size(source, data_dir)
@@ -116,6 +123,7 @@ def describe(msg: Message, context: Context) -> Message:
             CONFIG_KEY: ConfigRecord(
                 {
                     "label": state.label,
+                    "site-id": int(context.node_config.get("site-id", -1)),
                     "dataset": state.data.ref.model_dump_json(),
                     "features": json.dumps(state.data.features),
                     "fps": int(state.data.dataset.dataset.meta.fps),

@@ -25,6 +25,8 @@ class ClientReport:
     """From the client to the server."""
     bytes_received: int = 0
     error: str | None = None
+    skipped_frames: int = 0
+    """Unreadable frames (a corrupt video frame) skipped this round instead of failing."""
 
 
 @dataclass(frozen=True)

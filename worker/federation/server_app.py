@@ -81,6 +81,7 @@ def run_server(
         resumed = _resume(config, bundle)
     strategy = make_strategy(config, round_offset=offset)
     strategy.labels = {node: c["label"] for node, c in clients.items()}
+    strategy.site_ids = {node: c["site_id"] for node, c in clients.items() if c["site_id"] >= 0}
     if config.resume_from is not None:
         strategy.restore_server_state(resumed)
     train_config = ConfigRecord(dict(base_config))
@@ -150,6 +151,7 @@ def _describe_clients(
             )
         clients[reply.metadata.src_node_id] = {
             "label": label,
+            "site_id": as_int(info.get("site-id", -1)),
             "features": features,
             "expected": expected,
             "stats": stats_from_record(stats),

@@ -36,12 +36,14 @@ class TrackedStrategy(FedAvg):
     round_offset: int = 0
     transport_dtype: str = "float32"
     labels: dict[int, str]
+    site_ids: dict[int, int]
     log: RoundLog
 
     def setup_tracking(self, *, round_offset: int, transport_dtype: str) -> None:
         self.round_offset = round_offset
         self.transport_dtype = transport_dtype
         self.labels = {}
+        self.site_ids = {}
         self.log = RoundLog()
 
     def configure_train(
@@ -74,7 +76,12 @@ class TrackedStrategy(FedAvg):
             label = self.labels.get(node, f"node-{node}")
             if reply.has_error():
                 self.log.clients.append(
-                    ClientReport(client=label, site_id=None, ok=False, error=reply.error.reason)
+                    ClientReport(
+                        client=label,
+                        site_id=self.site_ids.get(node),
+                        ok=False,
+                        error=reply.error.reason,
+                    )
                 )
                 continue
             metrics = reply.content["metrics"]
@@ -84,7 +91,7 @@ class TrackedStrategy(FedAvg):
             self.log.clients.append(
                 ClientReport(
                     client=label,
-                    site_id=None,
+                    site_id=self.site_ids.get(node),
                     ok=True,
                     train_loss=as_float(metrics["train-loss"]),
                     samples=as_int(metrics["num-examples"]),
@@ -93,6 +100,7 @@ class TrackedStrategy(FedAvg):
                     load_seconds=as_float(metrics["load-seconds"]),
                     bytes_sent=payload.count_bytes(),
                     bytes_received=as_int(metrics["bytes-received"]),
+                    skipped_frames=as_int(metrics["skipped-frames"]),
                 )
             )
             reply.content[ARRAYS_KEY] = to_float32_record(payload, self.transport_dtype)
@@ -100,7 +108,12 @@ class TrackedStrategy(FedAvg):
             if node not in answered:
                 label = self.labels.get(node, f"node-{node}")
                 self.log.clients.append(
-                    ClientReport(client=label, site_id=None, ok=False, error="no reply in time")
+                    ClientReport(
+                        client=label,
+                        site_id=self.site_ids.get(node),
+                        ok=False,
+                        error="no reply in time",
+                    )
                 )
         return super().aggregate_train(server_round + self.round_offset, replies)
 

@@ -1,0 +1,127 @@
+"""Checkpoint retention and the standalone CLI's errors (no Ray needed)."""
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.federation import checkpoints, task
+from worker.federation.config import DatasetRef
+from worker.federation.reporter import CheckpointReport, JsonLinesReporter, RoundReport
+from worker.policy.loading import resolve_policy_source
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Removals:
+    removed: list[int] = field(default_factory=list)
+
+    def log(self, message: str) -> None: ...
+
+    def round_finished(self, report: RoundReport) -> None: ...
+
+    def checkpoint_saved(self, report: CheckpointReport) -> None: ...
+
+    def checkpoint_removed(self, round: int) -> None:
+        self.removed.append(round)
+
+
+def test_retention_keeps_the_last_n_and_the_best(
+    data_dir: Path, images_dataset: DatasetRef, tmp_path: Path
+) -> None:
+    data = task.open_dataset(images_dataset, chunk_size=4, owner="t")
+    bundle = task.build_bundle(
+        resolve_policy_source("tiny"),
+        data.features,
+        stats=data.stats,
+        data_dir=data_dir,
+        seed=0,
+        device="cpu",
+    )
+    reporter = Removals()
+    for server_round, loss in [(1, 0.9), (2, 0.5), (3, 0.8), (4, 0.7), (5, None)]:
+        saved = checkpoints.save_checkpoint(
+            tmp_path,
+            server_round,
+            policy=bundle.policy,
+            preprocessor=bundle.preprocessor,
+            postprocessor=bundle.postprocessor,
+            server_state={"m_t|w": np.ones(3, np.float32)},
+            eval_loss=loss,
+        )
+        assert saved.sha256 == checkpoints.sha256_of(Path(saved.path) / "model.safetensors")
+        checkpoints.apply_retention(tmp_path, 2, reporter)
+    assert [s.round for s in checkpoints.saved_rounds(tmp_path)] == [2, 4, 5]
+    assert reporter.removed == [1, 3]
+    state = checkpoints.load_server_state(checkpoints.round_dir(tmp_path, 5))
+    assert state["m_t|w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.federation", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+
+
+def test_cli_refuses_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"policy": "tiny", "num_rounds": 0, "client_datasets": []}))
+    result = _cli("--config", str(config), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "num_rounds" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_names_the_mismatched_client(
+    images_dataset: DatasetRef, make_dataset, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    odd = make_dataset("fps15", episodes=2, fps=15)
+    config = tmp_path / "cfg.json"
+    config.write_text(
+        json.dumps(
+            {
+                "policy": "tiny",
+                "min_clients": 2,
+                "client_datasets": [images_dataset.model_dump(), odd.model_dump()],
+            }
+        )
+    )
+    result = _cli("--config", str(config), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "client-1: dataset synthetic/so100" in result.stderr
+    assert "fps 15, expected 30" in result.stderr
+    assert "Traceback" not in result.stderr
+    events = (
+        [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").open()]
+        if (tmp_path / "out" / "events.jsonl").exists()
+        else []
+    )
+    assert not [e for e in events if e["kind"] == "round"]
+
+
+def test_json_lines_reporter_writes_one_object_per_event(tmp_path: Path) -> None:
+    reporter = JsonLinesReporter(tmp_path / "events.jsonl")
+    reporter.log("hello")
+    reporter.checkpoint_removed(3)
+    lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"kind": "log", "message": "hello"},
+        {"kind": "checkpoint_removed", "round": 3},
+    ]
+
+
+@pytest.mark.parametrize("source", ["./relative/missing", "too/many/slashes"])
+def test_unknown_policy_source_is_named(source: str) -> None:
+    from worker.policy.loading import PolicySourceError
+
+    with pytest.raises(PolicySourceError, match="no such folder and not a hub id"):
+        resolve_policy_source(source)
