@@ -1,4 +1,5 @@
-"""The ``fedvla`` command: serve, worker, db upgrade, token create/list/revoke/ensure-admin.
+"""The ``fedvla`` command: serve, worker, db upgrade, token create/list/revoke/ensure-admin,
+site keygen/check and superlink (app.cli_deployment).
 
 Settings come from FEDVLA_* variables (and .env). Errors are one message on stderr and exit 2.
 """
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from app.cli_deployment import site_cli, superlink_command
 from app.core.config import Settings
 from app.core.db import make_engine
 from app.core.errors import ApiError
@@ -34,6 +36,8 @@ token_cli = typer.Typer(
 )
 cli.add_typer(db_cli, name="db")
 cli.add_typer(token_cli, name="token")
+cli.add_typer(site_cli, name="site")
+cli.command("superlink")(superlink_command)
 
 
 def _fail(message: str) -> typer.Exit:

@@ -118,7 +118,9 @@ def kit_config(session: Session, settings: Settings, site: Site) -> dict[str, An
 
 
 def _shell_script(settings: Settings, site: Site) -> str:
-    args = " \\\n  ".join(shlex.quote(arg) for arg in supernode_args(settings, site))
+    flat = supernode_args(settings, site)
+    pairs = [f"{flat[i]} {shlex.quote(flat[i + 1])}" for i in range(0, len(flat), 2)]
+    args = " \\\n  ".join(pairs)
     return f"""#!/bin/sh
 # Brings site {site.name!r}'s Flower SuperNode online. Run it in this folder, after
 # 'fedvla site keygen keys' and 'fedvla site check' (see README.md).

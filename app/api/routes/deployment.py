@@ -7,9 +7,10 @@ from fastapi import APIRouter, Query, Response
 from app.api.deps import ReaderToken, SessionDep, SettingsDep, SiteEditorToken, ensure_site_access
 from app.core.errors import ERROR_RESPONSES
 from app.schemas.common import IdPath, RowId
-from app.services import compatibility, experiments, startup_kit
+from app.services import compatibility, experiments, startup_kit, superlink_admin
 from app.services import sites as site_service
 from app.services.compatibility import CompatibilityReport
+from app.services.superlink_admin import SiteNode
 
 router = APIRouter(prefix="/sites", tags=["deployment"], responses=ERROR_RESPONSES)
 
@@ -55,3 +56,13 @@ def download_startup_kit(
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+@router.get("/{site_id}/node", response_model=SiteNode)
+def site_node(
+    site_id: IdPath, session: SessionDep, settings: SettingsDep, token: ReaderToken
+) -> SiteNode:
+    """The site's SuperNode as the SuperLink sees it: registered, online, last seen."""
+    site = site_service.get_site(session=session, site_id=site_id)
+    ensure_site_access(token, site_id)
+    return superlink_admin.site_node(settings, site)

@@ -1,0 +1,119 @@
+"""``fedvla site keygen|check`` (run at a site) and ``fedvla superlink`` (run on the server).
+
+Registered on the ``fedvla`` command in app.cli. Errors are one message on stderr and exit 2;
+``site check`` exits 1 when the dataset cannot train in the experiment.
+"""
+
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+site_cli = typer.Typer(
+    help="At a robot site: the node's key pair, and the dataset checked before joining.",
+    no_args_is_help=True,
+)
+
+
+@site_cli.command("keygen")
+def site_keygen(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write the key pair (the kit's 'keys' folder).")
+    ] = Path("keys"),
+    force: Annotated[bool, typer.Option(help="Replace an existing key pair.")] = False,
+) -> None:
+    """Generate the SuperNode's P-384 key pair HERE and print the public key to register.
+
+    The private key stays in DIRECTORY (mode 0600); only the public key goes to the server.
+    """
+    from app.cli import _fail
+    from worker.deployment.keys import generate_node_keys
+
+    try:
+        files = generate_node_keys(directory, overwrite=force)
+    except (FileExistsError, OSError) as error:
+        raise _fail(str(error)) from None
+    typer.echo(f"Private key (keep it here, never send it): {files.private_key}", err=True)
+    typer.echo("Public key (paste it into your site's page, or PATCH public_key):", err=True)
+    typer.echo(files.public_pem.read_text(), nl=False)
+
+
+@site_cli.command("check")
+def site_check(
+    dataset: Annotated[Path, typer.Option(help="The local LeRobot dataset folder.")],
+    experiment_config: Annotated[
+        Path, typer.Option(help="kit.json from the site's startup kit.")
+    ] = Path("kit.json"),
+) -> None:
+    """Check the local dataset against the startup kit's experiments; report what it holds."""
+    from app.cli import _fail
+    from worker.data.features import DatasetError
+    from worker.deployment.site_check import KitError, check_site_dataset, describe, read_kit
+
+    try:
+        result = check_site_dataset(dataset, read_kit(experiment_config))
+    except (KitError, DatasetError) as error:
+        raise _fail(str(error)) from None
+    typer.echo(describe(result))
+    if not result.ok:
+        typer.echo("The dataset cannot train in this experiment: fix the errors above.", err=True)
+        raise typer.Exit(code=1)
+    typer.echo("The dataset fits: start the node (README.md, step 4).")
+
+
+def superlink_command(
+    sync_every: Annotated[
+        float, typer.Option(help="Seconds between syncs of approved sites' keys.")
+    ] = 5.0,
+) -> None:
+    """Run the Flower SuperLink with TLS and SuperNode authentication, for approved sites only.
+
+    Its registered keys follow the approved sites' keys: a revoked site is refused within
+    --sync-every seconds.
+    """
+    from sqlmodel import Session
+
+    from app.cli import _fail, _settings
+    from app.core.db import make_engine
+    from worker.deployment.node_registry import sync_registrations
+    from worker.deployment.superlink import SuperLinkError, SuperLinkProcess
+
+    settings = _settings()
+    process = SuperLinkProcess(settings)
+    stop: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    engine = make_engine(settings.database_url)
+    try:
+        process.start()
+        process.wait_ready()
+        typer.echo(
+            f"SuperLink on {settings.superlink_host}:{settings.superlink_port} "
+            f"(sites dial {settings.superlink_address}); log: {process.log_path}"
+        )
+        while not stop:
+            if process.process is not None and process.process.poll() is not None:
+                raise SuperLinkError(f"flower-superlink exited; see {process.log_path}")
+            try:
+                with Session(engine) as session:
+                    result = sync_registrations(session, settings)
+            except SuperLinkError as error:
+                typer.echo(f"sync failed, retrying: {error}", err=True)
+            else:
+                for name in result.registered:
+                    typer.echo(f"registered site {name!r}")
+                for node_id in result.unregistered:
+                    typer.echo(f"unregistered node {node_id}")
+            time.sleep(sync_every)
+    except SuperLinkError as error:
+        raise _fail(str(error)) from None
+    finally:
+        process.stop()
+        engine.dispose()

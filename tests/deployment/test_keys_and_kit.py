@@ -1,0 +1,241 @@
+"""Node keys (made at the site, public half only at the server), the startup kit, site check."""
+
+import io
+import json
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.models import Site, SiteStatus
+from app.services import sites as site_service
+from tests.api.conftest import World
+from tests.factories import bearer, deployment_body, make_experiment, make_site, site_body
+from worker.deployment.keys import parse_public_key
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _pem(key: object) -> str:
+    return key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        (rsa.generate_private_key(65537, 2048).public_key(), "a RSA key"),
+        (ed25519.Ed25519PrivateKey.generate().public_key(), "a Ed25519 key"),
+        (ec.generate_private_key(ec.SECP256K1()).public_key(), "EC curve secp256k1"),
+    ],
+)
+def test_keys_flower_cannot_use_are_refused_naming_public_key(
+    client: TestClient, world: World, key: object, reason: str
+) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+    answer = client.post("/api/v1/sites", json=site_body(public_key=_pem(key)), headers=admin)
+    assert answer.status_code == 422, answer.text
+    [problem] = answer.json()["errors"]
+    assert problem["field"] == "public_key"
+    assert reason in problem["reason"]
+
+
+def test_keygen_writes_the_pair_at_the_site_and_prints_only_the_public_key(
+    client: TestClient, world: World, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(cli, ["site", "keygen", str(tmp_path / "keys")])
+    assert result.exit_code == 0, result.output
+    private = tmp_path / "keys" / "supernode.key"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    loaded = serialization.load_ssh_private_key(private.read_bytes(), None)  # as flwr loads it
+    assert isinstance(loaded, ec.EllipticCurvePrivateKey) and loaded.curve.name == "secp384r1"
+    assert "PRIVATE" not in result.stdout
+    printed = result.stdout.strip() + "\n"
+    assert parse_public_key(printed).public_numbers() == loaded.public_key().public_numbers()
+
+    admin = bearer(world.secrets["admin"] or "")
+    answer = client.post("/api/v1/sites", json=site_body(public_key=printed), headers=admin)
+    assert answer.status_code == 201, answer.text
+    # The OpenSSH one-liner is accepted too and stored as the same PEM.
+    ssh_line = (tmp_path / "keys" / "supernode.pub").read_text()
+    other = client.post("/api/v1/sites", json=site_body(public_key=ssh_line), headers=admin).json()
+    assert other["public_key"] == answer.json()["public_key"]
+
+    again = CliRunner().invoke(cli, ["site", "keygen", str(tmp_path / "keys")])
+    assert again.exit_code == 2
+    assert "exists; pass --force" in again.output
+
+
+def _approved(session: Session, **overrides: object) -> Site:
+    site = make_site(session, **overrides)
+    return site_service.set_status(
+        session=session, site=site, status=SiteStatus.approved, actor="t", reason=""
+    )
+
+
+def _kit(client: TestClient, site_id: int, secret: str | None) -> zipfile.ZipFile:
+    answer = client.get(f"/api/v1/sites/{site_id}/startup-kit", headers=bearer(secret or ""))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/zip"
+    return zipfile.ZipFile(io.BytesIO(answer.content))
+
+
+def test_startup_kit_has_everything_and_no_private_key(
+    client: TestClient, session: Session, world: World
+) -> None:
+    own = session.get(Site, world.own_site_id)
+    assert own is not None
+    site_service.set_status(
+        session=session, site=own, status=SiteStatus.approved, actor="t", reason=""
+    )
+    kit = _kit(client, world.own_site_id, world.secrets["operator_own"])
+
+    names = sorted(n.removeprefix("fedvla-site/") for n in kit.namelist())
+    assert names == [
+        "README.md",
+        "ca.crt",
+        "docker-compose.yml",
+        "kit.json",
+        "kubernetes.yaml",
+        "supernode.sh",
+    ]
+    text = {n: kit.read(f"fedvla-site/{n}").decode() for n in names}
+    assert all("PRIVATE KEY" not in body for body in text.values())
+    assert text["ca.crt"].startswith("-----BEGIN CERTIFICATE-----")
+    config = json.loads(text["kit.json"])
+    assert config["superlink"] == "127.0.0.1:9092"
+    assert [e["id"] for e in config["experiments"]] == [world.experiment_id]
+    assert config["supernode_args"][:2] == ["--superlink", "127.0.0.1:9092"]
+    assert "flower-supernode" in text["supernode.sh"]
+    assert "--auth-supernode-private-key keys/supernode.key" in text["supernode.sh"]
+    assert f'site-label="{own.name}"' in text["supernode.sh"]
+    assert f'dataset-repo-id="{own.dataset}"' in text["supernode.sh"]
+    assert "fedvla site check" in text["README.md"] and "fedvla site keygen" in text["README.md"]
+    assert "kind: Deployment" in text["kubernetes.yaml"]
+    assert "secretName: fedvla-supernode-key" in text["kubernetes.yaml"]
+    assert "flower-supernode" in text["docker-compose.yml"]
+
+
+def test_startup_kit_only_for_admins_and_the_own_operator_of_an_approved_site(
+    client: TestClient, session: Session, world: World
+) -> None:
+    url = f"/api/v1/sites/{world.own_site_id}/startup-kit"
+    pending = client.get(url, headers=bearer(world.secrets["admin"] or ""))
+    assert pending.status_code == 409
+    assert "approved sites" in pending.json()["detail"]
+    own = session.get(Site, world.own_site_id)
+    assert own is not None
+    site_service.set_status(
+        session=session, site=own, status=SiteStatus.approved, actor="t", reason=""
+    )
+    expected = {"anonymous": 401, "viewer": 403, "operator_other": 403}
+    for actor, code in expected.items():
+        secret = world.secrets[actor]
+        headers = bearer(secret) if secret else {}
+        assert client.get(url, headers=headers).status_code == code, actor
+    _kit(client, world.own_site_id, world.secrets["admin"])
+
+
+def test_a_local_dataset_path_becomes_the_node_config_root(
+    client: TestClient, session: Session, world: World
+) -> None:
+    site = _approved(session, dataset="/srv/robot/pick_cube")
+    assert site.id is not None
+    kit = _kit(client, site.id, world.secrets["admin"])
+    script = kit.read("fedvla-site/supernode.sh").decode()
+    assert 'dataset-repo-id="local/pick_cube" dataset-root="/srv/robot/pick_cube"' in script
+    compose = kit.read("fedvla-site/docker-compose.yml").decode()
+    assert '"/srv/robot/pick_cube:/dataset:ro"' in compose
+    assert 'dataset-root=\\"/dataset\\"' in compose
+
+
+# --------------------------------------------------------------------------- fedvla site check
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from worker.data.synthetic import SyntheticSpec, generate_dataset
+
+    root = tmp_path_factory.mktemp("site-datasets")
+    good = generate_dataset(root / "good", SyntheticSpec(episodes=2, frames_per_episode=4))
+    bad = generate_dataset(
+        root / "bad",
+        SyntheticSpec(episodes=2, frames_per_episode=4, cameras=("wrist",), fps=15, state_dim=5),
+    )
+    return {"good": good, "bad": bad}
+
+
+def _kit_json(client: TestClient, session: Session, world: World, tmp_path: Path) -> Path:
+    """kit.json of a site joining an experiment whose reference site matches 'good'."""
+    reference = _approved(
+        session,
+        features={
+            "state_dim": 6,
+            "action_dim": 6,
+            "camera_keys": ["observation.images.front"],
+            "camera_resolutions": {"observation.images.front": [24, 32, 3]},
+            "fps": 30,
+        },
+    )
+    joining = _approved(session)
+    assert reference.id is not None and joining.id is not None
+    make_experiment(session, deployment_body([reference.id, joining.id]))
+    kit = _kit(client, joining.id, world.secrets["admin"])
+    path = tmp_path / "kit.json"
+    path.write_bytes(kit.read("fedvla-site/kit.json"))
+    return path
+
+
+def test_site_check_passes_a_fitting_dataset_and_reports_what_it_found(
+    client: TestClient, session: Session, world: World, tmp_path: Path, datasets: dict[str, Path]
+) -> None:
+    kit = _kit_json(client, session, world, tmp_path)
+    result = CliRunner().invoke(
+        cli, ["site", "check", "--dataset", str(datasets["good"]), "--experiment-config", str(kit)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "state: 6 dims" in result.output
+    assert "cameras: observation.images.front [24, 32, 3]" in result.output
+    assert "fps: 30; episodes: 2; frames: 8; tasks: 2" in result.output
+    assert ": OK" in result.output
+
+
+def test_site_check_fails_a_mismatched_dataset_naming_each_fix(
+    client: TestClient, session: Session, world: World, tmp_path: Path, datasets: dict[str, Path]
+) -> None:
+    kit = _kit_json(client, session, world, tmp_path)
+    result = CliRunner().invoke(
+        cli, ["site", "check", "--dataset", str(datasets["bad"]), "--experiment-config", str(kit)]
+    )
+    assert result.exit_code == 1, result.output
+    assert ": FAIL" in result.output
+    assert "[error] state_dim: state has 5 dimensions, the experiment's has 6" in result.output
+    assert (
+        "[error] camera_keys: camera 'observation.images.wrist' is not in the experiment; "
+        "fix: map it to 'observation.images.front'"
+    ) in result.output
+    assert "[error] fps: recorded at 15 fps, the experiment at 30 fps" in result.output
+
+
+def test_site_check_explains_a_missing_dataset_or_kit(tmp_path: Path) -> None:
+    kit = tmp_path / "kit.json"
+    kit.write_text(json.dumps({"site": {"features": {}}, "experiments": []}))
+    missing = CliRunner().invoke(
+        cli, ["site", "check", "--dataset", str(tmp_path / "nope"), "--experiment-config", str(kit)]
+    )
+    assert missing.exit_code == 2
+    assert "is missing (no such folder)" in missing.output
+    no_kit = CliRunner().invoke(
+        cli, ["site", "check", "--dataset", str(tmp_path), "--experiment-config", "nope.json"]
+    )
+    assert no_kit.exit_code == 2
+    assert "cannot read nope.json" in no_kit.output
