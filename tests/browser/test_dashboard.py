@@ -22,6 +22,8 @@ from tests.factories import public_key_pem
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
 RUN_TIMEOUT_MS = 240_000
+RUNS: dict[str, int] = {}
+"""Run ids by what a test did with them, for the tests after it."""
 
 
 def sign_in(page: Page, secret: str) -> None:
@@ -131,6 +133,16 @@ def test_launch_watch_the_chart_grow_and_download_the_checkpoint(
     download_info.value.save_as(saved)
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == expected
 
+    page.get_by_role("button", name="Resume from round 1").click()
+    page.wait_for_url(lambda url: url != run_url and re.search(r"/runs/\d+$", url) is not None)
+    resumed_id = int(page.url.rsplit("/", 1)[1])
+    assert resumed_id != run_id
+    expect(page.locator("#run-status")).to_contain_text("resumed from round 1")
+    expect(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=RUN_TIMEOUT_MS)
+    resumed_rounds = page.request.get(f"/api/v1/runs/{resumed_id}/rounds").json()["data"]
+    assert [r["round"] for r in resumed_rounds if r["train_loss"] is not None] == [2]
+    RUNS.update(first=run_id, resumed=resumed_id)
+
     phone: Page = new_page(width=390, height=844)
     sign_in(phone, system.viewer)
     phone.goto(run_url)
@@ -158,10 +170,11 @@ def test_cancel_a_run(new_page: Callable[..., Any], system: System) -> None:
 
     page.get_by_role("link", name="Runs").first.click()
     page.wait_for_url(re.compile(r"/runs$"))
-    for label in ("Compare run 1", "Compare run 2"):
-        page.get_by_label(label).check()
+    for run in (RUNS["first"], RUNS["resumed"]):
+        page.get_by_label(f"Compare run {run}").check()
     page.get_by_role("button", name="Compare selected runs").click()
-    page.wait_for_url(re.compile(r"/runs/compare\?run=\d&run=\d$"))
+    page.wait_for_url(re.compile(r"/runs/compare\?run=\d+&run=\d+$"))
+    expect(page.locator("#compare-table tbody tr")).to_have_count(2)
     page.wait_for_function(
         "() => Number(document.querySelector('[data-chart=eval_loss]').dataset.points) >= 3"
     )
