@@ -100,12 +100,7 @@ def test_cli_names_the_mismatched_client(
     assert "client-1: dataset synthetic/so100" in result.stderr
     assert "fps 15, expected 30" in result.stderr
     assert "Traceback" not in result.stderr
-    events = (
-        [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").open()]
-        if (tmp_path / "out" / "events.jsonl").exists()
-        else []
-    )
-    assert not [e for e in events if e["kind"] == "round"]
+    assert not (tmp_path / "out" / "events.jsonl").exists()  # stopped before any round
 
 
 def test_json_lines_reporter_writes_one_object_per_event(tmp_path: Path) -> None:

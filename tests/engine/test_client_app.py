@@ -41,6 +41,7 @@ def _context(dataset: DatasetRef, data_dir: Path) -> Context:
         "dataset-root": str(dataset.root),
         "data-dir": str(data_dir),
         "site-label": "site-arm-1",
+        "site-id": 3,
     }
     return Context(run_id=7, node_id=11, node_config=node_config, state=RecordDict(), run_config={})
 
@@ -77,7 +78,7 @@ def test_query_describes_the_site_from_its_node_config(
     reply = client_app.app(_message(config, MessageType.QUERY), _context(images_dataset, data_dir))
     info = reply.content["config"]
     assert isinstance(info, ConfigRecord)
-    assert info["label"] == "site-arm-1" and info["fps"] == 30
+    assert info["label"] == "site-arm-1" and info["fps"] == 30 and info["site-id"] == 3
     assert "observation.images.front" in str(info["features"])
     assert reply.content["metrics"]["num-examples"] == 9 * 16  # type: ignore[index]
 

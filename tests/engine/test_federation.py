@@ -109,6 +109,7 @@ def test_rounds_report_clients_losses_and_bytes(
         assert report.clients_succeeded == 3 and report.clients_failed == 0
         for client in report.clients:
             assert client.ok and client.samples == 3 * 4 and client.episodes >= 2
+            assert client.site_id is None and client.skipped_frames == 0
             assert client.train_loss is not None and client.train_loss > 0
             # Only the trainable weights travel (values plus a little framing), never the VLM.
             assert trainable <= client.bytes_received < trainable * 1.05
