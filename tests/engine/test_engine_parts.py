@@ -48,6 +48,22 @@ def test_hub_id_missing_from_the_cache_is_named(
         resolve_policy_source("nobody/no_such_policy")
 
 
+def test_pretrained_folder_whose_vlm_is_not_cached_names_the_vlm(
+    data_dir: Path, images_dataset: DatasetRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    bundle, _ = _bundle(data_dir, images_dataset)
+    bundle.policy.save_pretrained(tmp_path / "policy")
+    config_file = tmp_path / "policy" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["vlm_model_name"] = "nobody/missing-vlm"
+    config_file.write_text(json.dumps(config))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(PolicySourceError, match="'nobody/missing-vlm' is not in the local"):
+        read_policy_config(resolve_policy_source(str(tmp_path / "policy")))
+
+
 def test_folder_without_weights_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PolicySourceError, match="not a pretrained_model folder"):
         resolve_policy_source(str(tmp_path))

@@ -69,18 +69,25 @@ def resolve_policy_source(source: str) -> PolicySource:
         folder = snapshot_download(source, local_files_only=True)
     except LocalEntryNotFoundError as error:
         raise PolicySourceError(
-            f"policy {source!r} is not in the local Hugging Face cache; download it on a machine "
-            "with access to the hub (huggingface-cli download) or give a local folder"
+            f"{source!r} is not in the local Hugging Face cache; download it on a machine "
+            "with access to the hub (hf download) or give a local folder"
         ) from error
     return PolicySource(source, Path(folder))
 
 
 def read_policy_config(source: PolicySource) -> "SmolVLAConfig":
-    """The config stored with a pretrained policy."""
+    """The config stored with a pretrained policy, its VLM backbone resolved offline.
+
+    The VLM's weights are never loaded from the hub: model.safetensors holds all of them.
+    """
     from lerobot.policies.smolvla import SmolVLAConfig
 
     assert source.folder is not None
     config = SmolVLAConfig.from_pretrained(source.folder)
+    config.load_vlm_weights = False
+    if not Path(config.vlm_model_name).is_dir():
+        vlm = resolve_policy_source(config.vlm_model_name)
+        config.vlm_model_name = str(vlm.folder)
     return config
 
 
