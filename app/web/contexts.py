@@ -12,7 +12,9 @@ from app.core.errors import FieldProblem
 from app.models import Checkpoint, ClientMetric, RoundMetric, Run, RunEvent, SiteAudit
 from app.schemas.experiments import ExperimentPublic
 from app.schemas.sites import SitePublic
+from app.services.compatibility import CompatibilityReport
 from app.services.contributions import SiteContribution
+from app.services.superlink_admin import SiteNode
 from app.services.workers import WorkerState
 
 
@@ -129,6 +131,16 @@ class SitePage:
     site: Annotated[SitePublic, "The site as the API returns it."]
     audit: Annotated[list[SiteAudit], "Its audit log."]
     contributions: Annotated[list[SiteContribution], "Its contribution per run."]
+    compatibility: Annotated[
+        list[CompatibilityReport], "Its declaration checked alone, then against each experiment."
+    ]
+
+
+@dataclass
+class SiteNodePage:
+    site_id: Annotated[int, "The site."]
+    node: Annotated[SiteNode | None, "Its SuperNode as the SuperLink sees it."]
+    error: Annotated[str | None, "Why the SuperLink could not be asked."]
 
 
 @dataclass

@@ -160,7 +160,10 @@ def site_values(site: SitePublic) -> dict[str, str]:
     for name in SITE_FEATURE_LISTS:
         values[name] = ", ".join(features.get(name, []))
     resolutions = features.get("camera_resolutions", {})
-    values["camera_resolutions"] = ", ".join(f"{k}={w}x{h}" for k, (w, h) in resolutions.items())
+    # Stored as LeRobot shapes, [height, width(, channels)]; people write WIDTHxHEIGHT.
+    values["camera_resolutions"] = ", ".join(
+        f"{key}={shape[1]}x{shape[0]}" for key, shape in resolutions.items() if len(shape) >= 2
+    )
     return values
 
 
@@ -192,7 +195,7 @@ def site_request(form: Mapping[str, str]) -> tuple[dict[str, Any], list[FieldPro
                 )
             )
             continue
-        resolutions[key.strip()] = [int(width), int(height)]
+        resolutions[key.strip()] = [int(height), int(width)]
     features["camera_resolutions"] = resolutions
     body["features"] = features
     return body, problems

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from sqlmodel import Session, select
 
 from app.core.config import Settings
-from app.models import SiteAudit, SiteStatus
+from app.models import Site, SiteAudit, SiteStatus
 from app.services import runs as run_service
 from app.services import workers as worker_service
 from app.services.events import publisher_for
@@ -56,6 +56,8 @@ def test_register_with_errors_then_fixed(
     assert "pending" in page.find("h1").text
     assert "observation.images.top" in page.find(id="site-features").text
     assert "640\u00d7480" in page.find(id="site-features").text
+    stored = session.exec(select(Site).where(Site.name == "lab-b")).one()
+    assert stored.features["camera_resolutions"] == {"observation.images.top": [480, 640]}
 
 
 def test_approval_queue_approve_and_revoke_with_reason(
@@ -163,3 +165,26 @@ def test_workers_page_lists_workers_and_the_queue(
     api = browser(secrets.viewer).get("/api/v1/workers").json()
     assert [w["name"] for w in api["data"]] == ["gpu-box-1"]
     assert page.headers["link"].startswith("</api/v1/workers>")
+
+
+def test_site_page_shows_compatibility_and_node_status(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    site = make_site(
+        session,
+        features={"state_dim": 6, "action_dim": 6, "fps": 30, "camera_keys": ["top"],
+                  "state_names": ["shoulder", "elbow"]},
+    )  # fmt: skip
+    b = browser(secrets.viewer)
+    api = b.get(f"/api/v1/sites/{site.id}/compatibility").json()
+    table = html(b.get(f"/sites/{site.id}")).find(id="compatibility-table")
+    rows = table.select("tbody tr")
+    assert len(rows) == len(api)
+    assert any(report["mismatches"] for report in api)  # 2 state names for 6 dims
+    for row, report in zip(rows, api, strict=True):
+        for mismatch in report["mismatches"]:
+            assert mismatch["reason"] in row.text
+    node = b.get(f"/sites/{site.id}/node", headers={"HX-Request": "true"})
+    assert node.status_code == 200
+    assert html(node).find(id="site-node").text.strip().startswith("Node")
+    assert "startup kit" not in b.get(f"/sites/{site.id}").text  # not approved, not its operator

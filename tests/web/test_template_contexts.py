@@ -37,6 +37,7 @@ PAGES: dict[str, tuple[type, set[str]]] = {
     "_site_decision.html": (contexts.SitesPage, {"site", "next"}),
     "site.html": (contexts.SitePage, {"next"}),
     "site_form.html": (contexts.SiteFormPage, set()),
+    "_site_node.html": (contexts.SiteNodePage, set()),
     "workers.html": (contexts.WorkersPage, set()),
     "_workers.html": (contexts.WorkersPage, set()),
 }

@@ -5,15 +5,15 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
-from app.api.deps import SessionDep, ensure_site_access
-from app.core.errors import FieldProblem
+from app.api.deps import SessionDep, SettingsDep, ensure_site_access
+from app.core.errors import ApiError, FieldProblem
 from app.models import RobotType, Site, SiteStatus
 from app.schemas.sites import SiteCreate, SitePublic, SiteUpdate, StatusChange
-from app.services import contributions
+from app.services import compatibility, contributions, superlink_admin
 from app.services import sites as service
 from app.web import forms
 from app.web import session as web_session
-from app.web.contexts import SiteFormPage, SitePage, SitesPage
+from app.web.contexts import SiteFormPage, SiteNodePage, SitePage, SitesPage
 from app.web.deps import WebAdmin, WebSiteEditor, WebToken
 from app.web.errors import HtmlRoute
 from app.web.routes.auth import safe_next
@@ -107,9 +107,28 @@ def show_site(request: Request, site_id: int, session: SessionDep, token: WebTok
         site=_public(site),
         audit=service.audit_log(session=session, site_id=site_id),
         contributions=contributions.site_contributions(session, site_id),
+        compatibility=compatibility.reports_for_site(session=session, site=site),
     )
     return render(
         request, "site.html", page, token=token, alternate=f"/api/v1/sites/{site_id}", nav="sites"
+    )
+
+
+@router.get("/sites/{site_id}/node", name="web_site_node")
+def site_node(
+    request: Request, site_id: int, session: SessionDep, settings: SettingsDep, token: WebToken
+) -> Response:
+    """The node status fragment, loaded after the site page (the SuperLink may be slow)."""
+    site = service.get_site(session=session, site_id=site_id)
+    ensure_site_access(token, site_id)
+    try:
+        page = SiteNodePage(
+            site_id=site_id, node=superlink_admin.site_node(settings, site), error=None
+        )
+    except ApiError as error:
+        page = SiteNodePage(site_id=site_id, node=None, error=str(error.detail))
+    return render(
+        request, "_site_node.html", page, token=token, alternate=f"/api/v1/sites/{site_id}/node"
     )
 
 
