@@ -253,3 +253,23 @@ def test_page_shows_what_the_api_returns(
     names = [a.text for a in page.select("#experiments-table tbody td:first-child a")]
     assert names == [e["name"] for e in api["data"]]
     assert f"{api['count']} experiments" in page.text
+
+
+def test_deployment_experiment_names_its_sites(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    b = browser(secrets.admin)
+    form = {**VALID_FORM, "mode": "deployment", "partition_repo_id": "", "min_clients": "1"}
+    response = b.client.post(
+        "/experiments",
+        data={**form, "site_ids": [str(secrets.operator_site_id)], "csrf_token": b.csrf()},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    page = html(b.get(response.headers["location"]))
+    assert page.find("a", href=f"/sites/{secrets.operator_site_id}") is not None
+    edit = html(b.get(response.headers["location"] + "/edit"))
+    box = edit.find("input", attrs={"name": "site_ids", "value": str(secrets.operator_site_id)})
+    assert box is not None and box.has_attr("checked")
+    operator = browser(secrets.operator)
+    assert form["name"] in operator.get("/experiments").text  # its site takes part now
