@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _pem(key: object) -> str:
-    return key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+    return key.public_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
 

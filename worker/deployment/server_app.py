@@ -7,19 +7,40 @@ runs with the server's settings): the database URL never travels in the run conf
 SuperNodes can read. The run config names only our run id (``fedvla-run-id``).
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from sqlmodel import Session, col, select
 
 from app.core.config import Settings
+from app.models import Site
 from worker.db_reporter import DbReporter
+from worker.federation.reporter import RoundReport
 from worker.federation.run_config import federation_config_from_run_config
 from worker.federation.server_app import run_server
 
 RUN_ID_KEY = "fedvla-run-id"
 
 app = ServerApp()
+
+
+class SiteReporter(DbReporter):
+    """Client metrics carry their site's id: clients are labelled with their site's name
+    (the kit's node config ``site-label``)."""
+
+    def __init__(self, settings: Settings, run_id: int, site_ids: list[int]) -> None:
+        super().__init__(settings.database_url, settings.redis_url, run_id)
+        with Session(self.engine) as session:
+            rows = session.exec(select(Site).where(col(Site.id).in_(site_ids)))
+            self.site_ids = {site.name: site.id for site in rows}
+
+    def round_finished(self, report: RoundReport) -> None:
+        clients = [
+            replace(c, site_id=self.site_ids.get(c.client, c.site_id)) for c in report.clients
+        ]
+        super().round_finished(replace(report, clients=clients))
 
 
 @app.main()
@@ -29,7 +50,7 @@ def main(grid: Grid, context: Context) -> None:
         {k: v for k, v in context.run_config.items() if k != RUN_ID_KEY}
     )
     settings = Settings()
-    reporter = DbReporter(settings.database_url, settings.redis_url, run_id)
+    reporter = SiteReporter(settings, run_id, config.site_ids)
     output_dir = settings.checkpoint_dir / str(run_id)
     try:
         reporter.log(f"ServerApp on the SuperLink: Flower run {context.run_id}")

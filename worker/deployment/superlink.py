@@ -180,7 +180,7 @@ def list_nodes(settings: Settings) -> list[NodeStatus]:
         NodeStatus(
             node_id=int(n.node_id),
             name=str(n.name),
-            public_key=str(n.public_key),
+            public_key=_text(n.public_key),
             status=str(n.status),
             last_activated_at=str(n.last_activated_at),
             last_deactivated_at=str(n.last_deactivated_at),
@@ -188,6 +188,10 @@ def list_nodes(settings: Settings) -> list[NodeStatus]:
         )
         for n in response.nodes_info
     ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def register_node(settings: Settings, public_key_pem: str, name: str) -> int:

@@ -1,0 +1,253 @@
+"""A real deployment federation on loopback: our SuperLink (TLS, SuperNode authentication), two
+flower-supernode processes with their own synthetic datasets and keys, the tiny policy, two
+rounds reported into the database; an unregistered and a revoked node refused."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, col, select
+
+from app.core.config import Settings
+from app.core.db import make_engine
+from app.models import Checkpoint, ClientMetric, RoundMetric, Run, RunEvent, Site, SiteStatus
+from app.schemas.sites import SiteCreate
+from app.services import runs as run_service
+from app.services import sites as site_service
+from app.services import startup_kit, superlink_admin
+from tests.factories import deployment_body, make_experiment, site_body
+from worker.deployment import node_registry
+from worker.deployment.keys import NodeKeyFiles, generate_node_keys
+from worker.deployment.superlink import SuperLinkProcess, flwr_env, list_nodes
+from worker.supervisor import child_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+FEATURES = {
+    "state_dim": 6,
+    "action_dim": 6,
+    "camera_keys": ["observation.images.front"],
+    "camera_resolutions": {"observation.images.front": [24, 32, 3]},
+    "fps": 30,
+}
+NODE_EXIT_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    session: Session
+    superlink: SuperLinkProcess
+    root: Path
+    nodes: list[subprocess.Popen[bytes]]
+
+    def site(self, name: str, dataset: Path, status: SiteStatus) -> tuple[Site, NodeKeyFiles]:
+        keys = generate_node_keys(self.root / name / "keys")
+        site = site_service.create_site(
+            session=self.session,
+            data=SiteCreate.model_validate(
+                site_body(
+                    name=name,
+                    dataset=str(dataset),
+                    features=FEATURES,
+                    public_key=keys.public_pem.read_text(),
+                )
+            ),
+            actor="tests",
+        )
+        if status != SiteStatus.pending:
+            site_service.set_status(
+                session=self.session, site=site, status=SiteStatus.approved, actor="t", reason=""
+            )
+        if status == SiteStatus.revoked:
+            site_service.set_status(
+                session=self.session, site=site, status=status, actor="t", reason="left"
+            )
+        return site, keys
+
+    def start_node(self, site: Site, keys: NodeKeyFiles) -> subprocess.Popen[bytes]:
+        """flower-supernode exactly as the site's startup kit says, in the site's folder."""
+        work = self.root / site.name
+        args = startup_kit.supernode_args(
+            self.settings,
+            site,
+            ca=str(self.root / "kit-ca.crt"),
+            key=str(keys.private_key),
+            work_dir=str(self.root / "site-data"),
+        )
+        log = (work / "supernode.log").open("ab")
+        env = flwr_env(self.settings)
+        env["FLWR_HOME"] = str(work / "flwr-home")
+        node = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "flower-supernode"),
+                *args,
+                "--port",
+                str(_free_port()),
+            ],
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self.nodes.append(node)
+        return node
+
+
+@pytest.fixture
+def deployment(sqlite_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    from worker.policy.tiny import tiny_vlm_dir
+
+    settings = Settings(
+        environment="test",
+        data_dir=tmp_path / "server",
+        database_url=sqlite_url,
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        redis_url="",
+        superlink_port=_free_port(),
+    )
+    tiny_vlm_dir(settings.data_dir)
+    tiny_vlm_dir(tmp_path / "site-data")
+    superlink = SuperLinkProcess(settings)
+    superlink.start(env=child_env(settings))
+    engine = make_engine(settings.database_url)
+    session = Session(engine)
+    world = Deployment(settings, session, superlink, tmp_path, [])
+    try:
+        superlink.wait_ready()
+        (tmp_path / "kit-ca.crt").write_bytes(
+            superlink_tls_ca(settings).read_bytes()  # what the kit ships
+        )
+        yield world
+    finally:
+        for node in world.nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, 15)
+                node.wait(30)
+        superlink.stop()
+        session.close()
+        engine.dispose()
+
+
+def superlink_tls_ca(settings: Settings) -> Path:
+    from worker.deployment.superlink import tls_files
+
+    return tls_files(settings).ca_certificate
+
+
+def _wait_online(settings: Settings, count: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sum(n.online for n in list_nodes(settings)) < count:
+        assert time.monotonic() < deadline, list_nodes(settings)
+        time.sleep(1)
+
+
+def _refused(node: subprocess.Popen[bytes], log: Path) -> str:
+    code = node.wait(NODE_EXIT_TIMEOUT_S)
+    assert code != 0
+    return log.read_text()
+
+
+def test_two_sites_train_two_rounds_on_our_superlink(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    from worker.data.synthetic import SyntheticSpec, generate_dataset
+
+    spec = SyntheticSpec(episodes=3, frames_per_episode=8)
+    data = [
+        generate_dataset(
+            tmp_path / "datasets" / f"site{i}", SyntheticSpec(**{**spec.__dict__, "seed": i})
+        )
+        for i in (1, 2)
+    ]
+    settings, session = deployment.settings, deployment.session
+    first, first_keys = deployment.site("lab-a", data[0], SiteStatus.approved)
+    second, second_keys = deployment.site("lab-b", data[1], SiteStatus.approved)
+    revoked, revoked_keys = deployment.site("lab-r", data[0], SiteStatus.approved)
+    stranger_keys = generate_node_keys(tmp_path / "stranger" / "keys")
+
+    sync = node_registry.sync_registrations(session, settings)
+    assert sorted(sync.registered) == ["lab-a", "lab-b", "lab-r"]
+    site_service.set_status(
+        session=session, site=revoked, status=SiteStatus.revoked, actor="t", reason="left"
+    )
+    assert len(node_registry.sync_registrations(session, settings).unregistered) == 1
+
+    # A node whose key was never registered, and the revoked site's node: both refused.
+    stranger_site = Site(name="stranger", dataset=str(data[0]), features=FEATURES, id=0)
+    (tmp_path / "stranger").mkdir(exist_ok=True)
+    stranger = deployment.start_node(stranger_site, stranger_keys)
+    refused = deployment.start_node(revoked, revoked_keys)
+    assert "Failed to activate SuperNode" in _refused(
+        stranger, tmp_path / "stranger" / "supernode.log"
+    )
+    assert "Failed to activate SuperNode" in _refused(refused, tmp_path / "lab-r" / "supernode.log")
+    assert superlink_admin.site_node(settings, revoked).registered is False
+
+    deployment.start_node(first, first_keys)
+    deployment.start_node(second, second_keys)
+    _wait_online(settings, 2)
+    node = superlink_admin.site_node(settings, first)
+    assert node.registered and node.online and node.last_seen
+
+    assert first.id is not None and second.id is not None
+    experiment = make_experiment(
+        session,
+        deployment_body(
+            [first.id, second.id],
+            num_rounds=2,
+            local_steps=2,
+            batch_size=2,
+            eval_every=0,
+            checkpoint_every=1,
+            device="cpu",
+        ),
+    )
+    config = run_service.freeze_config(session, experiment)
+    assert experiment.id is not None
+    run = Run(experiment_id=experiment.id, config=config.model_dump(mode="json"))
+    session.add(run)
+    session.commit()
+    assert run.id is not None
+
+    child = subprocess.run(
+        [sys.executable, "-m", "worker.run_child", str(run.id)],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=800,
+    )
+    events = [e.message for e in session.exec(select(RunEvent).where(RunEvent.run_id == run.id))]
+    assert child.returncode == 0, child.stderr[-3000:] + "\n".join(events)
+
+    rounds = session.exec(
+        select(RoundMetric).where(RoundMetric.run_id == run.id).order_by(col(RoundMetric.round))
+    ).all()
+    assert [r.round for r in rounds] == [0, 1, 2]  # round 0: the initial policy, as in simulation
+    assert all(r.clients_succeeded == 2 and r.clients_failed == 0 for r in rounds[1:])
+    clients = session.exec(select(ClientMetric).where(ClientMetric.run_id == run.id)).all()
+    assert sorted((c.round, c.client) for c in clients) == [
+        (1, "lab-a"),
+        (1, "lab-b"),
+        (2, "lab-a"),
+        (2, "lab-b"),
+    ]
+    assert all(c.ok and c.samples > 0 and c.bytes_received > 0 for c in clients)
+    assert {c.client: c.site_id for c in clients} == {"lab-a": first.id, "lab-b": second.id}
+    checkpoints = session.exec(select(Checkpoint).where(Checkpoint.run_id == run.id)).all()
+    assert {1, 2} <= {c.round for c in checkpoints}
+    assert all(Path(c.path, "model.safetensors").is_file() for c in checkpoints)
+    assert any("Flower run" in message for message in events)
