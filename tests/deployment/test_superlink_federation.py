@@ -177,10 +177,11 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     first, first_keys = deployment.site("lab-a", data[0], SiteStatus.approved)
     second, second_keys = deployment.site("lab-b", data[1], SiteStatus.approved)
     revoked, revoked_keys = deployment.site("lab-r", data[0], SiteStatus.approved)
+    bystander, bystander_keys = deployment.site("lab-x", data[0], SiteStatus.approved)
     stranger_keys = generate_node_keys(tmp_path / "stranger" / "keys")
 
     sync = node_registry.sync_registrations(session, settings)
-    assert sorted(sync.registered) == ["lab-a", "lab-b", "lab-r"]
+    assert sorted(sync.registered) == ["lab-a", "lab-b", "lab-r", "lab-x"]
     site_service.set_status(
         session=session, site=revoked, status=SiteStatus.revoked, actor="t", reason="left"
     )
@@ -199,7 +200,8 @@ def test_two_sites_train_two_rounds_on_our_superlink(
 
     deployment.start_node(first, first_keys)
     deployment.start_node(second, second_keys)
-    _wait_online(settings, 2)
+    deployment.start_node(bystander, bystander_keys)  # approved, online, not in the experiment
+    _wait_online(settings, 3)
     node = superlink_admin.site_node(settings, first)
     assert node.registered and node.online and node.last_seen
 
@@ -251,3 +253,47 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     assert {1, 2} <= {c.round for c in checkpoints}
     assert all(Path(c.path, "model.safetensors").is_file() for c in checkpoints)
     assert any("Flower run" in message for message in events)
+
+
+def test_cancel_stops_the_flower_run_on_the_superlink(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    import re
+    import signal
+
+    from worker.deployment.superlink import run_status
+
+    settings, session = deployment.settings, deployment.session
+    sites = [deployment.site(f"lab-{n}", tmp_path, SiteStatus.approved)[0] for n in "cd"]
+    ids = [site.id for site in sites if site.id is not None]
+    experiment = make_experiment(session, deployment_body(ids, num_rounds=1))
+    assert experiment.id is not None
+    config = run_service.freeze_config(session, experiment)
+    run = Run(experiment_id=experiment.id, config=config.model_dump(mode="json"))
+    session.add(run)
+    session.commit()
+
+    # No node is online: the ServerApp waits for them until the run is cancelled.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "worker.run_child", str(run.id)],
+        env=child_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    started = None
+    while started is None:
+        assert time.monotonic() < deadline and child.poll() is None
+        session.expire_all()
+        messages = session.exec(select(RunEvent.message).where(RunEvent.run_id == run.id)).all()
+        started = next((m for m in messages if "federation started" in m), None)
+        time.sleep(0.5)
+    match = re.search(r"Flower run (\d+)", started)
+    assert match is not None
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=60)
+
+    assert child.returncode == 1
+    assert f"cancelled: Flower run {match.group(1)} stopped" in output
+    assert run_status(settings, int(match.group(1)))[:2] == ("finished", "stopped")

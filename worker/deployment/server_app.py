@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from app.core.config import Settings
 from app.models import Site
 from worker.db_reporter import DbReporter
+from worker.deployment.experiment_grid import ExperimentGrid, experiment_node_ids
 from worker.federation.reporter import RoundReport
 from worker.federation.run_config import federation_config_from_run_config
 from worker.federation.server_app import run_server
@@ -54,6 +55,13 @@ def main(grid: Grid, context: Context) -> None:
     output_dir = settings.checkpoint_dir / str(run_id)
     try:
         reporter.log(f"ServerApp on the SuperLink: Flower run {context.run_id}")
-        run_server(grid, config, reporter, output_dir=output_dir, data_dir=Path(settings.data_dir))
+        allowed = experiment_node_ids(settings, config.site_ids)
+        run_server(
+            ExperimentGrid(grid, allowed),
+            config,
+            reporter,
+            output_dir=output_dir,
+            data_dir=Path(settings.data_dir),
+        )
     finally:
         reporter.close()

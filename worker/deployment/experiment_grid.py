@@ -1,0 +1,74 @@
+"""A Grid that shows the ServerApp only the nodes of the experiment's sites.
+
+A SuperLink admits every approved site; a run must train only on the sites of its experiment.
+Node ids are fixed when a site's key is registered (before the run starts), so the set is
+computed once, from the SuperLink's node list matched to the sites' public keys.
+"""
+
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from sqlmodel import Session, col, select
+
+from app.core.config import Settings
+from app.core.db import make_engine
+from app.models import Site
+from worker.deployment.keys import InvalidPublicKey, normalise_public_key
+from worker.deployment.node_registry import live_nodes_by_key
+
+
+def experiment_node_ids(settings: Settings, site_ids: list[int]) -> set[int]:
+    engine = make_engine(settings.database_url)
+    try:
+        with Session(engine) as session:
+            sites = list(session.exec(select(Site).where(col(Site.id).in_(site_ids))))
+    finally:
+        engine.dispose()
+    keys = set()
+    for site in sites:
+        try:
+            keys.add(normalise_public_key(site.public_key or ""))
+        except InvalidPublicKey:
+            continue
+    return {node.node_id for key, node in live_nodes_by_key(settings).items() if key in keys}
+
+
+class ExperimentGrid(Grid):
+    """Delegates to Flower's grid; ``get_node_ids`` answers only the allowed nodes."""
+
+    def __init__(self, grid: Grid, allowed: set[int]) -> None:
+        self.grid = grid
+        self.allowed = allowed
+
+    def set_run(self, run: Run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [node for node in self.grid.get_node_ids() if node in self.allowed]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
