@@ -164,7 +164,12 @@ def test_fedadam_resumes_from_a_checkpoint_with_its_moments(
     images_dataset: DatasetRef, data_dir: Path, tmp_path: Path
 ) -> None:
     config = _config(
-        images_dataset, strategy="fedadam", num_rounds=1, transport_dtype="bfloat16", min_clients=2
+        images_dataset,
+        strategy="fedadam",
+        num_rounds=1,
+        transport_dtype="bfloat16",
+        normalization="federated",
+        min_clients=2,
     )
     first = _run(config, tmp_path / "first", data_dir)
     checkpoint = Path(first.saved[-1].path).parent

@@ -89,7 +89,7 @@ def run_server(
     initial = ArrayRecord(task.trainable_arrays(bundle))
     if config.normalization == "federated":
         # Every client normalises with the merged statistics, sent on purpose with each round.
-        _attach_stats(strategy, merged)
+        strategy.norm_stats = stats_to_record(merged)
     strategy.start(
         grid=grid,
         initial_arrays=initial,
@@ -98,20 +98,6 @@ def run_server(
         evaluate_fn=hooks,
     )
     reporter.log(f"federation finished after round {config.num_rounds}")
-
-
-def _attach_stats(strategy: TrackedStrategy, stats: task.Stats) -> None:
-    """Add the merged statistics to every train message."""
-    record = stats_to_record(stats)
-    original = strategy.configure_train
-
-    def configure_train(server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):  # type: ignore[no-untyped-def]
-        messages = list(original(server_round, arrays, config, grid))
-        for message in messages:
-            message.content[STATS_KEY] = record
-        return messages
-
-    strategy.configure_train = configure_train  # type: ignore[method-assign]
 
 
 def _describe_clients(
@@ -193,7 +179,7 @@ def _holdout_data(
     refs = plan_data(config).holdout if config.mode == "simulation" else config.eval_datasets
     data = []
     for ref in refs:
-        check_dataset(ref, "server evaluation", None)
+        check_dataset(ref, "server evaluation", expected)
         data.append(
             task.open_dataset(
                 ref, chunk_size=bundle.policy.config.chunk_size, owner="server evaluation"

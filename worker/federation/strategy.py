@@ -18,6 +18,7 @@ from worker.federation.reporter import ClientReport
 from worker.federation.transport import as_float, as_int, encode_arrays, to_float32_record
 
 ARRAYS_KEY = "arrays"
+STATS_KEY = "norm-stats"
 
 
 @dataclass
@@ -36,6 +37,8 @@ class TrackedStrategy(FedAvg):
     round_offset: int = 0
     transport_dtype: str = "float32"
     labels: dict[int, str]
+    norm_stats: ArrayRecord | None = None
+    """Federated normalisation statistics, sent with every train message when set."""
     site_ids: dict[int, int]
     log: RoundLog
 
@@ -59,6 +62,8 @@ class TrackedStrategy(FedAvg):
             for message in messages:
                 message.content[ARRAYS_KEY] = encoded
         for message in messages:
+            if self.norm_stats is not None:
+                message.content[STATS_KEY] = self.norm_stats
             self.log.sampled.append(message.metadata.dst_node_id)
             payload = message.content[ARRAYS_KEY]
             assert isinstance(payload, ArrayRecord)
