@@ -29,14 +29,17 @@ ENGINE_ENV = {
 
 
 def check_inputs(config: FederationConfig) -> None:
-    """Every client's and the server's datasets exist and agree on features; raise if not."""
+    """Every client's and the server's datasets exist, read, and agree on features; else raise."""
+    from worker.federation.task import open_dataset
+
     plan = plan_data(config)
     expected: DatasetFeatures | None = None
-    for index, ref in enumerate(plan.clients):
-        found = check_dataset(ref, client_label(index), expected)
+    owners = [client_label(i) for i in range(len(plan.clients))]
+    owners += ["server evaluation"] * len(plan.holdout)
+    for owner, ref in zip(owners, plan.clients + plan.holdout, strict=True):
+        found = check_dataset(ref, owner, expected)
         expected = expected or found
-    for ref in plan.holdout:
-        check_dataset(ref, "server evaluation", expected)
+        open_dataset(ref, chunk_size=1, owner=owner)  # the frames' tables load, not just metadata
 
 
 def run_federation(
