@@ -6,6 +6,7 @@ run of the second test is what the third compares and what the viewer opens.
 
 import hashlib
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -248,4 +249,14 @@ def test_register_a_site_approve_it_and_its_operator_completes_it(
     expect(admin.locator(f"#pending-{site_id}")).to_have_count(0)
     admin.get_by_role("link", name="lab-b").click()
     expect(admin.locator("#audit-table")).to_contain_text("Key checked on a call with Lab B")
+    expect(admin.locator("#site-node")).to_contain_text("Node")
     screenshot(admin, "site")
+
+    operator.reload()
+    with operator.expect_download() as download_info:
+        operator.get_by_role("link", name="Download the startup kit").click()
+    kit = zipfile.ZipFile(download_info.value.path())
+    assert "fedvla-site/README.md" in kit.namelist()
+    assert not any(
+        "PRIVATE KEY" in kit.read(name).decode(errors="ignore") for name in kit.namelist()
+    )
