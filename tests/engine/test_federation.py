@@ -289,3 +289,31 @@ def test_missing_dataset_stops_the_run(
     )
     with pytest.raises(DatasetError, match=r"client-1: dataset site/gone at .*gone is missing"):
         run_federation(config, RecordingReporter(), output_dir=tmp_path / "out", data_dir=data_dir)
+
+
+def test_run_stops_when_too_few_clients_answer(
+    make_dataset, data_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from worker.federation.server_app import FederationError
+
+    good = [make_dataset(f"site_{i}", episodes=2, seed=10 + i) for i in range(2)]
+    faulty = _with_nan_actions(make_dataset("site_nan", episodes=2, seed=30), tmp_path / "nan")
+    config = FederationConfig(
+        policy="tiny",
+        num_rounds=2,
+        min_clients=3,
+        local_steps=1,
+        batch_size=4,
+        eval_batches=1,
+        client_datasets=[*good, faulty],
+        eval_datasets=[good[0]],
+    )
+    reporter = RecordingReporter()
+    with pytest.raises(
+        FederationError,
+        match=r"round 1: only 2 of the 3 clients needed answered \(client-2: .*diverged",
+    ):
+        run_federation(config, reporter, output_dir=tmp_path / "out", data_dir=data_dir)
+    assert [r.round for r in reporter.rounds] == [0, 1]  # round 1 was still reported
+    assert reporter.rounds[1].clients_failed == 1
+    assert reporter.saved == []
