@@ -21,6 +21,7 @@ class ClientReport:
     episodes: int = 0
     seconds: float = 0.0
     load_seconds: float = 0.0
+    """Building the policy (first message in a process) plus assigning the received weights."""
     bytes_sent: int = 0
     """From the client to the server."""
     bytes_received: int = 0
