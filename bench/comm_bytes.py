@@ -20,7 +20,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from safetensors.torch import save_file
 
-from worker.federation.transport import encode_arrays
 from worker.policy.loading import load_pretrained_fast, trainable_state
 from worker.policy.tiny import write_tiny_vlm
 
@@ -91,6 +90,8 @@ def smolvla_base_config(vlm: Path) -> Any:
 
 def main() -> None:
     from lerobot.policies.smolvla import SmolVLAPolicy
+
+    from worker.federation.transport import encode_arrays
 
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as scratch:
