@@ -3,7 +3,6 @@ flower-supernode processes with their own synthetic datasets and keys, the tiny 
 rounds reported into the database; an unregistered and a revoked node refused."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,11 +19,12 @@ from app.models import Checkpoint, ClientMetric, RoundMetric, Run, RunEvent, Sit
 from app.schemas.sites import SiteCreate
 from app.services import runs as run_service
 from app.services import sites as site_service
-from app.services import startup_kit, superlink_admin
+from app.services import superlink_admin
 from tests.factories import deployment_body, make_experiment, site_body
 from worker.deployment import node_registry
 from worker.deployment.keys import NodeKeyFiles, generate_node_keys
-from worker.deployment.superlink import SuperLinkProcess, flwr_env, list_nodes
+from worker.deployment.local_nodes import free_port, start_superlink, start_supernode
+from worker.deployment.superlink import SuperLinkProcess, list_nodes
 from worker.supervisor import child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -37,12 +37,6 @@ FEATURES = {
     "fps": 30,
 }
 NODE_EXIT_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -79,29 +73,13 @@ class Deployment:
 
     def start_node(self, site: Site, keys: NodeKeyFiles) -> subprocess.Popen[bytes]:
         """flower-supernode exactly as the site's startup kit says, in the site's folder."""
-        work = self.root / site.name
-        args = startup_kit.supernode_args(
+        node = start_supernode(
             self.settings,
             site,
-            ca=str(self.root / "kit-ca.crt"),
-            key=str(keys.private_key),
-            work_dir=str(self.root / "site-data"),
-        )
-        log = (work / "supernode.log").open("ab")
-        env = flwr_env(self.settings)
-        env["FLWR_HOME"] = str(work / "flwr-home")
-        node = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "flower-supernode"),
-                *args,
-                "--port",
-                str(_free_port()),
-            ],
-            cwd=work,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+            key=keys.private_key,
+            ca=self.root / "kit-ca.crt",
+            folder=self.root / site.name,
+            data_dir=self.root / "site-data",
         )
         self.nodes.append(node)
         return node
@@ -117,17 +95,15 @@ def deployment(sqlite_url: str, tmp_path: Path) -> Iterator[Deployment]:
         database_url=sqlite_url,
         broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
         redis_url="",
-        superlink_port=_free_port(),
+        superlink_port=free_port(),
     )
     tiny_vlm_dir(settings.data_dir)
     tiny_vlm_dir(tmp_path / "site-data")
-    superlink = SuperLinkProcess(settings)
-    superlink.start(env=child_env(settings))
+    superlink = start_superlink(settings)
     engine = make_engine(settings.database_url)
     session = Session(engine)
     world = Deployment(settings, session, superlink, tmp_path, [])
     try:
-        superlink.wait_ready()
         (tmp_path / "kit-ca.crt").write_bytes(
             superlink_tls_ca(settings).read_bytes()  # what the kit ships
         )

@@ -8,6 +8,7 @@ fedvla (the SuperLink has runtime dependency installation disabled).
 """
 
 import hashlib
+import logging
 import signal
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -99,6 +100,7 @@ def run_on_superlink(
     The ServerApp reports rounds and checkpoints itself; here only the start and the outcome.
     SIGTERM (a cancel) stops the Flower run before this returns.
     """
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per status poll otherwise
     engine = make_engine(settings.database_url)
     try:
         with Session(engine) as session:

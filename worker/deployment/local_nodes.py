@@ -1,0 +1,57 @@
+"""SuperNodes on this machine, started exactly as a site's startup kit starts them.
+
+For the loopback tests and the deployment benchmark (and to try deployment mode on one machine).
+"""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from app.core.config import Settings
+from app.models import Site
+from app.services.startup_kit import supernode_args
+from worker.deployment.superlink import SuperLinkProcess, flwr_env
+from worker.supervisor import child_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_supernode(
+    settings: Settings, site: Site, *, key: Path, ca: Path, folder: Path, data_dir: Path
+) -> "subprocess.Popen[bytes]":
+    """flower-supernode for ``site`` in ``folder`` (its log: folder/supernode.log)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    args = supernode_args(settings, site, ca=str(ca), key=str(key), work_dir=str(data_dir))
+    env = flwr_env(settings)
+    env["FLWR_HOME"] = str(folder / "flwr-home")
+    with (folder / "supernode.log").open("ab") as log:
+        return subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "flower-supernode"),
+                *args,
+                "--port",
+                str(free_port()),
+            ],
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def start_superlink(settings: Settings) -> SuperLinkProcess:
+    """Our SuperLink with ``settings`` in its environment (its ServerApps read them), ready."""
+    process = SuperLinkProcess(settings)
+    process.start(env=child_env(settings))
+    try:
+        process.wait_ready()
+    except BaseException:
+        process.stop()
+        raise
+    return process
