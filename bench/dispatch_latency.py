@@ -4,8 +4,10 @@ For each broker (the embedded SQLite broker with a SQLite database; Redis with P
 real worker (`python -m worker.main`, as `fedvla serve` starts it) is started, then runs are
 launched one at a time through the REST API. Each is timed from just before the POST to:
   claimed  - the worker set the run running (Run.started_at);
-  running  - the federation child process wrote its first event, before it imports the engine
-             (so model loading is excluded).
+  started  - the worker started the federation's child process (its "started" event, written
+             once the process exists);
+  ready    - the child process wrote its first event: Python started, the run's config read,
+             before the engine (torch, Flower, lerobot) is imported, so model loading is excluded.
 Each run is then cancelled, which stops its child, and the next is launched when the worker is
 idle. Results go to bench/results/dispatch_latency.json.
 
@@ -43,7 +45,8 @@ from worker.main import start_local_worker  # noqa: E402
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_BROKER = "redis://127.0.0.1:6379/13"
-CHILD_MARKER = "federation process "
+STARTED = ("federation process ", " started")
+READY = ("federation process ", " ready on ")
 
 
 def _aware(moment: datetime) -> datetime:
@@ -114,17 +117,23 @@ def measure(broker: str, runs: int, workdir: Path) -> dict[str, Any]:
                 answered = datetime.now(UTC)
                 answer.raise_for_status()
                 run_id = answer.json()["id"]
-                running_at = _wait(lambda: _child_started(engine, run_id), 60, "child")
+                ready_at = _wait(lambda id=run_id: _event_at(engine, id, READY), 60, "child ready")
+                started_at = _event_at(engine, run_id, STARTED)
                 claimed_at = _started_at(engine, run_id)
+                assert started_at is not None
                 client.post(f"/api/v1/runs/{run_id}/cancel", headers=headers)
                 _wait(lambda: _worker_idle(engine, worker_name), 60, "the worker to be idle")
                 samples.append(
                     {
                         "request_s": (answered - t0).total_seconds(),
                         "claimed_s": (claimed_at - t0).total_seconds(),
-                        "running_s": (running_at - t0).total_seconds(),
+                        "started_s": (started_at - t0).total_seconds(),
+                        "ready_s": (ready_at - t0).total_seconds(),
                     }
                 )
+        with Session(engine) as session:
+            node = session.exec(select(WorkerNode).where(WorkerNode.name == worker_name)).one()
+            gpus = node.gpus
     finally:
         worker.terminate()
         worker.wait(timeout=30)
@@ -134,6 +143,7 @@ def measure(broker: str, runs: int, workdir: Path) -> dict[str, Any]:
         "broker": settings.broker_url.split(":", 1)[0],
         "database": "sqlite" if settings.is_sqlite else "postgresql",
         "runs": runs,
+        "worker_gpus": gpus,
         "samples": samples,
         **{key: _summary([s[key] for s in samples]) for key in samples[0]},
     }
@@ -160,11 +170,15 @@ def _worker_idle(engine: Any, name: str) -> bool:
         return node.current_run_id is None
 
 
-def _child_started(engine: Any, run_id: int) -> datetime | None:
+def _event_at(engine: Any, run_id: int, marker: tuple[str, str]) -> datetime | None:
     with Session(engine) as session:
         event = session.exec(
             select(RunEvent)
-            .where(RunEvent.run_id == run_id, col(RunEvent.message).startswith(CHILD_MARKER))
+            .where(
+                RunEvent.run_id == run_id,
+                col(RunEvent.message).startswith(marker[0]),
+                col(RunEvent.message).contains(marker[1]),
+            )
             .limit(1)
         ).first()
         return _aware(event.created_at) if event else None
@@ -189,16 +203,18 @@ def main() -> None:
             result = measure(broker, args.runs, Path(workdir))
         results.append(result)
         print(
-            f"{broker:9s} claimed median {result['claimed_s']['median']:.3f} s, "
-            f"child running median {result['running_s']['median']:.3f} s "
-            f"(p90 {result['running_s']['p90']:.3f} s, max {result['running_s']['max']:.3f} s)"
+            f"{broker:9s} median: claimed {result['claimed_s']['median']:.3f} s, "
+            f"child started {result['started_s']['median']:.3f} s "
+            f"(p90 {result['started_s']['p90']:.3f} s), "
+            f"child ready {result['ready_s']['median']:.3f} s "
+            f"(p90 {result['ready_s']['p90']:.3f} s)"
         )
     report = {
         "benchmark": "dispatch_latency",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
-        "note": "launch request -> worker claimed the run -> federation child process running "
-        "(its first event, before the engine is imported); seconds",
+        "note": "seconds from the launch request to: the worker claimed the run; the federation "
+        "child process started; the child ready (config read, before the engine is imported)",
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ longer queued and does nothing, and the lost run is failed by the heartbeat reap
 """
 
 from celery import Celery
+from kombu.transport.sqlalchemy import Transport as SqlAlchemyTransport
 
 from app.core.config import Settings
 
@@ -14,18 +15,40 @@ VISIBILITY_TIMEOUT_S = 3600
 """Redis redelivers an unacknowledged task after this long; a redelivered run task is a no-op."""
 
 
+EMBEDDED_PREFIX = "sqla+"
+
+
+class EmbeddedBrokerTransport(SqlAlchemyTransport):
+    """kombu's SQL transport, polling its table every 0.1 s instead of every second.
+
+    kombu reads ``polling_interval`` from the transport options, but its SQL channel also hands
+    every option to ``create_engine``, which refuses it; so the interval is set on a subclass.
+    """
+
+    polling_interval = 0.1
+
+
+def _broker(broker_url: str) -> tuple[str, str | None]:
+    """The broker URL and transport Celery gets: ``sqla+<url>`` goes to the subclass above."""
+    if broker_url.startswith(EMBEDDED_PREFIX):
+        return broker_url.removeprefix(EMBEDDED_PREFIX), f"{__name__}:EmbeddedBrokerTransport"
+    return broker_url, None
+
+
 class FedvlaCelery(Celery):
     """A Celery app that carries the Settings it was built from, for its tasks to read."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__("fedvla", broker=settings.broker_url, set_as_current=False)
+        broker_url, transport = _broker(settings.broker_url)
+        super().__init__("fedvla", broker=broker_url, set_as_current=False)
+        if transport is not None:
+            self.conf.broker_transport = transport
         self.settings = settings
 
 
 def broker_transport_options(broker_url: str) -> dict[str, object]:
-    if broker_url.startswith("sqla+"):
-        # kombu hands the SQL transport's options to create_engine: nothing to tune here.
-        return {}
+    if broker_url.startswith(EMBEDDED_PREFIX):
+        return {}  # the SQL transport hands its options to create_engine: none to give
     return {
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
         "socket_connect_timeout": 3,

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
         config = FederationConfig.model_validate(run.config)
     engine.dispose()
     reporter = DbReporter(settings.database_url, settings.redis_url, run_id)
-    reporter.log(f"federation process {os.getpid()} running on {socket.gethostname()}")
+    reporter.log(f"federation process {os.getpid()} ready on {socket.gethostname()}")
 
     try:
         if config.mode == "deployment":

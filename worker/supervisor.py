@@ -134,6 +134,10 @@ def supervise(
     child = FederationProcess(settings, run_id, command)
     child.start()
     log.info("run %s: federation process %s started", run_id, child.pid)
+    with Session(engine) as session:
+        event = append_event(session, run_id, "log", f"federation process {child.pid} started")
+        session.commit()
+        publisher.publish([event])
     last_beat = 0.0
     try:
         while (returncode := child.poll()) is None:

@@ -121,7 +121,7 @@ def test_events_are_published_on_redis_when_configured(
     reporter.close()
 
     published = []
-    while (message := subscriber.get_message(timeout=5)) is not None:
+    while len(published) < 2 and (message := subscriber.get_message(timeout=5)) is not None:
         published.append(json.loads(message["data"]))
     subscriber.close()
     with Session(engine) as session:

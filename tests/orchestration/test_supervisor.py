@@ -63,7 +63,7 @@ def test_success_marks_the_run_succeeded(
         assert (run.status, run.error) == (RunStatus.succeeded, None)
         assert run.finished_at is not None
         kinds = [(e.kind, e.data.get("status")) for e in events_after(session, run_id)]
-    assert kinds == [("status", "running"), ("status", "succeeded")]
+    assert kinds == [("status", "running"), ("log", None), ("status", "succeeded")]
 
 
 def test_failure_records_exit_code_and_the_exception_line(
@@ -135,8 +135,9 @@ def test_cancel_kills_the_whole_process_group(
     assert not _alive(grandchild_pid)
     with Session(engine) as session:
         messages = [e.message for e in events_after(session, run_id)]
-    assert messages[1] == "cancelled by alice"
-    assert messages[2].startswith("federation process stopped (cancelled)")
+    assert messages[1] == f"federation process {child_pid} started"
+    assert messages[2] == "cancelled by alice"
+    assert messages[3].startswith("federation process stopped (cancelled)")
 
 
 def test_the_federation_dies_with_its_worker(tmp_path: Path) -> None:
