@@ -159,9 +159,13 @@ def supervise(
         with Session(engine) as session:
             runs.finish_run(session, publisher, run_id, outcome.status, outcome.error)
         return outcome
-    except BaseException:
-        # The supervisor itself failed (database gone, worker shutting down): leave no orphan.
+    except BaseException as error:
+        # The worker is stopping (cold shutdown) or the supervisor failed: leave no orphan, and
+        # say so on the run now rather than when the reaper notices the missing heartbeats.
         child.stop(settings.cancel_grace_s)
+        with contextlib.suppress(Exception), Session(engine) as session:
+            reason = f"worker stopped while the federation ran ({type(error).__name__})"
+            runs.finish_run(session, publisher, run_id, RunStatus.failed, reason)
         raise
     finally:
         publisher.close()

@@ -2,6 +2,7 @@
 exit codes and error text, cancel killing the whole process group, the parent watch."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -185,3 +186,36 @@ def test_last_error_line(tmp_path: Path, log: str, expected: str) -> None:
     path = tmp_path / "federation.log"
     path.write_text(log)
     assert last_error_line(path) == expected
+
+
+def test_a_worker_stopping_mid_run_stops_the_child_and_fails_the_run(
+    engine: Engine, fast_settings: Settings, make_experiment, tmp_path: Path
+) -> None:
+    """Celery's cold shutdown raises SystemExit in the task; here a timer raises it."""
+    run_id = _running_run(engine, make_experiment())
+    pid_file = tmp_path / "child.pid"
+    child = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    )
+
+    def shutdown(_signum: int, _frame: object) -> None:
+        if not pid_file.exists():
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            return
+        raise SystemExit("cold shutdown")
+
+    previous = signal.signal(signal.SIGALRM, shutdown)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(SystemExit):
+            supervise(engine, fast_settings, run_id, _python(child))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    assert not _alive(int(pid_file.read_text()))
+    with Session(engine) as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        assert run.status == RunStatus.failed
+        assert run.error == "worker stopped while the federation ran (SystemExit)"
