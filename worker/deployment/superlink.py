@@ -53,8 +53,13 @@ class NodeStatus:
         return self.status == "online"
 
 
+def tls_dir(settings: Settings) -> Path:
+    return settings.superlink_dir / "tls"
+
+
 def tls_files(settings: Settings) -> TlsFiles:
-    return ensure_tls(settings.superlink_dir / "tls", tls_hosts(settings.superlink_address))
+    """The SuperLink's CA and server certificate, made if missing."""
+    return ensure_tls(tls_dir(settings), tls_hosts(settings.superlink_address))
 
 
 def flwr_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -95,7 +100,8 @@ def control_client(settings: Settings) -> ControlHttpClient:
     return ControlHttpClient.from_server_address(
         address,
         insecure=False,
-        root_certificates=tls_files(settings).ca_certificate.read_bytes(),
+        # Read, never made here: a client must not race the SuperLink making its CA.
+        root_certificates=TlsFiles.in_directory(tls_dir(settings)).ca_certificate.read_bytes(),
         interceptors=[],
     )
 

@@ -1,0 +1,88 @@
+"""`fedvla superlink`: the SuperLink runs, and its registered keys follow approvals."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+
+from app.core.config import Settings
+from app.core.db import make_engine
+from app.models import SiteStatus
+from app.services import sites as site_service
+from tests.factories import make_site
+from worker.deployment.keys import generate_node_keys
+from worker.deployment.local_nodes import free_port
+from worker.deployment.superlink import list_nodes
+from worker.supervisor import child_env
+
+pytestmark = pytest.mark.slow
+
+
+def _until(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_superlink_command_registers_approved_keys_and_drops_revoked_ones(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        environment="test",
+        data_dir=tmp_path / "server",
+        database_url=sqlite_url,
+        redis_url="",
+        superlink_port=free_port(),
+    )
+    engine = make_engine(sqlite_url)
+    session = Session(engine)
+    keys = generate_node_keys(tmp_path / "keys")
+    site = make_site(session, public_key=keys.public_pem.read_text())
+    command = subprocess.Popen(
+        [str(Path(sys.executable).parent / "fedvla"), "superlink", "--sync-every", "0.5"],
+        env=child_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+
+        def registered() -> set[str]:
+            return {n.name for n in list_nodes(settings) if n.status != "unregistered"}
+
+        _until(lambda: _answers(settings), "the SuperLink")
+        assert registered() == set()  # pending: not admitted
+        site_service.set_status(
+            session=session, site=site, status=SiteStatus.approved, actor="t", reason=""
+        )
+        _until(lambda: registered() == {site.name}, "the approved site's key")
+        site_service.set_status(
+            session=session, site=site, status=SiteStatus.revoked, actor="t", reason="gone"
+        )
+        _until(lambda: registered() == set(), "the revoked site's key to go")
+    finally:
+        os.killpg(command.pid, signal.SIGTERM)
+        output, _ = command.communicate(timeout=60)
+        session.close()
+        engine.dispose()
+    assert command.returncode == 0, output
+    assert f"registered site {site.name!r}" in output
+    assert "unregistered node" in output
+
+
+def _answers(settings: Settings) -> bool:
+    from worker.deployment.superlink import SuperLinkError
+
+    try:
+        list_nodes(settings)
+    except SuperLinkError:
+        return False
+    return True
