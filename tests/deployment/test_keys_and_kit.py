@@ -239,3 +239,48 @@ def test_site_check_explains_a_missing_dataset_or_kit(tmp_path: Path) -> None:
     )
     assert no_kit.exit_code == 2
     assert "cannot read nope.json" in no_kit.output
+
+
+def test_kit_files_are_what_their_tools_accept(
+    client: TestClient, session: Session, world: World
+) -> None:
+    """flower-supernode's parser reads the command line; compose and Kubernetes files are valid."""
+    import shlex
+
+    import jsonschema
+    import yaml
+    from flwr.common.config import parse_config_args
+    from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
+
+    from tests.test_compose import _compose_schema
+
+    site = _approved(session, dataset="/srv/robot/pick cube")
+    assert site.id is not None
+    kit = _kit(client, site.id, world.secrets["admin"])
+    script = kit.read("fedvla-site/supernode.sh").decode()
+    command = shlex.split(script.split("exec ", 1)[1].replace("\\\n", " "))
+    assert command[0] == "flower-supernode"
+    args = _parse_args_run_supernode().parse_args(command[1:])
+    assert args.superlink == "127.0.0.1:9092"
+    assert args.root_certificates == "ca.crt"
+    assert parse_config_args([args.node_config]) == {
+        "site-label": site.name,
+        "dataset-repo-id": "local/pick cube",
+        "dataset-root": "/srv/robot/pick cube",
+        "data-dir": "var",
+    }
+
+    compose = yaml.safe_load(kit.read("fedvla-site/docker-compose.yml"))
+    jsonschema.Draft7Validator(_compose_schema()).validate(compose)
+    compose_args = compose["services"]["supernode"]["command"]
+    parsed = _parse_args_run_supernode().parse_args(compose_args[1:])
+    assert parse_config_args([parsed.node_config])["dataset-root"] == "/dataset"
+
+    config_map, deployment = yaml.safe_load_all(kit.read("fedvla-site/kubernetes.yaml"))
+    assert config_map["data"]["ca.crt"] == kit.read("fedvla-site/ca.crt").decode()
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    parsed = _parse_args_run_supernode().parse_args(container["args"])
+    assert parsed.auth_supernode_private_key == "/keys/supernode.key"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dataset"]["hostPath"]["path"] == "/srv/robot/pick cube"
+    assert volumes["key"]["secret"]["secretName"] == "fedvla-supernode-key"
