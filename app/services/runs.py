@@ -52,6 +52,10 @@ from worker.federation.config import FederationConfig, ResumePoint
 
 log = logging.getLogger(__name__)
 
+FOLLOW_PAGE = 200
+"""Events read per query while following a run."""
+POLL_INTERVAL_S = 0.5
+"""Without Redis (or between its messages), how often a follower reads the event table."""
 LOST_RUN_ERROR = "worker lost: no heartbeat for {seconds:.0f} s"
 
 
@@ -303,10 +307,6 @@ async def follow_events(
     finally:
         if subscription is not None:
             await subscription.aclose()
-
-
-FOLLOW_PAGE = 200
-POLL_INTERVAL_S = 0.5
 
 
 def _read_events(
