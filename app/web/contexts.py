@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from app.core.errors import FieldProblem
-from app.models import Checkpoint, ClientMetric, RoundMetric, Run, RunEvent, SiteAudit
+from app.models import ApiToken, Checkpoint, ClientMetric, RoundMetric, Run, RunEvent, SiteAudit
 from app.schemas.experiments import ExperimentPublic
 from app.schemas.sites import SitePublic
 from app.services.compatibility import CompatibilityReport
@@ -158,3 +158,12 @@ class WorkersPage:
     queued: Annotated[list[Run], "Runs waiting for a worker, oldest first."]
     running: Annotated[list[Run], "Runs being run."]
     experiment_names: Annotated[dict[int, str], "Experiment id -> name."]
+
+
+@dataclass
+class TokensPage:
+    tokens: Annotated[list[ApiToken], "Every token, revoked ones too (never their secrets)."]
+    sites: Annotated[list[SitePublic], "Sites an operator token can belong to."]
+    roles: Annotated[list[str], "Roles to pick from."]
+    form: Annotated[FormState, "The new-token form."]
+    created: Annotated[tuple[str, str] | None, "Name and secret of the token just made, once."]

@@ -4,7 +4,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.core.config import Settings
-from app.web.routes import auth, experiments, runs, sites, workers
+from app.web.routes import auth, experiments, runs, sites, tokens, workers
 from app.web.session import SessionCookieMiddleware
 from app.web.templating import STATIC_DIR
 
@@ -12,5 +12,5 @@ from app.web.templating import STATIC_DIR
 def install_web(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(SessionCookieMiddleware, secret_key=settings.secret_key)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (auth, experiments, runs, sites, workers):
+    for module in (auth, experiments, runs, sites, tokens, workers):
         app.include_router(module.router)

@@ -45,14 +45,6 @@ class System:
     admin: str
     viewer: str
 
-    def token(self, role: Role, site_id: int | None = None) -> str:
-        """A new token's secret, as `fedvla token create` makes it."""
-        with Session(self.engine) as session:
-            _, secret = token_service.create_token(
-                session=session, name=f"{role}-{uuid.uuid4().hex[:6]}", role=role, site_id=site_id
-            )
-        return secret
-
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[System]:

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlmodel import Session
 
-from app.models import Role, RunStatus
+from app.models import RunStatus
 from app.services import runs as run_service
 from tests.browser.conftest import System, screenshot
 from tests.factories import public_key_pem
@@ -199,7 +199,7 @@ def test_viewer_sees_no_buttons(new_page: Callable[..., Any], system: System) ->
     assert refused.status == 403
 
 
-def test_register_a_site_approve_it_and_its_operator_completes_it(
+def test_register_a_site_give_its_operator_a_token_and_approve_it(
     new_page: Callable[..., Any], system: System
 ) -> None:
     admin: Page = new_page()
@@ -226,8 +226,16 @@ def test_register_a_site_approve_it_and_its_operator_completes_it(
     expect(admin.get_by_role("heading", name=re.compile("lab-b"))).to_contain_text("pending")
     site_id = int(admin.url.rstrip("/").rsplit("/", 1)[1])
 
+    admin.get_by_role("link", name="Tokens").click()
+    admin.wait_for_url(re.compile(r"/tokens$"))
+    fill(admin, {"name": "lab-b-operator", "role": "operator", "site_id": str(site_id)})
+    admin.get_by_role("button", name="Create token").click()
+    secret = admin.locator("#new-secret").input_value()
+    assert secret.startswith("fvla_")
+    screenshot(admin, "tokens")
+
     operator: Page = new_page()
-    sign_in(operator, system.token(Role.operator, site_id=site_id))
+    sign_in(operator, secret)
     operator.get_by_role("link", name="Sites").click()
     operator.get_by_role("link", name="lab-b").click()
     operator.get_by_role("link", name="Edit").click()

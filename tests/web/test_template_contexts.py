@@ -39,6 +39,7 @@ PAGES: dict[str, tuple[type, set[str]]] = {
     "site_form.html": (contexts.SiteFormPage, set()),
     "_site_node.html": (contexts.SiteNodePage, set()),
     "workers.html": (contexts.WorkersPage, set()),
+    "tokens.html": (contexts.TokensPage, set()),
     "_workers.html": (contexts.WorkersPage, set()),
 }
 LAYOUT = {"base.html", "_macros.html"}
