@@ -176,17 +176,15 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _kit_json(client: TestClient, session: Session, world: World, tmp_path: Path) -> Path:
     """kit.json of a site joining an experiment whose reference site matches 'good'."""
-    reference = _approved(
-        session,
-        features={
-            "state_dim": 6,
-            "action_dim": 6,
-            "camera_keys": ["observation.images.front"],
-            "camera_resolutions": {"observation.images.front": [24, 32, 3]},
-            "fps": 30,
-        },
-    )
-    joining = _approved(session)
+    features = {
+        "state_dim": 6,
+        "action_dim": 6,
+        "camera_keys": ["observation.images.front"],
+        "camera_resolutions": {"observation.images.front": [24, 32, 3]},
+        "fps": 30,
+    }
+    reference = _approved(session, features=features)
+    joining = _approved(session, features=features)
     assert reference.id is not None and joining.id is not None
     make_experiment(session, deployment_body([reference.id, joining.id]))
     kit = _kit(client, joining.id, world.secrets["admin"])
@@ -206,7 +204,8 @@ def test_site_check_passes_a_fitting_dataset_and_reports_what_it_found(
     assert "state: 6 dims" in result.output
     assert "cameras: observation.images.front [24, 32, 3]" in result.output
     assert "fps: 30; episodes: 2; frames: 8; tasks: 2" in result.output
-    assert ": OK" in result.output
+    assert "Against experiment" in result.output and ": FAIL" not in result.output
+    assert "Against the site's registered declaration: OK" in result.output
 
 
 def test_site_check_fails_a_mismatched_dataset_naming_each_fix(

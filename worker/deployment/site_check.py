@@ -77,7 +77,7 @@ def read_kit(path: Path) -> dict[str, Any]:
 
 def check_site_dataset(dataset: Path, kit: dict[str, Any]) -> CheckResult:
     """What the dataset at ``dataset`` holds, and its mismatches with each experiment of the kit
-    (with the site's approved declaration when the site is in no experiment yet)."""
+    and with what the site declared at registration (what the server's checks relied on)."""
     ref = DatasetRef(repo_id=f"local/{dataset.name}", root=str(dataset))
     meta = open_metadata(ref, owner="this site")
     found = found_features(meta, ref)
@@ -90,7 +90,7 @@ def check_site_dataset(dataset: Path, kit: dict[str, Any]) -> CheckResult:
             e["robot_type"],
         )
         for e in kit["experiments"]
-    ] or [("the site's approved declaration", kit["site"]["features"], robot)]
+    ] + [("the site's registered declaration", kit["site"]["features"], robot)]
     for label, expected, expected_robot in targets:
         try:
             expected_features = SiteFeatures.model_validate(expected)
