@@ -86,8 +86,8 @@ def read_policy_config(source: PolicySource) -> "SmolVLAConfig":
     config = SmolVLAConfig.from_pretrained(source.folder)
     config.load_vlm_weights = False
     if not Path(config.vlm_model_name).is_dir():
-        vlm = resolve_policy_source(config.vlm_model_name)
-        config.vlm_model_name = str(vlm.folder)
+        # transformers reads it from the cache by its id; the id stays in saved checkpoints.
+        resolve_policy_source(config.vlm_model_name)
     return config
 
 
