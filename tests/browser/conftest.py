@@ -114,11 +114,12 @@ def new_page(chromium: object, system: System) -> Iterator[Callable[..., object]
         context.close()
 
 
-def screenshot(page: object, name: str) -> None:
-    """A full-page screenshot as a test artifact (and for the README when asked)."""
+def screenshot(page: object, name: str, mask: list[object] | None = None) -> None:
+    """A full-page screenshot as a test artifact (and for the README when asked); ``mask``
+    covers elements such as a freshly shown secret."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+    page.screenshot(path=str(path), full_page=True, mask=mask or [])  # type: ignore[attr-defined]
     if os.environ.get("FEDVLA_UPDATE_SCREENSHOTS") == "1":
         DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, DOCS_SCREENSHOTS / path.name)

@@ -232,7 +232,7 @@ def test_register_a_site_give_its_operator_a_token_and_approve_it(
     admin.get_by_role("button", name="Create token").click()
     secret = admin.locator("#new-secret").input_value()
     assert secret.startswith("fvla_")
-    screenshot(admin, "tokens")
+    screenshot(admin, "tokens", mask=[admin.locator("#new-secret")])
 
     operator: Page = new_page()
     sign_in(operator, secret)
