@@ -100,32 +100,44 @@ def declaration_mismatches(features: SiteFeatures) -> list[Mismatch]:
     return found
 
 
-def _camera_mismatches(site: SiteFeatures, expected: SiteFeatures) -> list[Mismatch]:
+def camera_mapping(site: SiteFeatures, expected: SiteFeatures) -> dict[str, str]:
+    """Each site camera the experiment lacks -> the experiment camera it stands for: one the
+    site lacks, of the same resolution when resolutions are declared (first such in order)."""
     ours = [camera_key(k) for k in site.camera_keys]
     theirs = [camera_key(k) for k in expected.camera_keys]
     our_res, their_res = _resolutions(site), _resolutions(expected)
     unfilled = [k for k in theirs if k not in ours]
-    found: list[Mismatch] = []
+    mapping: dict[str, str] = {}
     for key in [k for k in ours if k not in theirs]:
         same_size = [k for k in unfilled if our_res.get(key) and their_res.get(k) == our_res[key]]
         candidates = same_size or unfilled
-        target = candidates[0] if candidates else None
-        if target is not None:
-            unfilled.remove(target)
-            fix = f"map it to {target!r} (rename the camera in the dataset)"
-        else:
-            fix = "drop this camera from the dataset, or record without it"
+        if candidates:
+            mapping[key] = candidates[0]
+            unfilled.remove(candidates[0])
+    return mapping
+
+
+def _camera_mismatches(site: SiteFeatures, expected: SiteFeatures) -> list[Mismatch]:
+    ours = [camera_key(k) for k in site.camera_keys]
+    theirs = [camera_key(k) for k in expected.camera_keys]
+    our_res, their_res = _resolutions(site), _resolutions(expected)
+    mapping = camera_mapping(site, expected)
+    found: list[Mismatch] = []
+    for key in [k for k in ours if k not in theirs]:
+        target = mapping.get(key)
         found.append(
             Mismatch(
                 feature="camera_keys",
-                severity="error",
+                severity="error" if target is None else "warning",
                 found=key,
                 expected=theirs,
                 reason=f"camera {key!r} is not in the experiment",
-                fix=fix,
+                fix="drop this camera from the dataset, or record without it"
+                if target is None
+                else f"map it to {target!r} (the startup kit's node config does: camera-map)",
             )
         )
-    for key in unfilled:
+    for key in [k for k in theirs if k not in ours and k not in mapping.values()]:
         found.append(
             Mismatch(
                 feature="camera_keys",

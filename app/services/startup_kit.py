@@ -19,8 +19,10 @@ from sqlmodel import Session, col, select
 
 from app.core.config import Settings
 from app.core.errors import Conflict
-from app.models import Experiment, ExperimentSite, Mode, Site, SiteStatus
+from app.models import Experiment, ExperimentSite, Mode, Site, SiteFeatures, SiteStatus
 from app.services import compatibility
+from worker.deployment.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
+from worker.deployment.camera_map import format_camera_map
 from worker.deployment.certificates import ensure_tls, tls_hosts
 from worker.deployment.keys import PRIVATE_KEY_FILE
 
@@ -40,11 +42,19 @@ def dataset_node_config(dataset: str) -> dict[str, str]:
     return {"dataset-repo-id": dataset}
 
 
-def node_config(site: Site, *, dataset_root: str | None = None, work_dir: str = "var") -> str:
+def node_config(
+    site: Site,
+    *,
+    dataset_root: str | None = None,
+    work_dir: str = "var",
+    camera_map: dict[str, str] | None = None,
+) -> str:
     """``--node-config``: space separated key="value" pairs, as flower-supernode parses them."""
     values = {"site-label": site.name, **dataset_node_config(site.dataset), "data-dir": work_dir}
     if dataset_root is not None:
         values["dataset-root"] = dataset_root
+    if camera_map:
+        values[CAMERA_MAP_KEY] = format_camera_map(camera_map)
     return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
 
 
@@ -56,6 +66,7 @@ def supernode_args(
     key: str = KEY_PATH,
     dataset_root: str | None = None,
     work_dir: str = "var",
+    camera_map: dict[str, str] | None = None,
 ) -> list[str]:
     """flower-supernode's arguments for this site (the program name not included)."""
     return [
@@ -66,7 +77,7 @@ def supernode_args(
         "--auth-supernode-private-key",
         key,
         "--node-config",
-        node_config(site, dataset_root=dataset_root, work_dir=work_dir),
+        node_config(site, dataset_root=dataset_root, work_dir=work_dir, camera_map=camera_map),
     ]
 
 
@@ -80,19 +91,36 @@ def experiments_of(session: Session, site: Site) -> list[Experiment]:
     return list(session.exec(query))
 
 
-def kit_config(session: Session, settings: Settings, site: Site) -> dict[str, Any]:
+def kit_camera_map(session: Session, site: Site) -> dict[str, str]:
+    """The site's cameras renamed to its first deployment experiment's (empty if they agree)."""
+    for experiment in experiments_of(session, site):
+        assert experiment.id is not None
+        reference = compatibility.reference_site(_sites_of(session, experiment.id))
+        if reference is not None and reference.id != site.id:
+            return compatibility.camera_mapping(
+                SiteFeatures.model_validate(site.features),
+                SiteFeatures.model_validate(reference.features),
+            )
+    return {}
+
+
+def _sites_of(session: Session, experiment_id: int) -> list[Site]:
+    query = (
+        select(Site)
+        .join(ExperimentSite, col(ExperimentSite.site_id) == col(Site.id))
+        .where(ExperimentSite.experiment_id == experiment_id)
+    )
+    return list(session.exec(query))
+
+
+def kit_config(
+    session: Session, settings: Settings, site: Site, camera_map: dict[str, str]
+) -> dict[str, Any]:
     """kit.json: what the site's tools need to know (``fedvla site check`` reads it)."""
     experiments = []
     for experiment in experiments_of(session, site):
         assert experiment.id is not None
-        sites = list(
-            session.exec(
-                select(Site)
-                .join(ExperimentSite, col(ExperimentSite.site_id) == col(Site.id))
-                .where(ExperimentSite.experiment_id == experiment.id)
-            )
-        )
-        reference = compatibility.reference_site(sites) or site
+        reference = compatibility.reference_site(_sites_of(session, experiment.id)) or site
         experiments.append(
             {
                 "id": experiment.id,
@@ -113,12 +141,13 @@ def kit_config(session: Session, settings: Settings, site: Site) -> dict[str, An
             "features": site.features,
         },
         "experiments": experiments,
-        "supernode_args": supernode_args(settings, site),
+        "camera_map": camera_map,
+        "supernode_args": supernode_args(settings, site, camera_map=camera_map),
     }
 
 
-def _shell_script(settings: Settings, site: Site) -> str:
-    flat = supernode_args(settings, site)
+def _shell_script(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
+    flat = supernode_args(settings, site, camera_map=camera_map)
     pairs = [f"{flat[i]} {shlex.quote(flat[i + 1])}" for i in range(0, len(flat), 2)]
     args = " \\\n  ".join(pairs)
     return f"""#!/bin/sh
@@ -131,7 +160,7 @@ exec flower-supernode \\
 """
 
 
-def _compose(settings: Settings, site: Site) -> str:
+def _compose(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
     dataset = dataset_node_config(site.dataset).get("dataset-root")
     args = supernode_args(
         settings,
@@ -140,6 +169,7 @@ def _compose(settings: Settings, site: Site) -> str:
         key=CONTAINER_KEY,
         dataset_root=CONTAINER_DATASET if dataset else None,
         work_dir=CONTAINER_WORK,
+        camera_map=camera_map,
     )
     volumes = [f"./ca.crt:{CONTAINER_KIT}/ca.crt:ro", f"./keys:{Path(CONTAINER_KEY).parent}:ro"]
     if dataset:
@@ -165,7 +195,7 @@ def _compose(settings: Settings, site: Site) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _kubernetes(settings: Settings, site: Site, ca_pem: str) -> str:
+def _kubernetes(settings: Settings, site: Site, ca_pem: str, camera_map: dict[str, str]) -> str:
     name = "fedvla-supernode"
     dataset = dataset_node_config(site.dataset).get("dataset-root")
     args = supernode_args(
@@ -175,6 +205,7 @@ def _kubernetes(settings: Settings, site: Site, ca_pem: str) -> str:
         key=CONTAINER_KEY,
         dataset_root=CONTAINER_DATASET if dataset else None,
         work_dir=CONTAINER_WORK,
+        camera_map=camera_map,
     )
     ca_block = "\n".join("    " + line for line in ca_pem.strip().splitlines())
     mounts = [
@@ -240,7 +271,7 @@ spec:
 """
 
 
-def _readme(settings: Settings, site: Site) -> str:
+def _readme(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
     return f"""# Startup kit of site {site.name!r}
 
 The coordinator's SuperLink is at `{settings.superlink_address}` (TLS; `ca.crt` verifies it).
@@ -262,7 +293,7 @@ Your node is admitted only with the key pair whose public key the coordinator ap
 5. The dashboard shows your node online within a minute. Training starts when the
    coordinator launches a run; your data never leaves this machine, only model updates do.
 
-Node config: `{node_config(site)}`.
+Node config: `{node_config(site, camera_map=camera_map)}`.
 """
 
 
@@ -275,13 +306,14 @@ def build_kit(session: Session, settings: Settings, site: Site) -> bytes:
         )
     tls = ensure_tls(settings.superlink_dir / "tls", tls_hosts(settings.superlink_address))
     ca_pem = tls.ca_certificate.read_text()
+    cameras = kit_camera_map(session, site)
     files = {
-        "README.md": _readme(settings, site),
+        "README.md": _readme(settings, site, cameras),
         "ca.crt": ca_pem,
-        "kit.json": json.dumps(kit_config(session, settings, site), indent=2) + "\n",
-        "supernode.sh": _shell_script(settings, site),
-        "docker-compose.yml": _compose(settings, site),
-        "kubernetes.yaml": _kubernetes(settings, site, ca_pem),
+        "kit.json": json.dumps(kit_config(session, settings, site, cameras), indent=2) + "\n",
+        "supernode.sh": _shell_script(settings, site, cameras),
+        "docker-compose.yml": _compose(settings, site, cameras),
+        "kubernetes.yaml": _kubernetes(settings, site, ca_pem, cameras),
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -36,9 +36,14 @@ def test_foreign_camera_is_mapped_to_the_missing_one_of_the_same_resolution() ->
         camera_resolutions={"observation.images.cam1": [480, 640, 3], "wrist": [240, 320, 3]},
     )
     [mismatch] = compatibility.compare(site, "so100", _features(), "so100")
-    assert mismatch.severity == "error"
+    assert mismatch.severity == "warning"  # the kit's node config maps it: it can train
     assert mismatch.reason == "camera 'observation.images.wrist' is not in the experiment"
-    assert mismatch.fix == "map it to 'observation.images.cam2' (rename the camera in the dataset)"
+    assert mismatch.fix == (
+        "map it to 'observation.images.cam2' (the startup kit's node config does: camera-map)"
+    )
+    assert compatibility.camera_mapping(site, _features()) == {
+        "observation.images.wrist": "observation.images.cam2"
+    }
 
 
 def test_every_kind_of_mismatch_is_named_with_a_fix() -> None:

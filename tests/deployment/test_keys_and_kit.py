@@ -219,8 +219,8 @@ def test_site_check_fails_a_mismatched_dataset_naming_each_fix(
     assert ": FAIL" in result.output
     assert "[error] state_dim: state has 5 dimensions, the experiment's has 6" in result.output
     assert (
-        "[error] camera_keys: camera 'observation.images.wrist' is not in the experiment; "
-        "fix: map it to 'observation.images.front'"
+        "[warning] camera_keys: camera 'observation.images.wrist' is not in the experiment; "
+        "fix: map it to 'observation.images.front' (the startup kit's node config does"
     ) in result.output
     assert "[error] fps: recorded at 15 fps, the experiment at 30 fps" in result.output
 
@@ -283,3 +283,52 @@ def test_kit_files_are_what_their_tools_accept(
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["dataset"]["hostPath"]["path"] == "/srv/robot/pick cube"
     assert volumes["key"]["secret"]["secretName"] == "fedvla-supernode-key"
+
+
+def test_kit_maps_the_sites_cameras_to_the_experiments(
+    client: TestClient, session: Session, world: World
+) -> None:
+    from flwr.common.config import parse_config_args
+    from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
+
+    front = {"state_dim": 6, "action_dim": 6, "fps": 30, "camera_keys": ["front"]}
+    reference = _approved(session, features=front)
+    wrist = _approved(session, features={**front, "camera_keys": ["observation.images.wrist"]})
+    assert reference.id is not None and wrist.id is not None
+    experiment = make_experiment(session, deployment_body([reference.id, wrist.id]))
+
+    launch = client.post(
+        f"/api/v1/experiments/{experiment.id}/runs",
+        headers=bearer(world.secrets["admin"] or ""),
+    )
+    assert launch.status_code == 202, launch.text  # a mapped camera is no reason to refuse
+    kit = _kit(client, wrist.id, world.secrets["admin"])
+    config = json.loads(kit.read("fedvla-site/kit.json"))
+    assert config["camera_map"] == {"observation.images.wrist": "observation.images.front"}
+    args = _parse_args_run_supernode().parse_args(config["supernode_args"])
+    node = parse_config_args([args.node_config])
+    assert node["camera-map"] == "observation.images.wrist=observation.images.front"
+
+
+def test_renamed_cameras_on_a_real_dataset(datasets: dict[str, Path]) -> None:
+    from worker.data.features import DatasetError
+    from worker.deployment.camera_map import parse_camera_map
+    from worker.deployment.renamed_cameras import apply_camera_map
+    from worker.federation import task
+    from worker.federation.config import DatasetRef
+
+    data = task.open_dataset(
+        DatasetRef(repo_id="local/bad", root=str(datasets["bad"])), chunk_size=2, owner="t"
+    )
+    renamed = apply_camera_map(
+        data, parse_camera_map("observation.images.wrist=observation.images.front")
+    )
+    assert "observation.images.front" in renamed.features
+    assert "observation.images.wrist" not in renamed.features
+    item = renamed.dataset[0]
+    assert "observation.images.front" in item and "observation.images.wrist" not in item
+    assert len(renamed.dataset) == len(data.dataset)
+    with pytest.raises(DatasetError, match="cameras the dataset lacks"):
+        apply_camera_map(data, {"observation.images.top": "observation.images.front"})
+    with pytest.raises(DatasetError, match=r"is not 'observation\.images\.<site camera>="):
+        parse_camera_map("wrist=front")

@@ -19,7 +19,7 @@ from app.models import Checkpoint, ClientMetric, RoundMetric, Run, RunEvent, Sit
 from app.schemas.sites import SiteCreate
 from app.services import runs as run_service
 from app.services import sites as site_service
-from app.services import superlink_admin
+from app.services import startup_kit, superlink_admin
 from tests.factories import deployment_body, make_experiment, site_body
 from worker.deployment import node_registry
 from worker.deployment.keys import NodeKeyFiles, generate_node_keys
@@ -29,13 +29,18 @@ from worker.supervisor import child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-FEATURES = {
-    "state_dim": 6,
-    "action_dim": 6,
-    "camera_keys": ["observation.images.front"],
-    "camera_resolutions": {"observation.images.front": [24, 32, 3]},
-    "fps": 30,
-}
+
+def _features(camera: str = "front") -> dict[str, object]:
+    key = f"observation.images.{camera}"
+    return {
+        "state_dim": 6,
+        "action_dim": 6,
+        "camera_keys": [key],
+        "camera_resolutions": {key: [24, 32, 3]},
+        "fps": 30,
+    }
+
+
 NODE_EXIT_TIMEOUT_S = 120
 
 
@@ -47,7 +52,9 @@ class Deployment:
     root: Path
     nodes: list[subprocess.Popen[bytes]]
 
-    def site(self, name: str, dataset: Path, status: SiteStatus) -> tuple[Site, NodeKeyFiles]:
+    def site(
+        self, name: str, dataset: Path, status: SiteStatus, camera: str = "front"
+    ) -> tuple[Site, NodeKeyFiles]:
         keys = generate_node_keys(self.root / name / "keys")
         site = site_service.create_site(
             session=self.session,
@@ -55,7 +62,7 @@ class Deployment:
                 site_body(
                     name=name,
                     dataset=str(dataset),
-                    features=FEATURES,
+                    features=_features(camera),
                     public_key=keys.public_pem.read_text(),
                 )
             ),
@@ -76,6 +83,7 @@ class Deployment:
         node = start_supernode(
             self.settings,
             site,
+            camera_map=startup_kit.kit_camera_map(self.session, site),
             key=keys.private_key,
             ca=self.root / "kit-ca.crt",
             folder=self.root / site.name,
@@ -142,16 +150,17 @@ def test_two_sites_train_two_rounds_on_our_superlink(
 ) -> None:
     from worker.data.synthetic import SyntheticSpec, generate_dataset
 
-    spec = SyntheticSpec(episodes=3, frames_per_episode=8)
     data = [
         generate_dataset(
-            tmp_path / "datasets" / f"site{i}", SyntheticSpec(**{**spec.__dict__, "seed": i})
+            tmp_path / "datasets" / f"site{i}",
+            SyntheticSpec(episodes=3, frames_per_episode=8, seed=i, cameras=(camera,)),
         )
-        for i in (1, 2)
+        for i, camera in ((1, "front"), (2, "wrist"))
     ]
     settings, session = deployment.settings, deployment.session
     first, first_keys = deployment.site("lab-a", data[0], SiteStatus.approved)
-    second, second_keys = deployment.site("lab-b", data[1], SiteStatus.approved)
+    # lab-b's camera is 'wrist': its kit maps it to the experiment's 'front' (camera-map).
+    second, second_keys = deployment.site("lab-b", data[1], SiteStatus.approved, camera="wrist")
     revoked, revoked_keys = deployment.site("lab-r", data[0], SiteStatus.approved)
     bystander, bystander_keys = deployment.site("lab-x", data[0], SiteStatus.approved)
     stranger_keys = generate_node_keys(tmp_path / "stranger" / "keys")
@@ -164,7 +173,7 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     assert len(node_registry.sync_registrations(session, settings).unregistered) == 1
 
     # A node whose key was never registered, and the revoked site's node: both refused.
-    stranger_site = Site(name="stranger", dataset=str(data[0]), features=FEATURES, id=0)
+    stranger_site = Site(name="stranger", dataset=str(data[0]), features=_features(), id=0)
     (tmp_path / "stranger").mkdir(exist_ok=True)
     stranger = deployment.start_node(stranger_site, stranger_keys)
     refused = deployment.start_node(revoked, revoked_keys)
@@ -173,13 +182,6 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     )
     assert "Failed to activate SuperNode" in _refused(refused, tmp_path / "lab-r" / "supernode.log")
     assert superlink_admin.site_node(settings, revoked).registered is False
-
-    deployment.start_node(first, first_keys)
-    deployment.start_node(second, second_keys)
-    deployment.start_node(bystander, bystander_keys)  # approved, online, not in the experiment
-    _wait_online(settings, 3)
-    node = superlink_admin.site_node(settings, first)
-    assert node.registered and node.online and node.last_seen
 
     assert first.id is not None and second.id is not None
     experiment = make_experiment(
@@ -194,6 +196,16 @@ def test_two_sites_train_two_rounds_on_our_superlink(
             device="cpu",
         ),
     )
+    assert startup_kit.kit_camera_map(session, second) == {
+        "observation.images.wrist": "observation.images.front"
+    }
+    deployment.start_node(first, first_keys)
+    deployment.start_node(second, second_keys)
+    deployment.start_node(bystander, bystander_keys)  # approved, online, not in the experiment
+    _wait_online(settings, 3)
+    node = superlink_admin.site_node(settings, first)
+    assert node.registered and node.online and node.last_seen
+
     config = run_service.freeze_config(session, experiment)
     assert experiment.id is not None
     run = Run(experiment_id=experiment.id, config=config.model_dump(mode="json"))

@@ -22,11 +22,20 @@ def free_port() -> int:
 
 
 def start_supernode(
-    settings: Settings, site: Site, *, key: Path, ca: Path, folder: Path, data_dir: Path
+    settings: Settings,
+    site: Site,
+    *,
+    key: Path,
+    ca: Path,
+    folder: Path,
+    data_dir: Path,
+    camera_map: dict[str, str] | None = None,
 ) -> "subprocess.Popen[bytes]":
     """flower-supernode for ``site`` in ``folder`` (its log: folder/supernode.log)."""
     folder.mkdir(parents=True, exist_ok=True)
-    args = supernode_args(settings, site, ca=str(ca), key=str(key), work_dir=str(data_dir))
+    args = supernode_args(
+        settings, site, ca=str(ca), key=str(key), work_dir=str(data_dir), camera_map=camera_map
+    )
     env = flwr_env(settings)
     env["FLWR_HOME"] = str(folder / "flwr-home")
     with (folder / "supernode.log").open("ab") as log:

@@ -15,6 +15,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from worker.deployment.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
+from worker.deployment.camera_map import parse_camera_map
+from worker.deployment.renamed_cameras import apply_camera_map
 from worker.federation import task
 from worker.federation.config import DatasetRef, FederationConfig
 from worker.federation.transport import (
@@ -84,6 +87,9 @@ def client_state(config: FederationConfig, record: ConfigRecord, context: Contex
         source = resolve_policy_source(config.policy)
         chunk = _chunk_size(source, data_dir)
         data = task.open_dataset(ref, chunk_size=chunk, owner=label)
+        if CAMERA_MAP_KEY in context.node_config:  # deployment: the kit renames the site's cameras
+            cameras = parse_camera_map(str(context.node_config[CAMERA_MAP_KEY]))
+            data = apply_camera_map(data, cameras)
         bundle = task.build_bundle(
             source,
             data.features,
