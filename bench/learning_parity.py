@@ -1,0 +1,303 @@
+"""Learning parity: does federated training reach what centralized training reaches?
+
+FedAvg and FedProx over 3 simulated clients (IID episodes, and non-IID: one task per client),
+run through the engine's run_federation (Flower simulation, Ray), against centralized training
+of the same tiny policy on the same clients' episodes pooled, at the same total gradient steps
+(3 clients x local steps x rounds), from the same seeded starting policy. Every run is evaluated
+on the same held-out episodes with the engine's seeded evaluation. Each point of the centralized
+curve is its own run from the start (so it is "trained for that many steps", not a run with
+its optimizer reset each round). Target: FedAvg IID final eval loss within 1.10x of centralized.
+Writes bench/results/learning_parity.{json,md,png}.
+
+    .venv/bin/python bench/learning_parity.py            # default size, ~10 min on 2 cores
+    .venv/bin/python bench/learning_parity.py --quick    # smoke size
+"""
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from common import RESULTS_DIR, Recorder, markdown_table
+
+from worker.data.partition import plan_data
+from worker.data.synthetic import SyntheticSpec, generate_dataset
+from worker.federation.config import DatasetRef, FederationConfig, Partition
+from worker.federation.reporter import CheckpointReport, RoundReport
+
+TARGET_FEDAVG_IID_RATIO = 1.10
+COMMAND = ".venv/bin/python bench/learning_parity.py"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int = 8
+    local_steps: int = 8
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    episodes: int = 15
+    frames_per_episode: int = 16
+    holdout_episodes: int = 3
+    eval_batches: int = 4
+    proximal_mu: float = 0.01
+    clients: int = 3
+
+
+QUICK = Sizes(
+    rounds=2,
+    local_steps=2,
+    batch_size=4,
+    episodes=9,
+    frames_per_episode=8,
+    holdout_episodes=2,
+    eval_batches=1,
+)
+
+
+FULL_RUNS = [("fedavg", "iid"), ("fedavg", "task"), ("fedprox", "iid"), ("fedprox", "task")]
+QUICK_RUNS = [("fedavg", "iid"), ("fedprox", "task")]
+"""--quick covers both strategies and both partitions in two federations instead of four."""
+
+
+@dataclass
+class Recording:
+    """A Reporter that keeps the rounds (the engine's JsonLines/Db reporters write elsewhere)."""
+
+    rounds: list[RoundReport] = field(default_factory=list)
+
+    def log(self, message: str) -> None:
+        pass
+
+    def round_finished(self, report: RoundReport) -> None:
+        self.rounds.append(report)
+
+    def checkpoint_saved(self, report: CheckpointReport) -> None:
+        pass
+
+    def checkpoint_removed(self, round: int) -> None:
+        pass
+
+
+def make_dataset(folder: Path, sizes: Sizes) -> DatasetRef:
+    spec = SyntheticSpec(episodes=sizes.episodes, frames_per_episode=sizes.frames_per_episode)
+    root = folder / "synthetic"
+    if not root.exists():
+        generate_dataset(root, spec)
+    return DatasetRef(repo_id=spec.repo_id, root=str(root))
+
+
+def federation_config(
+    dataset: DatasetRef,
+    sizes: Sizes,
+    *,
+    strategy: str,
+    scheme: str,
+    transport_dtype: str = "float32",
+) -> FederationConfig:
+    return FederationConfig(
+        policy="tiny",
+        strategy=strategy,  # type: ignore[arg-type]
+        proximal_mu=sizes.proximal_mu if strategy == "fedprox" else 0.0,
+        num_rounds=sizes.rounds,
+        min_clients=sizes.clients,
+        local_steps=sizes.local_steps,
+        batch_size=sizes.batch_size,
+        learning_rate=sizes.learning_rate,
+        eval_every=1,
+        eval_batches=sizes.eval_batches,
+        checkpoint_every=0,
+        keep_checkpoints=1,
+        transport_dtype=transport_dtype,  # type: ignore[arg-type]
+        client_num_cpus=1.0,
+        device="cpu",
+        partition=Partition(
+            dataset=dataset,
+            num_clients=sizes.clients,
+            scheme=scheme,  # type: ignore[arg-type]
+            holdout_episodes=sizes.holdout_episodes,
+        ),
+    )
+
+
+def run_federated(config: FederationConfig, work: Path, data_dir: Path) -> dict[str, Any]:
+    """One real federation; its eval loss after each round (round 0: the starting policy)."""
+    from worker.federation.runner import run_federation
+
+    reporter = Recording()
+    started = time.perf_counter()
+    out = Path(tempfile.mkdtemp(prefix="run-", dir=work))
+    run_federation(config, reporter, output_dir=out, data_dir=data_dir)
+    return {
+        "strategy": config.strategy,
+        "scheme": config.partition.scheme if config.partition else None,
+        "transport_dtype": config.transport_dtype,
+        "eval_loss": [r.eval_loss for r in reporter.rounds],
+        "bytes_received_per_round": [r.bytes_received for r in reporter.rounds[1:]],
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def run_centralized(config: FederationConfig, data_dir: Path) -> dict[str, Any]:
+    """The same policy, seed, holdout and evaluation; the clients' episodes pooled.
+
+    Point r of the curve is a fresh run of clients x local_steps x r gradient steps.
+    """
+    import torch
+
+    from worker.federation import task
+    from worker.policy.loading import resolve_policy_source
+
+    assert config.partition is not None
+    torch.set_num_threads(1)  # as one simulated client (client_num_cpus=1)
+    plan = plan_data(config)
+    pooled = sorted(e for client in plan.clients for e in client.episodes or [])
+    dataset = config.partition.dataset
+    chunk = 4
+    train_data = task.open_dataset(
+        dataset.model_copy(update={"episodes": pooled}), chunk_size=chunk, owner="centralized"
+    )
+    holdout = task.open_dataset(plan.holdout[0], chunk_size=chunk, owner="held out")
+    # Normalised like the federation's server: lerobot's merge of the clients' statistics.
+    stats = task.merge_stats(
+        [task.open_dataset(c, chunk_size=chunk, owner="client").stats for c in plan.clients]
+    )
+    source = resolve_policy_source("tiny")
+    steps_per_round = config.num_clients * config.local_steps
+    started = time.perf_counter()
+    curve: list[float] = []
+    for rounds in range(config.num_rounds + 1):
+        bundle = task.build_bundle(
+            source,
+            train_data.features,
+            stats=stats,
+            data_dir=data_dir,
+            seed=config.seed,
+            device="cpu",
+        )
+        if rounds:
+            task.train(
+                bundle,
+                train_data,
+                steps=steps_per_round * rounds,
+                batch_size=config.batch_size,
+                learning_rate=config.learning_rate,
+                seed=config.seed,
+            )
+        loss, _ = task.evaluate(
+            bundle,
+            holdout,
+            batches=config.eval_batches,
+            batch_size=config.batch_size,
+            seed=config.seed,
+        )
+        curve.append(loss)
+    return {
+        "eval_loss": curve,
+        "steps_per_round": steps_per_round,
+        "total_steps": steps_per_round * config.num_rounds,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def plot(curves: dict[str, list[float | None]], steps_per_round: int, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for label, losses in curves.items():
+        points = [(i * steps_per_round, v) for i, v in enumerate(losses) if v is not None]
+        style = "k--" if label == "centralized" else "-"
+        axes.plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=label)
+    axes.set_xlabel("total gradient steps (all clients)")
+    axes.set_ylabel("held-out eval loss (flow matching)")
+    axes.set_title("Tiny SmolVLA on the synthetic dataset: federated vs centralized")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else Sizes()
+    recorder = Recorder(
+        "learning_parity",
+        "Final held-out eval loss of FedAvg/FedProx (3 clients, IID and by task) vs centralized "
+        "training at the same total gradient steps (tiny policy, synthetic dataset).",
+        COMMAND + (" --quick" if args.quick else ""),
+    )
+    runs: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-learning-") as scratch:
+        work = Path(scratch)
+        data_dir = work / "data"
+        dataset = make_dataset(work, sizes)
+        base = federation_config(dataset, sizes, strategy="fedavg", scheme="iid")
+        runs["centralized"] = run_centralized(base, data_dir)
+        for strategy, scheme in QUICK_RUNS if args.quick else FULL_RUNS:
+            config = federation_config(dataset, sizes, strategy=strategy, scheme=scheme)
+            runs[f"{strategy}-{scheme}"] = run_federated(config, work, data_dir)
+            print(f"{strategy}-{scheme}: {runs[f'{strategy}-{scheme}']['eval_loss']}")
+    central_final = runs["centralized"]["eval_loss"][-1]
+    rows = []
+    for label, run in runs.items():
+        final = run["eval_loss"][-1]
+        run["final_eval_loss"] = final
+        run["ratio_to_centralized"] = final / central_final
+        rows.append(
+            [
+                label,
+                run["eval_loss"][0],
+                final,
+                round(final / central_final, 3),
+                run["wall_seconds"],
+            ]
+        )
+    ratio = runs["fedavg-iid"]["ratio_to_centralized"]
+    met = ratio <= TARGET_FEDAVG_IID_RATIO
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    png = args.out_dir / "learning_parity.png"
+    plot(
+        {label: run["eval_loss"] for label, run in runs.items()},
+        runs["centralized"]["steps_per_round"],
+        png,
+    )
+    table = markdown_table(
+        ["run", "eval loss at start", "final eval loss", "ratio to centralized", "wall s"], rows
+    )
+    table += "\n" + markdown_table(
+        ["target", "measured", "result"],
+        [[f"FedAvg IID within {TARGET_FEDAVG_IID_RATIO}x of centralized", round(ratio, 3), met]],
+    )
+    table += f"\nCurves: {png.name}. Sizes: {asdict(sizes)}\n"
+    recorder.write(
+        {
+            "sizes": asdict(sizes),
+            "runs": runs,
+            "target": {
+                "fedavg_iid_ratio_max": TARGET_FEDAVG_IID_RATIO,
+                "measured": ratio,
+                "met": met,
+            },
+            "plot": png.name,
+        },
+        table,
+        out_dir=args.out_dir,
+    )
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""aggregation, federation_overhead and orchestration at smoke size."""
+
+import pytest
+import redis
+
+from tests.conftest import _unavailable
+
+BENCH_REDIS = "redis://127.0.0.1:6379/14"
+
+
+@pytest.mark.slow
+def test_aggregation_small_shapes_average_like_numpy(run_bench):  # type: ignore[no-untyped-def]
+    result, table = run_bench(
+        "aggregation", "--scale", "0.01", "--clients", "2,4", "--repeats", "1"
+    )
+
+    assert [r["clients"] for r in result["results"]] == [2, 4]
+    assert result["update_params"] > 0
+    assert result["engine_vs_numpy_max_abs_difference"] < 1e-6
+    for row in result["results"]:
+        assert row["input_bytes"] == row["clients"] * result["update_bytes"]
+        assert row["bound_seconds"] > 0 and row["engine_seconds"] > 0
+        assert row["flower_seconds"] > 0
+    assert "Flower stock" in table
+
+
+@pytest.mark.slow
+def test_federation_overhead_quick_reports_rounds_and_loads(run_bench):  # type: ignore[no-untyped-def]
+    result, _ = run_bench("federation_overhead", "--quick")
+
+    by_name = {r["case"]["name"]: r for r in result["results"]}
+    assert set(by_name) == {"tiny", "medium"}
+    assert by_name["medium"]["params_trainable"] > 10 * by_name["tiny"]["params_trainable"]
+    for entry in by_name.values():
+        rounds = entry["case"]["rounds"]
+        assert len(entry["round_seconds"]) == rounds
+        assert len(entry["local_train_seconds"]) == rounds
+        assert entry["clients_ok"] == [1] * rounds
+    # Built once per client per run (reported with round 1); later rounds only assign weights.
+    tiny = by_name["tiny"]
+    assert tiny["load_seconds_first_round_max"] > tiny["load_seconds_later_rounds_max"]
+    assert isinstance(result["target"]["met"], bool)
+
+
+@pytest.mark.redis
+def test_orchestration_quick_measures_rest_and_sse(run_bench):  # type: ignore[no-untyped-def]
+    try:
+        redis.Redis.from_url(BENCH_REDIS).ping()
+    except redis.RedisError as error:
+        _unavailable("Redis", error)
+    result, table = run_bench("orchestration", "--quick")
+
+    rest = result["rest"]
+    assert rest["statuses"] == {"200": rest["requests"]}
+    assert set(rest["endpoints"]) == {"run status", "rounds", "checkpoints"}
+    by_redis = {case["redis"]: case for case in result["sse"]}
+    assert set(by_redis) == {False, True}
+    for case in by_redis.values():
+        assert case["missing"] == 0
+        assert case["deliveries"] == case["subscribers"] * case["events"]
+        assert case["p99_ms"] >= case["p50_ms"] > 0
+    assert "SSE with Redis" in table
