@@ -15,9 +15,10 @@ from app.core.config import Settings
 from app.core.db import make_engine
 from app.models import SiteStatus
 from app.services import sites as site_service
+from app.services import superlink_admin
 from tests.factories import make_site
 from worker.deployment.keys import generate_node_keys
-from worker.deployment.local_nodes import free_port
+from worker.deployment.local_nodes import free_port, start_supernode
 from worker.deployment.superlink import list_nodes
 from worker.supervisor import child_env
 
@@ -53,6 +54,7 @@ def test_superlink_command_registers_approved_keys_and_drops_revoked_ones(
         text=True,
         start_new_session=True,
     )
+    node: subprocess.Popen[bytes] | None = None
     try:
 
         def registered() -> set[str]:
@@ -64,11 +66,27 @@ def test_superlink_command_registers_approved_keys_and_drops_revoked_ones(
             session=session, site=site, status=SiteStatus.approved, actor="t", reason=""
         )
         _until(lambda: registered() == {site.name}, "the approved site's key")
+        node = start_supernode(
+            settings,
+            site,
+            key=keys.private_key,
+            ca=settings.superlink_dir / "tls" / "ca.crt",
+            folder=tmp_path / "site",
+            data_dir=tmp_path / "site-data",
+        )
+        _until(lambda: superlink_admin.site_node(settings, site).online, "the node online")
         site_service.set_status(
             session=session, site=site, status=SiteStatus.revoked, actor="t", reason="gone"
         )
         _until(lambda: registered() == set(), "the revoked site's key to go")
+        # The node that was online is refused from now on: it can only retry, in vain.
+        log = tmp_path / "site" / "supernode.log"
+        _until(lambda: "Connection attempt failed" in log.read_text(), "the node refused")
+        assert superlink_admin.site_node(settings, site).online is False
     finally:
+        if node is not None:
+            os.killpg(node.pid, signal.SIGTERM)
+            node.wait(30)
         os.killpg(command.pid, signal.SIGTERM)
         output, _ = command.communicate(timeout=60)
         session.close()
@@ -86,3 +104,25 @@ def _answers(settings: Settings) -> bool:
     except SuperLinkError:
         return False
     return True
+
+
+def test_superlink_command_explains_a_port_in_use(sqlite_url: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(
+            environment="test", data_dir=tmp_path, database_url=sqlite_url, superlink_port=port
+        )
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "fedvla"), "superlink"],
+            env=child_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2
+    assert "Error: flower-superlink exited with" in result.stderr
+    assert "Traceback" not in result.stderr
