@@ -55,6 +55,7 @@ def fast_settings(
     shutil.copytree(federation_assets / "data", data_dir)
     queue = f"gpu-{tmp_path.name[-12:]}"
     common = {"environment": "test", "data_dir": data_dir, "gpu_queue": queue, **FAST}
+    common["lost_after_s"] = 8.0  # real workers beat every 0.5 s: a lost one is found soon
     if request.param == "embedded":
         yield Settings(
             **common,
