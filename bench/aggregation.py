@@ -8,11 +8,12 @@ train replies (ArrayRecord + the client's MetricRecord). For N = 2, 4, 8, 16 it 
   flower  - Flower's stock FedAvg.aggregate_train on the same replies;
   bound   - a streaming numpy add (acc += x) over the same bytes, in place, read from the very
             buffers the replies hold: what memory bandwidth allows for one pass over the input.
-Each is the median of --repeats. N is capped by free memory (MemAvailable) at the start.
+Each is the median of --repeats, the three taking turns. N is capped by free memory
+(MemAvailable) at the start.
 Target: engine at least half the bound's speed, and no slower than Flower's stock path.
 Writes bench/results/aggregation.{json,md}.
 
-    .venv/bin/python bench/aggregation.py [--clients 2,4,8,16] [--repeats 3]
+    .venv/bin/python bench/aggregation.py [--clients 2,4,8,16] [--repeats 5]
 """
 
 import argparse
@@ -144,15 +145,24 @@ def flower_aggregate(replies: list[Message]) -> ArrayRecord:
     return arrays
 
 
-def timed(function: Callable[[list[Message]], Any], replies: list[Message], repeats: int) -> float:
-    seconds = []
+METHODS: dict[str, Callable[[list[Message]], Any]] = {
+    "bound": streaming_add,
+    "engine": engine_aggregate,
+    "flower": flower_aggregate,
+}
+
+
+def timed(replies: list[Message], repeats: int) -> dict[str, list[float]]:
+    """Seconds per method, the methods taking turns in each repeat (load drifts alike)."""
+    seconds: dict[str, list[float]] = {name: [] for name in METHODS}
     for _ in range(repeats):
-        gc.collect()
-        started = time.perf_counter()
-        result = function(replies)
-        seconds.append(time.perf_counter() - started)
-        del result
-    return median(seconds)
+        for name, function in METHODS.items():
+            gc.collect()
+            started = time.perf_counter()
+            result = function(replies)
+            seconds[name].append(time.perf_counter() - started)
+            del result
+    return seconds
 
 
 def check_same_average(replies: list[Message]) -> float:
@@ -168,7 +178,7 @@ def check_same_average(replies: list[Message]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="2,4,8,16")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="<1 shrinks shapes (smoke)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -192,13 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         while len(replies) < n:
             replies.append(client_reply(len(replies), shapes, samples=80))
         subset = replies[:n]
-        bound_s = timed(streaming_add, subset, args.repeats)
-        engine_s = timed(engine_aggregate, subset, args.repeats)
-        flower_s = timed(flower_aggregate, subset, args.repeats)
+        samples = timed(subset, args.repeats)
+        bound_s, engine_s, flower_s = (median(samples[name]) for name in METHODS)
         input_bytes = n * update_bytes
         entry = {
             "clients": n,
             "input_bytes": input_bytes,
+            "seconds": {name: [round(v, 4) for v in values] for name, values in samples.items()},
             "bound_seconds": round(bound_s, 4),
             "engine_seconds": round(engine_s, 4),
             "flower_seconds": round(flower_s, 4),

@@ -139,6 +139,9 @@ def run_federated(config: FederationConfig, work: Path, data_dir: Path) -> dict[
         "transport_dtype": config.transport_dtype,
         "eval_loss": [r.eval_loss for r in reporter.rounds],
         "bytes_received_per_round": [r.bytes_received for r in reporter.rounds[1:]],
+        "client_load_seconds_per_round": [
+            [round(c.load_seconds, 3) for c in r.clients] for r in reporter.rounds[1:]
+        ],
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
 

@@ -146,7 +146,8 @@ def overhead_rows() -> list[Row]:
                 f"({entry['params_trainable'] / 1e6:.1f}M trainable), "
                 f"{entry['case']['local_steps']} steps, {entry['clients']} client(s)",
                 f"{entry['steady_round_seconds']} s vs {entry['steady_local_seconds']} s: "
-                f"{entry['overhead_vs_local']:+.1%}; load "
+                f"{entry['overhead_vs_local']:+.1%} (vs the client's own training time in the "
+                f"same rounds: {entry['overhead_vs_client_training']:+.1%}); load "
                 f"{entry['load_seconds_first_round_max']} s in round 1, "
                 f"≤ {entry['load_seconds_later_rounds_max']} s later",
                 "≤ 10% (medium)" if medium else "(reported)",
@@ -208,11 +209,16 @@ def orchestration_rows() -> list[Row]:
     ]
     for case in result["sse"]:
         redis = "with Redis" if case["redis"] else "without Redis"
-        met = result["target"]["sse_met"]["redis" if case["redis"] else "table"]
+        met = result["target"]["sse_met"][
+            f"{'redis' if case['redis'] else 'table'}-{case['subscribers']}"
+        ]
         rows.append(
             [
                 f"4. SSE delivery, {case['subscribers']} subscribers, {redis}",
-                f"p50 {case['p50_ms']} ms, p99 {case['p99_ms']} ms, {case['missing']} missing",
+                f"{case['following_when_writing']} of {case['subscribers']} following; "
+                f"p50 {case['p50_ms']} ms, p99 {case['p99_ms']} ms; {case['missing']} of "
+                f"{case['subscribers'] * case['events']} deliveries missing; "
+                f"errors {case['errors'] or 'none'}",
                 "p99 < 500 ms",
                 _verdict(met),
                 _day(result),

@@ -34,7 +34,7 @@ def test_federation_overhead_quick_reports_rounds_and_loads(run_bench):  # type:
     for entry in by_name.values():
         rounds = entry["case"]["rounds"]
         assert len(entry["round_seconds"]) == rounds
-        assert len(entry["local_train_seconds"]) == rounds
+        assert len(entry["local_train_seconds"]) == rounds + 1  # and once after the federation
         assert entry["clients_ok"] == [1] * rounds
     # Built once per client per run (reported with round 1); later rounds only assign weights.
     tiny = by_name["tiny"]
