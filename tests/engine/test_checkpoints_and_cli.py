@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.federation import checkpoints, task
+from tests.engine.helpers import tiny_bundle
+from worker.federation import checkpoints
 from worker.federation.config import DatasetRef
 from worker.federation.reporter import CheckpointReport, JsonLinesReporter, RoundReport
 from worker.policy.loading import resolve_policy_source
@@ -34,15 +35,7 @@ class Removals:
 def test_retention_keeps_the_last_n_and_the_best(
     data_dir: Path, images_dataset: DatasetRef, tmp_path: Path
 ) -> None:
-    data = task.open_dataset(images_dataset, chunk_size=4, owner="t")
-    bundle = task.build_bundle(
-        resolve_policy_source("tiny"),
-        data.features,
-        stats=data.stats,
-        data_dir=data_dir,
-        seed=0,
-        device="cpu",
-    )
+    bundle, _data = tiny_bundle(data_dir, images_dataset, "t")
     reporter = Removals()
     for server_round, loss in [(1, 0.9), (2, 0.5), (3, 0.8), (4, 0.7), (5, None)]:
         saved = checkpoints.save_checkpoint(

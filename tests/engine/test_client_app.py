@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
+from tests.engine.helpers import tiny_bundle
 from worker.federation import client_app, task
 from worker.federation.config import DatasetRef, FederationConfig
 from worker.federation.transport import decode_arrays, encode_arrays, stats_to_record
-from worker.policy.loading import resolve_policy_source, trainable_state
+from worker.policy.loading import trainable_state
 
 
 @pytest.fixture(autouse=True)
@@ -59,15 +60,7 @@ def _message(config: FederationConfig, kind: str, **records: object) -> Message:
 
 
 def _global_weights(data_dir: Path, dataset: DatasetRef) -> dict[str, object]:
-    data = task.open_dataset(dataset, chunk_size=4, owner="server")
-    bundle = task.build_bundle(
-        resolve_policy_source("tiny"),
-        data.features,
-        stats=data.stats,
-        data_dir=data_dir,
-        seed=0,
-        device="cpu",
-    )
+    bundle, _data = tiny_bundle(data_dir, dataset, "server")
     return trainable_state(bundle.policy)  # type: ignore[return-value]
 
 

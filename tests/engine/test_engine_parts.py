@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.engine.helpers import tiny_bundle
 from worker.data.features import DatasetError, check_dataset
 from worker.data.partition import split_partition
 from worker.federation import task
@@ -53,7 +54,7 @@ def test_pretrained_folder_whose_vlm_is_not_cached_names_the_vlm(
 ) -> None:
     import json
 
-    bundle, _ = _bundle(data_dir, images_dataset)
+    bundle, _ = tiny_bundle(data_dir, images_dataset)
     bundle.policy.save_pretrained(tmp_path / "policy")
     config_file = tmp_path / "policy" / "config.json"
     config = json.loads(config_file.read_text())
@@ -69,25 +70,12 @@ def test_folder_without_weights_is_refused(tmp_path: Path) -> None:
         resolve_policy_source(str(tmp_path))
 
 
-def _bundle(data_dir: Path, ref: DatasetRef) -> tuple[task.PolicyBundle, task.ClientData]:
-    data = task.open_dataset(ref, chunk_size=4, owner="test")
-    bundle = task.build_bundle(
-        resolve_policy_source("tiny"),
-        data.features,
-        stats=data.stats,
-        data_dir=data_dir,
-        seed=0,
-        device="cpu",
-    )
-    return bundle, data
-
-
 def test_meta_device_load_matches_lerobot_from_pretrained(
     data_dir: Path, images_dataset: DatasetRef, tmp_path: Path
 ) -> None:
     from lerobot.policies.smolvla import SmolVLAPolicy
 
-    bundle, data = _bundle(data_dir, images_dataset)
+    bundle, data = tiny_bundle(data_dir, images_dataset)
     bundle.policy.save_pretrained(tmp_path)
     fast = load_pretrained_fast(
         read_policy_config(resolve_policy_source(str(tmp_path))), tmp_path / "model.safetensors"
@@ -106,7 +94,7 @@ def test_meta_device_load_matches_lerobot_from_pretrained(
 def test_only_action_expert_and_projections_train(
     data_dir: Path, images_dataset: DatasetRef
 ) -> None:
-    bundle, _ = _bundle(data_dir, images_dataset)
+    bundle, _ = tiny_bundle(data_dir, images_dataset)
     trainable = trainable_state(bundle.policy)
     assert trainable and all(".vlm." not in key for key in trainable)
     assert sum(v.numel() for v in trainable.values()) < sum(
@@ -116,7 +104,7 @@ def test_only_action_expert_and_projections_train(
 
 
 def test_training_lowers_the_loss(data_dir: Path, images_dataset: DatasetRef) -> None:
-    bundle, data = _bundle(data_dir, images_dataset)
+    bundle, data = tiny_bundle(data_dir, images_dataset)
     before, _ = task.evaluate(bundle, data, batches=2, batch_size=8, seed=1)
     result = task.train(bundle, data, steps=15, batch_size=8, learning_rate=3e-3, seed=0)
     after, _ = task.evaluate(bundle, data, batches=2, batch_size=8, seed=1)
@@ -127,7 +115,7 @@ def test_training_lowers_the_loss(data_dir: Path, images_dataset: DatasetRef) ->
 def test_fedprox_term_keeps_weights_closer(data_dir: Path, images_dataset: DatasetRef) -> None:
     drifts = []
     for mu in (0.0, 100.0):
-        bundle, data = _bundle(data_dir, images_dataset)
+        bundle, data = tiny_bundle(data_dir, images_dataset)
         start = {k: v.clone() for k, v in trainable_state(bundle.policy).items()}
         task.train(bundle, data, steps=5, batch_size=4, learning_rate=3e-3, seed=0, proximal_mu=mu)
         end = trainable_state(bundle.policy)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.engine.helpers import tiny_bundle
 from worker.data.features import DatasetError
 from worker.federation import task
 from worker.federation.checkpoints import (
@@ -20,7 +21,7 @@ from worker.federation.checkpoints import (
 from worker.federation.config import DatasetRef, FederationConfig, Partition, ResumePoint
 from worker.federation.reporter import CheckpointReport, RoundReport
 from worker.federation.runner import run_federation
-from worker.policy.loading import resolve_policy_source, trainable_state
+from worker.policy.loading import trainable_state
 
 pytestmark = pytest.mark.slow
 
@@ -79,15 +80,7 @@ def fedavg_run(
 
 
 def _trainable_bytes(data_dir: Path, dataset: DatasetRef) -> tuple[int, int]:
-    data = task.open_dataset(dataset, chunk_size=4, owner="t")
-    bundle = task.build_bundle(
-        resolve_policy_source("tiny"),
-        data.features,
-        stats=data.stats,
-        data_dir=data_dir,
-        seed=0,
-        device="cpu",
-    )
+    bundle, _data = tiny_bundle(data_dir, dataset, "t")
     trainable = sum(t.numel() * 4 for t in trainable_state(bundle.policy).values())
     total = sum(t.numel() * t.element_size() for t in bundle.policy.state_dict().values())
     return trainable, total

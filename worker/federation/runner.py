@@ -3,8 +3,9 @@
 The Celery worker calls `run_federation` in a child process. Ray makes that process the leader
 of its own process group (or keeps it so if it was started with start_new_session=True) and
 starts its GCS, raylet and actors inside that group, so `os.killpg(child_pid, SIGTERM)`, then
-SIGKILL after a grace period, ends the whole federation. Before anything starts, every client's dataset is checked against
-the experiment; a bad one raises DatasetError naming the client, the dataset and the mismatch.
+SIGKILL after a grace period, ends the whole federation. Before anything starts, every client's
+dataset is checked against the experiment; a bad one raises DatasetError naming the client, the
+dataset and the mismatch.
 """
 
 import logging
