@@ -157,7 +157,13 @@ def db_upgrade(
 def token_create(
     name: Annotated[str, typer.Argument(help="A unique name, e.g. lab-a-operator.")],
     role: Annotated[Role, typer.Option(help="admin, operator or viewer.")],
-    site: Annotated[int | None, typer.Option(help="Site id (operator tokens only).")] = None,
+    site: Annotated[
+        int | None,
+        typer.Option(
+            help="Site id (operator tokens only). Without it, an operator token may register"
+            " one site and then belongs to it."
+        ),
+    ] = None,
 ) -> None:
     """Create a token; the secret is printed on stdout, once."""
     with _session(_settings()) as session:
@@ -165,6 +171,8 @@ def token_create(
             session=session, name=name, role=role, site_id=site
         )
     typer.echo(f"Created {token.role.value} token '{token.name}'. Store it now:", err=True)
+    if token.role == Role.operator and token.site_id is None:
+        typer.echo("It has no site yet: it may register one site, then belongs to it.", err=True)
     typer.echo(secret)
 
 

@@ -83,6 +83,24 @@ def test_operator_token_for_a_site(database_url: str, tmp_path: Path) -> None:
         engine.dispose()
 
 
+def test_operator_token_without_a_site_is_an_enrolment_token(
+    database_url: str, tmp_path: Path
+) -> None:
+    result = _invoke(database_url, tmp_path, "token", "create", "lab-b", "--role", "operator")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().startswith("fvla_")
+    assert "may register one site" in result.stderr
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            token = session.exec(select(ApiToken).where(ApiToken.name == "lab-b")).one()
+            assert (token.role, token.site_id) == (Role.operator, None)
+            assert token.token_hash == hash_token(result.stdout.strip())
+    finally:
+        engine.dispose()
+
+
 def test_ensure_admin_prints_a_secret_only_the_first_time(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -98,7 +116,7 @@ def test_ensure_admin_prints_a_secret_only_the_first_time(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("token", "create", "x", "--role", "operator"), "site_id"),
+        (("token", "create", "x", "--role", "viewer", "--site", "1"), "only operator tokens"),
         (("token", "create", "x", "--role", "operator", "--site", "999"), "no site with id 999"),
         (("token", "revoke", "nobody"), "Token not found"),
     ],

@@ -15,6 +15,7 @@ from sqlmodel import Session
 from app.core.config import Settings
 from app.core.errors import Forbidden, Unauthorized
 from app.models import ApiToken, Role
+from app.services import sites as site_service
 from app.services import tokens as token_service
 from app.web import session as web_session
 
@@ -99,6 +100,15 @@ ReaderToken = CurrentToken
 
 SiteEditorToken = Annotated[ApiToken, Depends(require_role(Role.admin, Role.operator))]
 """Admins, and operators for their own site (the route checks which site)."""
+
+
+def _site_registrar(token: CurrentToken) -> ApiToken:
+    site_service.check_can_register(token)
+    return token
+
+
+SiteRegistrarToken = Annotated[ApiToken, Depends(_site_registrar)]
+"""Admins, and an operator token without a site yet (it may register one, its own)."""
 
 
 def ensure_site_access(token: ApiToken, site_id: int) -> None:

@@ -14,13 +14,14 @@ class TokenCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, examples=["lab-a-operator"])
     role: Role = Field(examples=["operator"])
     site_id: RowId | None = Field(
-        None, description="The site an operator token belongs to (operators only).", examples=[1]
+        None,
+        description="The site an operator token belongs to (operators only). An operator token"
+        " without one may register a single site, and then belongs to it.",
+        examples=[1],
     )
 
     @model_validator(mode="after")
     def _site_matches_role(self) -> Self:
-        if self.role == Role.operator and self.site_id is None:
-            raise ValueError("site_id: an operator token needs the site it belongs to")
         if self.role != Role.operator and self.site_id is not None:
             raise ValueError("site_id: only operator tokens belong to a site")
         return self

@@ -166,6 +166,8 @@ def can_read(*, session: Session, token: ApiToken, experiment_id: int) -> bool:
     """Admins and viewers read every experiment; an operator those its site takes part in."""
     if token.role != Role.operator:
         return True
+    if token.site_id is None:
+        return False
     link = session.get(ExperimentSite, (experiment_id, token.site_id))
     return link is not None
 

@@ -1,9 +1,10 @@
 """Sites: registration, edits, and the audited approve / revoke decisions."""
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from app.core.errors import Conflict, NotFound, reject_nul_characters
+from app.core.errors import Conflict, Forbidden, NotFound, reject_nul_characters
 from app.models import ApiToken, Role, Site, SiteAudit, SiteStatus, utcnow
 from app.schemas.sites import SiteCreate, SiteUpdate
 
@@ -29,7 +30,32 @@ def _audit(*, session: Session, site: Site, action: str, actor: str, reason: str
     session.add(SiteAudit(site_id=site.id, action=action, actor=actor, reason=reason))
 
 
-def create_site(*, session: Session, data: SiteCreate, actor: str) -> Site:
+def check_can_register(token: ApiToken) -> None:
+    """Admins register sites; an operator token without a site (an enrolment token) its own one."""
+    if token.role == Role.admin or (token.role == Role.operator and token.site_id is None):
+        return
+    if token.role == Role.operator:
+        raise Forbidden(
+            f"This operator token belongs to site {token.site_id} already and may not register"
+            " another; ask an admin for a new operator token without a site"
+        )
+    raise Forbidden("Needs the admin role, or an operator token without a site")
+
+
+def register_site(*, session: Session, data: SiteCreate, token: ApiToken) -> Site:
+    """A site registered by an admin, or by an operator's enrolment token, which it binds."""
+    check_can_register(token)
+    operator = token if token.role == Role.operator else None
+    site = create_site(session=session, data=data, actor=token.name, bind=operator)
+    if operator is not None:
+        session.refresh(operator)
+    return site
+
+
+def create_site(
+    *, session: Session, data: SiteCreate, actor: str, bind: ApiToken | None = None
+) -> Site:
+    """A pending site; ``bind``, a token without a site, gets it in the same transaction."""
     fields = data.model_dump(mode="json")
     reject_nul_characters(fields)
     _refuse_duplicate_name(session=session, name=data.name)
@@ -37,7 +63,21 @@ def create_site(*, session: Session, data: SiteCreate, actor: str) -> Site:
     session.add(site)
     session.flush()
     _audit(session=session, site=site, action="register", actor=actor, reason="")
+    if bind is not None:
+        _bind(session=session, token=bind, site=site)
     return _save(session=session, site=site)
+
+
+def _bind(*, session: Session, token: ApiToken, site: Site) -> None:
+    """Sets the token's site only if it still has none, so two registrations at once give one."""
+    bound = session.exec(
+        update(ApiToken)
+        .where(col(ApiToken.id) == token.id, col(ApiToken.site_id).is_(None))
+        .values(site_id=site.id)
+    )
+    if bound.rowcount != 1:
+        session.rollback()
+        raise Conflict("This operator token has registered a site already")
 
 
 def get_site(*, session: Session, site_id: int) -> Site:

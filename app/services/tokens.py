@@ -18,10 +18,12 @@ ADMIN_TOKEN_NAME = "admin"
 def create_token(
     *, session: Session, name: str, role: Role, site_id: int | None = None
 ) -> tuple[ApiToken, str]:
-    """A new token and its secret; the secret is not stored and cannot be shown again."""
+    """A new token and its secret; the secret is not stored and cannot be shown again.
+
+    An operator token without a site is an enrolment token: it may register one site, which it
+    then belongs to (app.services.sites.register_site).
+    """
     reject_nul_characters({"name": name})
-    if role == Role.operator and site_id is None:
-        raise InvalidFields.one("site_id", "an operator token needs the site it belongs to")
     if role != Role.operator and site_id is not None:
         raise InvalidFields.one("site_id", "only operator tokens belong to a site")
     if site_id is not None and session.get(Site, site_id) is None:

@@ -15,7 +15,7 @@ from app.core.errors import ApiError, Forbidden, NotFound
 from app.models import ApiToken
 from app.services import tokens as token_service
 from app.web import session as web_session
-from app.web.permissions import admin_check, site_editor_check
+from app.web.permissions import admin_check, site_editor_check, site_registrar_check
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -75,8 +75,15 @@ def _web_site_editor(token: WebToken) -> ApiToken:
     return site_editor_check(token)
 
 
+def _web_site_registrar(token: WebToken) -> ApiToken:
+    return site_registrar_check(token)
+
+
 WebAdmin = Annotated[ApiToken, Depends(_web_admin)]
 """Signed in with an admin token (the REST API's AdminToken check)."""
 
 WebSiteEditor = Annotated[ApiToken, Depends(_web_site_editor)]
 """Admins and operators (the REST API's SiteEditorToken check); pages check which site."""
+
+WebSiteRegistrar = Annotated[ApiToken, Depends(_web_site_registrar)]
+"""Admins, and an operator token without a site yet (the REST API's SiteRegistrarToken check)."""

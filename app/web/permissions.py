@@ -8,7 +8,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from app.api.deps import AdminToken, SiteEditorToken, ensure_site_access
+from app.api.deps import AdminToken, SiteEditorToken, SiteRegistrarToken, ensure_site_access
 from app.core.errors import ApiError
 from app.models import ApiToken
 
@@ -22,6 +22,7 @@ def _checker(alias: Any) -> Callable[[ApiToken], ApiToken]:
 
 admin_check = _checker(AdminToken)
 site_editor_check = _checker(SiteEditorToken)
+site_registrar_check = _checker(SiteRegistrarToken)
 
 
 def _passes(check: Callable[[], object]) -> bool:
@@ -33,7 +34,8 @@ def _passes(check: Callable[[], object]) -> bool:
 
 
 class Permissions:
-    """``can.manage`` (experiments, runs, site decisions) and ``can.edit_site(id)``."""
+    """``can.manage`` (experiments, runs, site decisions), ``can.register_site`` and
+    ``can.edit_site(id)``."""
 
     def __init__(self, token: ApiToken | None) -> None:
         self._token = token
@@ -42,6 +44,11 @@ class Permissions:
     def manage(self) -> bool:
         token = self._token
         return token is not None and _passes(lambda: admin_check(token))
+
+    @property
+    def register_site(self) -> bool:
+        token = self._token
+        return token is not None and _passes(lambda: site_registrar_check(token))
 
     def edit_site(self, site_id: int) -> bool:
         token = self._token

@@ -45,7 +45,8 @@ class World:
     secrets: dict[str, str | None]
 
 
-ACTORS = ["anonymous", "viewer", "operator_other", "operator_own", "admin"]
+ACTORS = ["anonymous", "viewer", "operator_other", "operator_own", "operator_unbound", "admin"]
+"""operator_unbound: an enrolment token, an operator token that has no site yet."""
 
 
 @pytest.fixture
@@ -60,6 +61,7 @@ def world(session: Session) -> World:
         "viewer": make_token(session, Role.viewer),
         "operator_other": make_token(session, Role.operator, other.id),
         "operator_own": make_token(session, Role.operator, own.id),
+        "operator_unbound": make_token(session, Role.operator),
         "admin": make_token(session, Role.admin),
     }
     spare, _ = create_token(session=session, name="spare", role=Role.viewer)

@@ -8,7 +8,7 @@ from app.core.security import hash_token
 from app.models import ApiToken, Role
 from app.services import tokens as token_service
 from tests.api.conftest import World
-from tests.factories import bearer, make_token
+from tests.factories import bearer, make_token, site_body
 
 API = "/api/v1/tokens"
 
@@ -90,10 +90,24 @@ def test_use_is_recorded_at_most_once_a_minute(
     assert token.last_used_at is not None and token.last_used_at > long_ago
 
 
+def test_an_operator_token_may_start_without_a_site(client: TestClient, world: World) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+
+    created = client.post(API, json={"name": "lab-new", "role": "operator"}, headers=admin)
+
+    assert created.status_code == 201, created.text
+    assert (created.json()["role"], created.json()["site_id"]) == ("operator", None)
+    registered = client.post(
+        "/api/v1/sites", json=site_body(), headers=bearer(created.json()["token"])
+    )
+    assert registered.status_code == 201, registered.text
+    listed = {t["name"]: t["site_id"] for t in client.get(API, headers=admin).json()["data"]}
+    assert listed["lab-new"] == registered.json()["id"]
+
+
 def test_token_requests_are_validated(client: TestClient, world: World) -> None:
     admin = bearer(world.secrets["admin"] or "")
     cases = [
-        ({"name": "op", "role": "operator"}, 422),
         ({"name": "op", "role": "operator", "site_id": 424242}, 422),
         ({"name": "v", "role": "viewer", "site_id": world.own_site_id}, 422),
         ({"name": "x", "role": "root"}, 422),
@@ -105,7 +119,7 @@ def test_token_requests_are_validated(client: TestClient, world: World) -> None:
 
         assert response.status_code == expected, (body, response.text)
         assert response.json()["errors"], body
-    assert client.get(API, headers=admin).json()["count"] == 5  # the world's tokens
+    assert client.get(API, headers=admin).json()["count"] == 6  # the world's tokens
     unknown = client.post(f"{API}/424242/revoke", headers=admin)
     assert unknown.json() == {"detail": "Token not found", "errors": []}
 

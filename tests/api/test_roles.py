@@ -1,7 +1,8 @@
 """The role matrix: every route of the foundation's API x every kind of caller -> status.
 
 Callers: no token, a viewer, the operator of a site that is not the one addressed (and does not
-take part in the experiment), the operator of the addressed site, an admin.
+take part in the experiment), the operator of the addressed site, an operator token with no site
+yet (it may register one site, nothing more), an admin.
 """
 
 from collections.abc import Callable
@@ -17,25 +18,40 @@ from tests.factories import bearer, simulation_body, site_body
 Body = Callable[[World], dict[str, Any]] | None
 
 # method, path (formatted with the World), body, statuses for ACTORS:
-#                                         anonymous viewer op-other op-own admin
-MATRIX: list[tuple[str, str, Body, tuple[int, int, int, int, int]]] = [
-    ("GET", "/health", None, (200, 200, 200, 200, 200)),
-    ("POST", "/experiments", lambda w: simulation_body(), (401, 403, 403, 403, 201)),
-    ("GET", "/experiments", None, (401, 200, 200, 200, 200)),
-    ("GET", "/experiments/{w.experiment_id}", None, (401, 200, 403, 200, 200)),
-    ("PATCH", "/experiments/{w.experiment_id}", lambda w: {"seed": 7}, (401, 403, 403, 403, 200)),
-    ("DELETE", "/experiments/{w.experiment_id}", None, (401, 403, 403, 403, 204)),
-    ("POST", "/sites", lambda w: site_body(), (401, 403, 403, 403, 201)),
-    ("GET", "/sites", None, (401, 200, 200, 200, 200)),
-    ("GET", "/sites/{w.own_site_id}", None, (401, 200, 403, 200, 200)),
-    ("PATCH", "/sites/{w.own_site_id}", lambda w: {"hardware": "A100"}, (401, 403, 403, 200, 200)),
-    ("POST", "/sites/{w.own_site_id}/approve", lambda w: {}, (401, 403, 403, 403, 200)),
-    ("POST", "/sites/{w.own_site_id}/revoke", lambda w: {}, (401, 403, 403, 403, 200)),
-    ("GET", "/sites/{w.own_site_id}/audit", None, (401, 200, 403, 200, 200)),
-    ("DELETE", "/sites/{w.own_site_id}", None, (401, 403, 403, 403, 204)),
-    ("POST", "/tokens", lambda w: {"name": "new", "role": "viewer"}, (401, 403, 403, 403, 201)),
-    ("GET", "/tokens", None, (401, 403, 403, 403, 200)),
-    ("POST", "/tokens/{w.spare_token_id}/revoke", None, (401, 403, 403, 403, 200)),
+#                          anonymous viewer op-other op-own op-unbound admin
+MATRIX: list[tuple[str, str, Body, tuple[int, int, int, int, int, int]]] = [
+    ("GET", "/health", None, (200, 200, 200, 200, 200, 200)),
+    ("POST", "/experiments", lambda w: simulation_body(), (401, 403, 403, 403, 403, 201)),
+    ("GET", "/experiments", None, (401, 200, 200, 200, 200, 200)),
+    ("GET", "/experiments/{w.experiment_id}", None, (401, 200, 403, 200, 403, 200)),
+    (
+        "PATCH",
+        "/experiments/{w.experiment_id}",
+        lambda w: {"seed": 7},
+        (401, 403, 403, 403, 403, 200),
+    ),
+    ("DELETE", "/experiments/{w.experiment_id}", None, (401, 403, 403, 403, 403, 204)),
+    ("POST", "/sites", lambda w: site_body(), (401, 403, 403, 403, 201, 201)),
+    ("GET", "/sites", None, (401, 200, 200, 200, 200, 200)),
+    ("GET", "/sites/{w.own_site_id}", None, (401, 200, 403, 200, 403, 200)),
+    (
+        "PATCH",
+        "/sites/{w.own_site_id}",
+        lambda w: {"hardware": "A100"},
+        (401, 403, 403, 200, 403, 200),
+    ),
+    ("POST", "/sites/{w.own_site_id}/approve", lambda w: {}, (401, 403, 403, 403, 403, 200)),
+    ("POST", "/sites/{w.own_site_id}/revoke", lambda w: {}, (401, 403, 403, 403, 403, 200)),
+    ("GET", "/sites/{w.own_site_id}/audit", None, (401, 200, 403, 200, 403, 200)),
+    ("DELETE", "/sites/{w.own_site_id}", None, (401, 403, 403, 403, 403, 204)),
+    (
+        "POST",
+        "/tokens",
+        lambda w: {"name": "new", "role": "viewer"},
+        (401, 403, 403, 403, 403, 201),
+    ),
+    ("GET", "/tokens", None, (401, 403, 403, 403, 403, 200)),
+    ("POST", "/tokens/{w.spare_token_id}/revoke", None, (401, 403, 403, 403, 403, 200)),
 ]
 
 FOUNDATION_TAGS = {"health", "experiments", "sites", "tokens"}

@@ -2,10 +2,17 @@
 
 from datetime import datetime, timedelta
 
+import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from app.models import ApiToken, Site
+from app.core.errors import Conflict
+from app.core.security import hash_token
+from app.models import ApiToken, Role, Site
+from app.schemas.sites import SiteCreate
+from app.services import sites as site_service
+from app.services.tokens import create_token
 from tests.api.conftest import World
 from tests.factories import bearer, public_key_pem, site_body
 
@@ -158,3 +165,94 @@ def test_deleting_a_site_removes_its_operator_tokens(
     remaining = session.exec(select(ApiToken).where(ApiToken.site_id == world.own_site_id)).all()
     assert remaining == []
     assert client.get(API, headers=bearer(world.secrets["operator_own"] or "")).status_code == 401
+
+
+def test_enrolment_token_registers_one_site_and_belongs_to_it(
+    client: TestClient, world: World, session: Session
+) -> None:
+    secret = world.secrets["operator_unbound"] or ""
+    operator = bearer(secret)
+
+    before = client.get(API, headers=operator).json()
+    created = client.post(API, json=site_body(name="lab-enrolled"), headers=operator)
+    second = client.post(API, json=site_body(name="lab-second"), headers=operator)
+    listed = client.get(API, headers=operator).json()
+    own = client.get(f"{API}/{created.json()['id']}", headers=operator)
+    foreign = client.get(f"{API}/{world.own_site_id}", headers=operator)
+    audit = client.get(f"{API}/{created.json()['id']}/audit", headers=operator).json()
+
+    assert before == {"data": [], "count": 0}
+    assert created.status_code == 201, created.text
+    site = created.json()
+    assert site["status"] == "pending"
+    assert site["compatibility"][0]["compatible"] is True
+    token = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(secret))).one()
+    assert token.site_id == site["id"]
+    assert second.status_code == 403
+    assert f"belongs to site {site['id']} already" in second.json()["detail"]
+    assert [s["id"] for s in listed["data"]] == [site["id"]]
+    assert own.status_code == 200
+    assert foreign.status_code == 403
+    assert [(a["action"], a["actor"]) for a in audit] == [("register", token.name)]
+    assert session.exec(select(Site).where(Site.name == "lab-second")).first() is None
+
+
+def test_enrolment_token_is_bound_only_when_the_site_is_saved(
+    client: TestClient, world: World, session: Session
+) -> None:
+    operator = bearer(world.secrets["operator_unbound"] or "")
+    taken = session.get(Site, world.other_site_id)
+    assert taken is not None
+
+    duplicate = client.post(API, json=site_body(name=taken.name), headers=operator)
+    invalid = client.post(
+        API, json=site_body(features={"state_dim": 0, "action_dim": 6, "fps": 30}), headers=operator
+    )
+    retried = client.post(API, json=site_body(name="lab-after-errors"), headers=operator)
+
+    assert duplicate.status_code == 409
+    assert invalid.status_code == 422
+    assert retried.status_code == 201, retried.text
+
+
+def test_operator_with_a_site_cannot_register_another(client: TestClient, world: World) -> None:
+    operator = bearer(world.secrets["operator_own"] or "")
+    admin = bearer(world.secrets["admin"] or "")
+
+    refused = client.post(API, json=site_body(name="lab-extra"), headers=operator)
+
+    assert refused.status_code == 403
+    assert "may not register another" in refused.json()["detail"]
+    assert client.get(API, headers=admin).json()["count"] == 2
+
+
+def test_enrolment_token_reads_no_experiment(client: TestClient, world: World) -> None:
+    operator = bearer(world.secrets["operator_unbound"] or "")
+
+    listed = client.get("/api/v1/experiments", headers=operator)
+    one = client.get(f"/api/v1/experiments/{world.experiment_id}", headers=operator)
+
+    assert listed.json()["count"] == 0
+    assert one.status_code == 403
+
+
+def test_two_registrations_at_once_bind_the_token_once(app: FastAPI, world: World) -> None:
+    """The second sees the token still unbound (read before the first committed): 409, no site."""
+    with Session(app.state.engine) as first, Session(app.state.engine) as second:
+        token, _ = create_token(session=first, name="enrol", role=Role.operator)
+        stale = second.get(ApiToken, token.id)
+        assert stale is not None and stale.site_id is None
+
+        site = site_service.register_site(
+            session=first, data=SiteCreate.model_validate(site_body(name="lab-a1")), token=token
+        )
+        with pytest.raises(Conflict, match="registered a site already"):
+            site_service.register_site(
+                session=second,
+                data=SiteCreate.model_validate(site_body(name="lab-a2")),
+                token=stale,
+            )
+
+        second.expire_all()
+        assert second.get(ApiToken, token.id).site_id == site.id  # type: ignore[union-attr]
+        assert second.exec(select(Site).where(Site.name == "lab-a2")).first() is None

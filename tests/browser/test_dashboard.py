@@ -199,36 +199,14 @@ def test_viewer_sees_no_buttons(new_page: Callable[..., Any], system: System) ->
     assert refused.status == 403
 
 
-def test_register_a_site_give_its_operator_a_token_and_approve_it(
+def test_operator_registers_a_site_with_an_enrolment_token_and_admin_approves_it(
     new_page: Callable[..., Any], system: System
 ) -> None:
     admin: Page = new_page()
     sign_in(admin, system.admin)
-    admin.get_by_role("link", name="Sites").click()
-    admin.get_by_role("link", name="Register a site").click()
-    fill(
-        admin,
-        {
-            "name": "lab-b",
-            "organisation": "Lab B Robotics",
-            "contact": "ops@lab-b.example",
-            "robot_type": "so101",
-            "dataset": "lab-b/so101_pick_cube",
-            "state_dim": "6",
-            "action_dim": "6",
-            "fps": "30",
-            "camera_keys": "observation.images.top, observation.images.wrist",
-            "camera_resolutions": "observation.images.top=640x480",
-        },
-    )
-    admin.get_by_role("button", name="Save").click()
-    admin.wait_for_url(re.compile(r"/sites/\d+$"))
-    expect(admin.get_by_role("heading", name=re.compile("lab-b"))).to_contain_text("pending")
-    site_id = int(admin.url.rstrip("/").rsplit("/", 1)[1])
-
     admin.get_by_role("link", name="Tokens").click()
     admin.wait_for_url(re.compile(r"/tokens$"))
-    fill(admin, {"name": "lab-b-operator", "role": "operator", "site_id": str(site_id)})
+    fill(admin, {"name": "lab-b-operator", "role": "operator", "site_id": ""})
     admin.get_by_role("button", name="Create token").click()
     secret = admin.locator("#new-secret").input_value()
     assert secret.startswith("fvla_")
@@ -237,15 +215,35 @@ def test_register_a_site_give_its_operator_a_token_and_approve_it(
     operator: Page = new_page()
     sign_in(operator, secret)
     operator.get_by_role("link", name="Sites").click()
-    operator.get_by_role("link", name="lab-b").click()
-    operator.get_by_role("link", name="Edit").click()
-    fill(operator, {"hardware": "RTX 4090, 64 GB", "public_key": "not a key"})
+    expect(operator.locator("#enrolment-hint")).to_be_visible()
+    operator.get_by_role("link", name="Register a site").click()
+    fill(
+        operator,
+        {
+            "name": "lab-b",
+            "organisation": "Lab B Robotics",
+            "contact": "ops@lab-b.example",
+            "robot_type": "so101",
+            "hardware": "RTX 4090, 64 GB",
+            "dataset": "lab-b/so101_pick_cube",
+            "state_dim": "6",
+            "action_dim": "6",
+            "fps": "30",
+            "camera_keys": "observation.images.top, observation.images.wrist",
+            "camera_resolutions": "observation.images.top=640x480",
+            "public_key": "not a key",
+        },
+    )
     operator.get_by_role("button", name="Save").click()
     expect(operator.locator("#f-public_key-error")).to_contain_text("PEM")
     operator.locator("#f-public_key").fill(public_key_pem())
     operator.get_by_role("button", name="Save").click()
-    expect(operator.get_by_text("Site 'lab-b' saved.")).to_be_visible()
+    operator.wait_for_url(re.compile(r"/sites/\d+$"))
+    expect(operator.get_by_role("heading", name=re.compile("lab-b"))).to_contain_text("pending")
     expect(operator.get_by_role("button", name=re.compile("Approve"))).to_have_count(0)
+    site_id = int(operator.url.rstrip("/").rsplit("/", 1)[1])
+    operator.get_by_role("link", name="Sites").click()
+    expect(operator.get_by_role("link", name="Register a site")).to_have_count(0)
 
     admin.get_by_role("link", name="Sites").click()
     pending = admin.locator(f"#pending-{site_id}")
@@ -260,7 +258,7 @@ def test_register_a_site_give_its_operator_a_token_and_approve_it(
     expect(admin.locator("#site-node")).to_contain_text("Node")
     screenshot(admin, "site")
 
-    operator.reload()
+    operator.goto(f"/sites/{site_id}")
     with operator.expect_download() as download_info:
         operator.get_by_role("link", name="Download the startup kit").click()
     kit = zipfile.ZipFile(download_info.value.path())

@@ -5,11 +5,18 @@ from collections.abc import Callable
 from sqlmodel import Session, select
 
 from app.core.config import Settings
-from app.models import Site, SiteAudit, SiteStatus
+from app.core.security import hash_token
+from app.models import ApiToken, Role, Site, SiteAudit, SiteStatus
 from app.services import runs as run_service
 from app.services import workers as worker_service
 from app.services.events import publisher_for
-from tests.factories import make_experiment, make_site, public_key_pem, simulation_body
+from tests.factories import (
+    make_experiment,
+    make_site,
+    make_token,
+    public_key_pem,
+    simulation_body,
+)
 from tests.web.conftest import Browser, Secrets, html
 from worker.db_reporter import DbReporter
 from worker.federation.reporter import ClientReport, RoundReport
@@ -95,6 +102,40 @@ def test_viewer_and_operator_cannot_decide(
         assert b.post("/sites", SITE_FORM).status_code == 403
     session.refresh(site)
     assert site.status == SiteStatus.pending
+
+
+def test_operator_registers_its_site_with_an_enrolment_token(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    enrolment = make_token(session, Role.operator)
+    b = browser(enrolment)
+    sites_page = html(b.get("/sites"))
+    assert sites_page.find("a", string="Register a site") is not None
+    assert sites_page.find(id="enrolment-hint") is not None
+    assert b.get(f"/sites/{secrets.operator_site_id}").status_code == 403
+    assert b.get("/sites/new").status_code == 200
+
+    bad = b.post("/sites", {**SITE_FORM, "public_key": "not a key"})
+    good = b.post("/sites", {**SITE_FORM, "public_key": public_key_pem()})
+
+    assert bad.status_code == 422
+    assert good.status_code == 303
+    site = session.exec(select(Site).where(Site.name == "lab-b")).one()
+    assert good.headers["location"] == f"/sites/{site.id}"
+    assert "pending" in html(b.get(f"/sites/{site.id}")).find("h1").text
+    token = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(enrolment))).one()
+    assert token.site_id == site.id
+    after = html(b.get("/sites"))
+    assert after.find("a", string="Register a site") is None
+    assert after.find(id="enrolment-hint") is None
+    assert b.get("/sites/new").status_code == 403
+    assert b.post("/sites", {**SITE_FORM, "name": "lab-b2"}).status_code == 403
+
+    admin = browser(secrets.admin)
+    assert html(admin.get("/sites")).find(id=f"pending-{site.id}") is not None
+    admin.post(f"/sites/{site.id}/approve", {"reason": "key checked"})
+    session.refresh(site)
+    assert site.status == SiteStatus.approved
 
 
 def test_operator_edits_its_own_site_only(

@@ -13,11 +13,13 @@ def test_admin_creates_an_operator_token_that_signs_in(
 ) -> None:
     b = browser(secrets.admin)
     assert html(b.get("/experiments")).find("a", string="Tokens") is not None
-    missing_site = b.post("/tokens", {"name": "lab-op", "role": "operator", "site_id": ""})
-    assert missing_site.status_code == 422
-    error = html(missing_site).find(id="f-site_id-error")
-    assert error is not None and "needs the site" in error.text
-    assert html(missing_site).find(id="f-name")["value"] == "lab-op"
+    viewer_with_site = b.post(
+        "/tokens", {"name": "lab-op", "role": "viewer", "site_id": str(secrets.operator_site_id)}
+    )
+    assert viewer_with_site.status_code == 422
+    error = html(viewer_with_site).find(id="f-site_id-error")
+    assert error is not None and "only operator tokens" in error.text
+    assert html(viewer_with_site).find(id="f-name")["value"] == "lab-op"
 
     created = b.post(
         "/tokens", {"name": "lab-op", "role": "operator", "site_id": str(secrets.operator_site_id)}
@@ -44,3 +46,19 @@ def test_only_admins_reach_tokens(browser: Callable[..., Browser], secrets: Secr
         assert html(b.get("/experiments")).find("a", string="Tokens") is None
         assert b.get("/tokens").status_code == 403
         assert b.post("/tokens", {"name": "x", "role": "admin"}).status_code == 403
+
+
+def test_admin_creates_an_enrolment_token_without_a_site(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    b = browser(secrets.admin)
+    assert "may register one site" in html(b.get("/tokens")).find(id="f-site_id-hint").text
+
+    created = b.post("/tokens", {"name": "lab-new", "role": "operator", "site_id": ""})
+
+    assert created.status_code == 200
+    secret = html(created).find(id="new-secret")["value"]
+    row = session.exec(select(ApiToken).where(ApiToken.name == "lab-new")).one()
+    assert (row.role, row.site_id) == (Role.operator, None)
+    operator = browser(secret)
+    assert html(operator.get("/sites")).find(id="enrolment-hint") is not None

@@ -1,10 +1,17 @@
-"""/sites: admins register and decide on sites; operators keep their own site up to date."""
+"""/sites: operators (or admins) register sites, admins decide on them, operators keep theirs."""
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
 
-from app.api.deps import AdminToken, ReaderToken, SessionDep, SiteEditorToken, ensure_site_access
+from app.api.deps import (
+    AdminToken,
+    ReaderToken,
+    SessionDep,
+    SiteEditorToken,
+    SiteRegistrarToken,
+    ensure_site_access,
+)
 from app.core.errors import ERROR_RESPONSES
 from app.models import SiteStatus
 from app.schemas.common import IdPath, Page, page_params
@@ -24,12 +31,15 @@ router = APIRouter(prefix="/sites", tags=["sites"], responses=ERROR_RESPONSES)
 
 
 @router.post("", response_model=SiteRegistered, status_code=status.HTTP_201_CREATED)
-def create_site(body: SiteCreate, session: SessionDep, token: AdminToken) -> SiteRegistered:
-    """Register a site (admins). It starts pending; approve it to let it take part.
+def create_site(body: SiteCreate, session: SessionDep, token: SiteRegistrarToken) -> SiteRegistered:
+    """Register a site. It starts pending; an admin approves it to let it take part.
 
-    The answer carries the compatibility report of the site's declared features.
+    Admins may register any number of sites. An operator token without a site (an enrolment
+    token, `fedvla token create NAME --role operator`) registers one, and belongs to it from then
+    on; an operator token that has a site gets 403. The answer carries the compatibility report
+    of the site's declared features.
     """
-    site = service.create_site(session=session, data=body, actor=token.name)
+    site = service.register_site(session=session, data=body, token=token)
     reports = compatibility.reports_for_site(session=session, site=site)
     return SiteRegistered.model_validate(
         {

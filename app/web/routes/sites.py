@@ -14,7 +14,7 @@ from app.services import sites as service
 from app.web import forms
 from app.web import session as web_session
 from app.web.contexts import SiteFormPage, SiteNodePage, SitePage, SitesPage
-from app.web.deps import WebAdmin, WebSiteEditor, WebToken
+from app.web.deps import WebAdmin, WebSiteEditor, WebSiteRegistrar, WebToken
 from app.web.errors import HtmlRoute
 from app.web.routes.auth import safe_next
 from app.web.templating import render
@@ -72,7 +72,7 @@ def list_sites(request: Request, session: SessionDep, token: WebToken) -> Respon
 
 
 @router.get("/sites/new", name="web_site_new")
-def new_site(request: Request, token: WebAdmin) -> Response:
+def new_site(request: Request, token: WebSiteRegistrar) -> Response:
     return _form_page(
         request, token, action="/sites", heading="Register a site", values=dict(NEW_SITE),
         cancel_url="/sites",
@@ -80,14 +80,14 @@ def new_site(request: Request, token: WebAdmin) -> Response:
 
 
 @router.post("/sites", name="web_site_create")
-async def create_site(request: Request, session: SessionDep, token: WebAdmin) -> Response:
+async def create_site(request: Request, session: SessionDep, token: WebSiteRegistrar) -> Response:
     values = _submitted(await request.form())
     body, problems = forms.site_request(values)
     outcome = forms.Outcome[Site](None, problems, 422)
     if not problems:
         outcome = forms.attempt(
-            lambda: service.create_site(
-                session=session, data=SiteCreate.model_validate(body), actor=token.name
+            lambda: service.register_site(
+                session=session, data=SiteCreate.model_validate(body), token=token
             )
         )
     if (site := outcome.saved) is not None:
