@@ -4,6 +4,7 @@ Last-Event-ID after a disconnect with nothing lost or repeated; with Redis fan-o
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import httpx
 import pytest
@@ -140,3 +141,29 @@ def test_a_stream_needs_a_token_and_a_known_run(
         assert http.get("/api/v1/runs/1/events").status_code == 401
         missing = http.get("/api/v1/runs/999/events", headers=admin)
     assert (missing.status_code, missing.json()["detail"]) == (404, "Run not found")
+
+
+def test_many_open_streams_do_not_starve_each_other_or_other_requests(
+    engine: Engine, fast_settings: Settings, make_experiment, admin: dict[str, str]
+) -> None:
+    """Each open stream once held a pooled connection for its whole life: 15 stalled the app."""
+    settings = fast_settings
+    run_id = _running_run(engine, make_experiment, settings)
+    streams = 20  # more than the pool's 5 connections + 10 overflow
+    url = f"/api/v1/runs/{run_id}/events"
+    with LiveServer(settings) as server, ExitStack() as stack:
+        responses = [
+            stack.enter_context(
+                stack.enter_context(httpx.Client(base_url=server.url, timeout=10)).stream(
+                    "GET", url, headers=admin
+                )
+            )
+            for _ in range(streams)
+        ]
+        # Every stream delivers the run's first events while all the others stay open.
+        for response in responses:
+            assert response.status_code == 200
+            events = read_sse(_lines(response), stop_after=2)
+            assert [event["event"] for event in events] == ["status", "status"]
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            assert http.get(f"/api/v1/runs/{run_id}", headers=admin).status_code == 200

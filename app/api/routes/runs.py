@@ -190,6 +190,9 @@ def stream_events(
     stream ends with an ``end`` event once the run is final and every event was sent.
     """
     service.get_run(session, run_id, token)
+    # The stream outlives the request's session dependency: hand its pooled connection back now,
+    # or a dozen open streams exhaust the pool and stall every request.
+    session.close()
     start = last_event_id if last_event_id is not None else after_id
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
