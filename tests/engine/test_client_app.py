@@ -121,3 +121,27 @@ def test_weights_that_do_not_train_are_refused(images_dataset: DatasetRef, data_
     message = _message(config, MessageType.TRAIN, arrays=encode_arrays(weights, "bfloat16"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="received weights that do not train"):
         client_app.app(message, _context(images_dataset, data_dir))
+
+
+def test_one_process_keeps_every_client_of_the_run_and_frees_earlier_runs(
+    images_dataset: DatasetRef, data_dir: Path
+) -> None:
+    """Ray hands one actor several clients in turn: none of them is rebuilt each round."""
+    config = _config(images_dataset)
+    record = ConfigRecord({"data-dir": str(data_dir)})
+
+    def context(run_id: int, label: str) -> Context:
+        base = _context(images_dataset, data_dir)
+        node_config = {**base.node_config, "site-label": label}
+        return Context(
+            run_id=run_id, node_id=11, node_config=node_config, state=RecordDict(), run_config={}
+        )
+
+    first = client_app.client_state(config, record, context(7, "site-a"))
+    second = client_app.client_state(config, record, context(7, "site-b"))
+    assert client_app.client_state(config, record, context(7, "site-a")) is first
+    assert client_app.client_state(config, record, context(7, "site-b")) is second
+    assert len(client_app._cache) == 2
+
+    client_app.client_state(config, record, context(8, "site-a"))
+    assert len(client_app._cache) == 1

@@ -99,7 +99,10 @@ def client_state(config: FederationConfig, record: ConfigRecord, context: Contex
             device=task.pick_device(config.device),
         )
         state = ClientState(label, data, bundle)
-        _cache.clear()  # one experiment per process: free the previous policy
+        # A Ray actor serves every client it is handed (more clients than actors is common), so
+        # it keeps one policy per client of the current run and frees those of earlier runs.
+        for stale in [k for k in _cache if k[0] != key[0]]:
+            del _cache[stale]
         _cache[key] = state
     return state
 
