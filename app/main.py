@@ -23,6 +23,7 @@ from app.core.config import Settings
 from app.core.db import make_engine
 from app.core.errors import BodySizeLimit, install_error_handlers
 from app.services import runs as run_service
+from app.services.event_feed import EventHub
 from app.web.mount import install_web
 
 API_PREFIX = "/api/v1"
@@ -61,11 +62,13 @@ def _version() -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = make_engine(settings.database_url)
+    event_hub = EventHub(engine, settings.redis_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with run_service.reaper(engine, settings):
             yield
+            await event_hub.aclose()
         engine.dispose()
 
     app = FastAPI(
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.event_hub = event_hub
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
 

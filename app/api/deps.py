@@ -19,13 +19,16 @@ from app.services import sites as site_service
 from app.services import tokens as token_service
 from app.web import session as web_session
 
+# The dependencies that do no I/O are coroutines: FastAPI runs plain functions in its threadpool,
+# a hop that costs more than they do.
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
@@ -47,10 +50,18 @@ _bearer = HTTPBearer(
 )
 
 
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
 def get_current_token(
-    request: Request,
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request, session: SessionDep, credentials: BearerCredentials
+) -> ApiToken:
+    """The caller's token, looked up in the request's session (see authenticate_request)."""
+    return authenticate_request(request, session, credentials)
+
+
+def authenticate_request(
+    request: Request, session: Session, credentials: HTTPAuthorizationCredentials | None
 ) -> ApiToken:
     """The caller's token; 401 when it is missing, unknown or revoked.
 

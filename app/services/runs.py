@@ -15,9 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from redis import asyncio as aioredis
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -41,21 +38,11 @@ from app.models import (
     utcnow,
 )
 from app.services import compatibility, dispatch, experiments
-from app.services.events import (
-    EventPublisher,
-    append_event,
-    channel,
-    events_after,
-    publisher_for,
-)
+from app.services.events import EventPublisher, append_event, events_after, publisher_for
 from worker.federation.config import FederationConfig, ResumePoint
 
 log = logging.getLogger(__name__)
 
-FOLLOW_PAGE = 200
-"""Events read per query while following a run."""
-POLL_INTERVAL_S = 0.5
-"""Without Redis (or between its messages), how often a follower reads the event table."""
 LOST_RUN_ERROR = "worker lost: no heartbeat for {seconds:.0f} s"
 
 
@@ -277,73 +264,6 @@ def run_events(
     final = run_status(session, run_id).is_final
     events = events_after(session, run_id, after_id, limit)
     return events, final and len(events) < limit
-
-
-async def follow_events(
-    engine: Engine, settings: Settings, run_id: int, after_id: int = 0
-) -> AsyncIterator[RunEvent]:
-    """Every event of the run after ``after_id``, live, until the run is final and all were sent.
-
-    The table is read in id order from ``after_id`` on, so a client that reconnects with the last
-    id it saw gets each event exactly once. With Redis, a published event wakes the reader at
-    once; without it (or if a publish is lost) the table is polled.
-    """
-    publisher = publisher_for(settings.redis_url)
-    subscription = await _subscribe(settings.redis_url, run_id)
-    try:
-        last = after_id
-        while True:
-            events, done = await run_in_threadpool(
-                _read_events, engine, publisher, settings.lost_after_s, run_id, last
-            )
-            for event in events:
-                assert event.id is not None
-                last = event.id
-                yield event
-            if done:
-                return
-            if len(events) < FOLLOW_PAGE:
-                await _wait_for_news(subscription)
-    finally:
-        if subscription is not None:
-            await subscription.aclose()
-
-
-def _read_events(
-    engine: Engine, publisher: EventPublisher, lost_after_s: float, run_id: int, after_id: int
-) -> tuple[Sequence[RunEvent], bool]:
-    with Session(engine, expire_on_commit=False) as session:
-        reap_lost_runs(session, publisher, lost_after_s)
-        return run_events(session, run_id, after_id, FOLLOW_PAGE)
-
-
-async def _subscribe(redis_url: str, run_id: int) -> PubSub | None:
-    """The run's Redis channel, subscribed; None without Redis (or when it is down: poll)."""
-    if not redis_url:
-        return None
-    # The PubSub owns its connection and closes it with aclose(); no shared pool is left behind.
-    subscription = aioredis.Redis.from_url(redis_url).pubsub()
-    try:
-        await subscription.subscribe(channel(run_id))
-    except (RedisError, OSError):
-        await subscription.aclose()
-        return None
-    return subscription
-
-
-async def _wait_for_news(subscription: PubSub | None) -> None:
-    """Until an event is published on the run's channel, or a poll interval passed."""
-    if subscription is None:
-        await asyncio.sleep(POLL_INTERVAL_S)
-        return
-    try:
-        message = await subscription.get_message(
-            ignore_subscribe_messages=True, timeout=POLL_INTERVAL_S * 2
-        )
-        while message is not None:  # drain: one read of the table covers them all
-            message = await subscription.get_message(ignore_subscribe_messages=True, timeout=0)
-    except RedisError:
-        await asyncio.sleep(POLL_INTERVAL_S)
 
 
 # --------------------------------------------------------------------------- lifecycle

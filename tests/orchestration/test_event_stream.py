@@ -4,11 +4,13 @@ Last-Event-ID after a disconnect with nothing lost or repeated; with Redis fan-o
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import httpx
 import pytest
 import redis
+import sqlalchemy
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -167,3 +169,59 @@ def test_many_open_streams_do_not_starve_each_other_or_other_requests(
             assert [event["event"] for event in events] == ["status", "status"]
         with httpx.Client(base_url=server.url, timeout=10) as http:
             assert http.get(f"/api/v1/runs/{run_id}", headers=admin).status_code == 200
+
+
+def test_many_followers_share_one_reader_and_each_get_every_event_once(
+    engine: Engine, events_settings: Settings, make_experiment, admin: dict[str, str]
+) -> None:
+    """Each follower once polled the table on its own (with its own Redis connection): 200 of
+    them ran the pool dry. Now one feed reads the run for all the followers of the process."""
+    settings = events_settings
+    run_id = _running_run(engine, make_experiment, settings)
+    followers = 60  # more than the pool (5 + 10) and the threadpool (40) together
+    url = f"/api/v1/runs/{run_id}/events"
+    following = threading.Barrier(followers + 1, timeout=60)
+    reads: list[str] = []  # queries of the event table by the server
+
+    def count_reads(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM runevent" in statement:
+            reads.append(statement)
+
+    def follow() -> list[dict[str, str]]:
+        with (
+            httpx.Client(base_url=server.url, timeout=60) as http,
+            http.stream("GET", url, headers=admin) as response,
+        ):
+            assert response.status_code == 200
+            lines = _lines(response)
+            received = read_sse(lines, stop_after=2)  # queued, running
+            following.wait()
+            return received + read_sse(lines)
+
+    with LiveServer(settings) as server, ThreadPoolExecutor(followers) as pool:
+        sqlalchemy.event.listen(server.app.state.engine, "before_cursor_execute", count_reads)
+        streams = [pool.submit(follow) for _ in range(followers)]
+        following.wait()  # every follower is connected and has its backlog
+        reporter = DbReporter(settings.database_url, settings.redis_url, run_id)
+        for index in range(10):
+            reporter.log(f"line {index}")
+        reporter.close()
+        with Session(engine) as session:
+            runs.finish_run(
+                session, EventPublisher(settings.redis_url), run_id, RunStatus.succeeded
+            )
+        received = [stream.result(timeout=60) for stream in streams]
+        hub = server.app.state.event_hub
+        sqlalchemy.event.remove(server.app.state.engine, "before_cursor_execute", count_reads)
+
+    with Session(engine) as session:
+        stored = [str(event.id) for event in events_after(session, run_id, 0, 1000)]
+    assert len(stored) == 13  # queued, running, 10 lines, succeeded
+    for events in received:
+        assert [event.get("id") for event in events[:-1]] == stored
+        assert events[-1]["event"] == "end"
+    assert hub.feeds_started == 1
+    assert hub.feeds(run_id) == []  # the feed ended with the run
+    # One reader polls (every 0.5 s, or when Redis wakes it); a reader per follower would have
+    # read the table at least twice each.
+    assert len(reads) < followers

@@ -5,9 +5,21 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import AdminToken, EngineDep, ReaderToken, SessionDep, SettingsDep
+from app.api.deps import (
+    AdminToken,
+    BearerCredentials,
+    EngineDep,
+    ReaderToken,
+    SessionDep,
+    SettingsDep,
+    authenticate_request,
+)
 from app.core.errors import ERROR_RESPONSES, ErrorBody
 from app.models import RunStatus
 from app.schemas.common import Page, page_params
@@ -24,6 +36,7 @@ from app.schemas.runs import (
     RunsPublic,
 )
 from app.services import runs as service
+from app.services.event_feed import EventHub
 from app.services.events import event_json, publisher_for
 
 router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
@@ -32,6 +45,14 @@ LAUNCH_RESPONSES: dict[int | str, dict[str, object]] = {
     409: {"model": ErrorBody, "description": "Sites not approved, datasets that do not match"},
     503: {"model": ErrorBody, "description": "The broker is down; no run was created"},
 }
+
+
+def reap_lost_runs(session: SessionDep, settings: SettingsDep) -> None:
+    """Before answering about runs: fail those whose worker went silent (see services.runs)."""
+    service.reap_lost_runs(session, publisher_for(settings.redis_url), settings.lost_after_s)
+
+
+Reaped = Depends(reap_lost_runs)
 
 
 def reap_lost_runs(session: SessionDep, settings: SettingsDep) -> None:
@@ -174,13 +195,11 @@ def list_events(
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
 )
-def stream_events(
+async def stream_events(
     run_id: int,
     request: Request,
-    session: SessionDep,
     engine: EngineDep,
-    settings: SettingsDep,
-    token: ReaderToken,
+    credentials: BearerCredentials,
     after_id: Annotated[int, Query(ge=0, description="Start after this event id.")] = 0,
     last_event_id: Annotated[int | None, Header(ge=0)] = None,
 ) -> EventSourceResponse:
@@ -189,17 +208,29 @@ def stream_events(
     Reconnect with ``Last-Event-ID`` (browsers do) to receive exactly the events missed. The
     stream ends with an ``end`` event once the run is final and every event was sent.
     """
-    service.get_run(session, run_id, token)
-    # The stream outlives the request's session dependency: hand its pooled connection back now,
-    # or a dozen open streams exhaust the pool and stall every request.
-    session.close()
+    await run_in_threadpool(_check_stream_access, engine, request, credentials, run_id)
     start = last_event_id if last_event_id is not None else after_id
+    hub: EventHub = request.app.state.event_hub
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for event in service.follow_events(engine, settings, run_id, start):
+        async for event in hub.follow(run_id, start):
             yield ServerSentEvent(
                 id=str(event.id), event=event.kind, data=json.dumps(event_json(event))
             )
         yield ServerSentEvent(event="end", data=json.dumps({"run_id": run_id}))
 
     return EventSourceResponse(stream(), ping=15)
+
+
+def _check_stream_access(
+    engine: Engine, request: Request, credentials: HTTPAuthorizationCredentials | None, run_id: int
+) -> None:
+    """The caller may read the run: 401, 403 or 404 otherwise.
+
+    In one session of its own, in one trip to the threadpool: a request session would hold its
+    pooled connection between the token lookup and the route's own trip there, and when
+    hundreds of streams connect at once every worker thread then waits for a connection that
+    a request waiting for a thread holds.
+    """
+    with Session(engine) as session:
+        service.get_run(session, run_id, authenticate_request(request, session, credentials))
