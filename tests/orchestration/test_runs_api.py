@@ -19,6 +19,7 @@ from tests.factories import deployment_body, make_site
 from tests.factories import make_experiment as make_experiment_from_body
 from worker.db_reporter import DbReporter
 from worker.federation.reporter import CheckpointReport, ClientReport, RoundReport
+from worker.registry import HeartbeatThread, register_worker
 
 NO_REDIS = EventPublisher("")
 
@@ -305,25 +306,27 @@ def test_resume_points_are_checked(
     assert body["config"]["resume_from"] == {"checkpoint_dir": str(folder.parent), "round": 2}
 
 
-def test_runs_of_a_lost_worker_fail_when_looked_at(
-    client: TestClient,
-    engine: Engine,
-    fast_settings: Settings,
-    admin: dict[str, str],
-    make_experiment,
+def test_a_lost_workers_run_is_failed_by_a_live_workers_heartbeat_not_by_reading_it(
+    engine: Engine, fast_settings: Settings, admin: dict[str, str], make_experiment
 ) -> None:
+    """Reads have no side effects (every read once ran the reaper's query): the heartbeat loop
+    of any live worker, and the web app's background reaper, fail lost runs. This app is not
+    started (no lifespan), so its background reaper stays out of the way."""
+    client = TestClient(create_app(fast_settings))
     run_id = _claimed_run(client, engine, admin, make_experiment())
     reporter = DbReporter(fast_settings.database_url, "", run_id)
     _report_round(reporter, 0)
     reporter.close()
-    assert client.get(f"/api/v1/runs/{run_id}", headers=admin).json()["status"] == "running"
     with Session(engine) as session:
         stale = utcnow() - timedelta(seconds=fast_settings.lost_after_s + 1)
         session.execute(update(Run).where(col(Run.id) == run_id).values(heartbeat_at=stale))
         session.commit()
+    assert client.get(f"/api/v1/runs/{run_id}", headers=admin).json()["status"] == "running"
+    register_worker(engine, fast_settings, "gpu@alive")
+
+    assert HeartbeatThread(engine, fast_settings, "gpu@alive").beat() == [run_id]
 
     run = client.get(f"/api/v1/runs/{run_id}", headers=admin).json()
-
     assert run["status"] == "failed"
     assert run["error"] == f"worker lost: no heartbeat for {fast_settings.lost_after_s:.0f} s"
     assert run["finished_at"] is not None

@@ -47,22 +47,6 @@ LAUNCH_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def reap_lost_runs(session: SessionDep, settings: SettingsDep) -> None:
-    """Before answering about runs: fail those whose worker went silent (see services.runs)."""
-    service.reap_lost_runs(session, publisher_for(settings.redis_url), settings.lost_after_s)
-
-
-Reaped = Depends(reap_lost_runs)
-
-
-def reap_lost_runs(session: SessionDep, settings: SettingsDep) -> None:
-    """Before answering about runs: fail those whose worker went silent (see services.runs)."""
-    service.reap_lost_runs(session, publisher_for(settings.redis_url), settings.lost_after_s)
-
-
-Reaped = Depends(reap_lost_runs)
-
-
 def _launch(
     session: SessionDep,
     settings: SettingsDep,
@@ -112,7 +96,7 @@ def launch_experiment_run(
     return _launch(session, settings, token, experiment_id, body or RunLaunchFromExperiment())
 
 
-@router.get("/runs", response_model=RunsPublic, dependencies=[Reaped])
+@router.get("/runs", response_model=RunsPublic)
 def list_runs(
     session: SessionDep,
     token: ReaderToken,
@@ -132,7 +116,7 @@ def list_runs(
     return RunsPublic(data=[RunPublic.model_validate(row) for row in rows], count=count)
 
 
-@router.get("/runs/{run_id}", response_model=RunPublic, dependencies=[Reaped])
+@router.get("/runs/{run_id}", response_model=RunPublic)
 def get_run(run_id: int, session: SessionDep, token: ReaderToken) -> RunPublic:
     return RunPublic.model_validate(service.get_run(session, run_id, token))
 
@@ -171,7 +155,7 @@ def list_client_metrics(
     )
 
 
-@router.get("/runs/{run_id}/events.json", response_model=RunEventsPublic, dependencies=[Reaped])
+@router.get("/runs/{run_id}/events.json", response_model=RunEventsPublic)
 def list_events(
     run_id: int,
     session: SessionDep,

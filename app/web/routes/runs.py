@@ -4,12 +4,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from sqlmodel import Session
 from starlette.responses import RedirectResponse, Response
 
 from app.api.deps import SessionDep, SettingsDep
-from app.api.routes.runs import reap_lost_runs
 from app.models import ClientMetric, RoundMetric, Run, RunEvent, RunStatus
 from app.services import checkpoints as checkpoint_service
 from app.services import experiments as experiment_service
@@ -21,9 +20,7 @@ from app.web.deps import WebAdmin, WebToken
 from app.web.errors import HtmlRoute
 from app.web.templating import render
 
-router = APIRouter(
-    route_class=HtmlRoute, include_in_schema=False, dependencies=[Depends(reap_lost_runs)]
-)
+router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
 
 LOG_TAIL = 200
 EVENT_PAGE = 1000

@@ -1,10 +1,9 @@
 """The workers page: GPU workers, their heartbeats and current run, and the queue."""
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.deps import SessionDep, SettingsDep
-from app.api.routes.runs import reap_lost_runs
 from app.models import RunStatus
 from app.services import experiments as experiment_service
 from app.services import runs as run_service
@@ -17,7 +16,7 @@ from app.web.templating import render
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
 
 
-@router.get("/workers", name="web_workers", dependencies=[Depends(reap_lost_runs)])
+@router.get("/workers", name="web_workers")
 def list_workers(
     request: Request, session: SessionDep, settings: SettingsDep, token: WebToken
 ) -> Response:
