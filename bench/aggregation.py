@@ -4,7 +4,9 @@ Client updates are random float32 arrays with the shapes of smolvla_base's train
 (99.9M, built on the meta device from bench/comm_bytes.py's config), wrapped as the engine's
 train replies (ArrayRecord + the client's MetricRecord). For N = 2, 4, 8, 16 it times:
   engine  - worker/federation/strategy.py's TrackedFedAvg.aggregate_train (the engine's path:
-            its bookkeeping, then Flower's FedAvg aggregation);
+            its bookkeeping, Flower's reply checks and metric aggregation, then
+            worker/federation/aggregation.py's weighted average: one blocked pass over the
+            bytes the replies hold);
   flower  - Flower's stock FedAvg.aggregate_train on the same replies;
   bound   - a streaming numpy add (acc += x) over the same bytes, in place, read from the very
             buffers the replies hold: what memory bandwidth allows for one pass over the input.
@@ -253,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         table += f"\nNot run (would not fit in free memory): N = {skipped}\n"
     table += (
-        "\nThe engine aggregates with Flower's FedAvg (aggregate_arrayrecords) after its "
-        'bookkeeping; the speed ratio of 1 within noise is expected. "Speed" = input bytes / s.\n'
+        "\nThe engine averages with worker/federation/aggregation.py (reads each update in place, "
+        "sums cache-sized blocks across clients, one copy for the result); Flower's stock "
+        "aggregate_arrayrecords deserialises, scales and adds each update separately. The bound "
+        'adds in place without weights or a result to serialise. "Speed" = input bytes / s.\n'
     )
     recorder.write(
         {

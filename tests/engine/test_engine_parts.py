@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array
 
 from tests.engine.helpers import tiny_bundle
 from worker.data.features import DatasetError, check_dataset
@@ -17,7 +18,7 @@ from worker.federation.run_config import (
     federation_config_from_run_config,
     run_config_from_federation_config,
 )
-from worker.federation.transport import decode_arrays, encode_arrays
+from worker.federation.transport import array_values, decode_arrays, encode_arrays, to_array
 from worker.policy.loading import (
     PolicySourceError,
     load_pretrained_fast,
@@ -204,6 +205,29 @@ def test_transport_dtypes_round_trip(dtype: str) -> None:
     assert record.count_bytes() >= (64 * 4 if dtype == "float32" else 64 * 2)
     if dtype != "float32":
         assert record.count_bytes() < encode_arrays(state, "float32").count_bytes()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.asarray(2.5, dtype=np.float32),
+        np.arange(5),
+        np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        np.arange(12.0).reshape(3, 4).T,
+    ],
+    ids=["float32", "scalar", "int64", "fortran", "transposed"],
+)
+def test_arrays_serialise_as_flower_does_and_read_back_without_a_copy(values: np.ndarray) -> None:
+    ours, flowers = to_array(values), Array(values)
+    assert (ours.dtype, ours.shape, ours.stype) == (flowers.dtype, flowers.shape, flowers.stype)
+    np.testing.assert_array_equal(flowers.numpy(), values)
+    np.testing.assert_array_equal(ours.numpy(), values)
+    read = array_values(ours)
+    np.testing.assert_array_equal(read, values)
+    if values.flags.c_contiguous:
+        assert ours.data == flowers.data
+        assert not read.flags.writeable  # a view of the received bytes, not a copy
 
 
 def test_run_config_round_trips(images_dataset: DatasetRef) -> None:

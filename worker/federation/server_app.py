@@ -228,21 +228,31 @@ class _RoundHooks:
         if strategy_round == 0 and self.offset > 0:
             return None  # the resumed round was evaluated and reported by the earlier run
         log = self.strategy.log if strategy_round > 0 else RoundLog()
-        task.load_trainable(self.bundle, decode_arrays(arrays, "float32"))
-        eval_loss = self._evaluate(server_round)
+        evaluates = self._evaluates(server_round)
+        checkpoints_now = strategy_round > 0 and self._checkpoints(server_round)
+        if evaluates or checkpoints_now:  # the server's policy is only read then
+            task.load_trainable(self.bundle, decode_arrays(arrays, "float32"))
+        eval_loss = self._evaluate(server_round) if evaluates else None
         report = self._report(server_round, log, eval_loss)
         self.reporter.round_finished(report)
         if strategy_round > 0:
             self._check_enough(server_round, report)
+        if checkpoints_now:
             self._checkpoint(server_round, eval_loss)
         self.strategy.log = RoundLog()
         return MetricRecord({"eval-loss": eval_loss}) if eval_loss is not None else None
 
-    def _evaluate(self, server_round: int) -> float | None:
+    def _evaluates(self, server_round: int) -> bool:
         every = self.config.eval_every
         last = server_round == self.config.num_rounds
-        if not self.holdout or every == 0 or (server_round % every != 0 and not last):
-            return None
+        return bool(self.holdout) and every > 0 and (server_round % every == 0 or last)
+
+    def _checkpoints(self, server_round: int) -> bool:
+        every = self.config.checkpoint_every
+        last = server_round == self.config.num_rounds
+        return last or (every > 0 and server_round % every == 0)
+
+    def _evaluate(self, server_round: int) -> float:
         losses, weights = [], []
         for data in self.holdout:
             loss, samples = task.evaluate(
@@ -286,10 +296,6 @@ class _RoundHooks:
             )
 
     def _checkpoint(self, server_round: int, eval_loss: float | None) -> None:
-        every = self.config.checkpoint_every
-        last = server_round == self.config.num_rounds
-        if not last and (every == 0 or server_round % every != 0):
-            return
         saved = checkpoints.save_checkpoint(
             self.output_dir,
             server_round,

@@ -1,7 +1,9 @@
 """Flower's strategies with narrow hooks: transport dtype, round offset (resume), bookkeeping.
 
-The hooks wrap configure_train and aggregate_train only; Flower's round loop, sampling and
-weighted aggregation ("num-examples": samples actually trained) are used as they are.
+The hooks wrap configure_train and aggregate_train only; Flower's round loop, sampling, reply
+checks, metric aggregation and server optimisers (FedAdam) are used as they are. The weighted
+average of the arrays ("num-examples": samples actually trained) is aggregation.py's: the same
+result as Flower's, in one pass over memory, summed in a fixed client order.
 """
 
 import time
@@ -13,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
+from worker.federation.aggregation import weighted_average
 from worker.federation.config import FederationConfig
 from worker.federation.reporter import ClientReport
 from worker.federation.transport import as_float, as_int, encode_arrays, to_float32_record
@@ -73,12 +76,13 @@ class TrackedStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        # Replies come in the order clients finished; a fixed order makes the sum reproducible.
+        replies = sorted(replies, key=lambda r: self._label(r.metadata.src_node_id))
         answered = set()
         for reply in replies:
             node = reply.metadata.src_node_id
             answered.add(node)
-            label = self.labels.get(node, f"node-{node}")
+            label = self._label(node)
             if reply.has_error():
                 self.log.clients.append(
                     ClientReport(
@@ -111,16 +115,18 @@ class TrackedStrategy(FedAvg):
             reply.content[ARRAYS_KEY] = to_float32_record(payload, self.transport_dtype)
         for node in self.log.sampled:
             if node not in answered:
-                label = self.labels.get(node, f"node-{node}")
                 self.log.clients.append(
                     ClientReport(
-                        client=label,
+                        client=self._label(node),
                         site_id=self.site_ids.get(node),
                         ok=False,
                         error="no reply in time",
                     )
                 )
         return super().aggregate_train(server_round + self.round_offset, replies)
+
+    def _label(self, node: int) -> str:
+        return self.labels.get(node, f"node-{node}")
 
     def server_state(self) -> dict[str, np.ndarray]:
         """Strategy state that a resumed run needs (FedAdam's moments)."""
@@ -136,15 +142,38 @@ def _tensor(values: np.ndarray):  # type: ignore[no-untyped-def]
     return torch.from_numpy(np.ascontiguousarray(values))
 
 
-class TrackedFedAvg(TrackedStrategy):
+class WeightedAverage(FedAvg):
+    """FedAvg.aggregate_train with aggregation.weighted_average in place of Flower's average.
+
+    Listed after the strategy in the bases, so FedAdam's aggregate_train (which averages through
+    super() and then applies its server optimiser) reaches it too.
+    """
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [reply.content for reply in valid]
+        weights = [
+            as_float(next(iter(content.metric_records.values()))[self.weighted_by_key])
+            for content in contents
+        ]
+        updates = [next(iter(content.array_records.values())) for content in contents]
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return weighted_average(updates, weights), metrics
+
+
+class TrackedFedAvg(TrackedStrategy, WeightedAverage):
     pass
 
 
-class TrackedFedProx(TrackedStrategy, FedProx):
+class TrackedFedProx(TrackedStrategy, FedProx, WeightedAverage):
     pass
 
 
-class TrackedFedAdam(TrackedStrategy, FedAdam):
+class TrackedFedAdam(TrackedStrategy, FedAdam, WeightedAverage):
     def server_state(self) -> dict[str, np.ndarray]:
         state = {f"m_t|{k}": np.asarray(v) for k, v in (self.m_t or {}).items()}
         state.update({f"v_t|{k}": np.asarray(v) for k, v in (self.v_t or {}).items()})

@@ -1,10 +1,14 @@
 """What crosses the wire: trainable weights (optionally in reduced precision) and statistics."""
 
+import warnings
 from collections import OrderedDict
+from io import BytesIO
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
+from flwr.common.constant import SType
+from numpy.lib import format as npy
 
 BFLOAT16_AS = np.uint16
 """numpy has no bfloat16: its bits travel as uint16 and are viewed back on arrival."""
@@ -17,30 +21,68 @@ def encode_arrays(state: dict[str, torch.Tensor], dtype: str) -> ArrayRecord:
         value = tensor.detach().cpu()
         if dtype == "bfloat16":
             bits = value.to(torch.bfloat16).view(torch.int16).numpy().view(BFLOAT16_AS)
-            arrays[key] = Array(bits)
+            arrays[key] = to_array(bits)
         else:
-            arrays[key] = Array(value.to(getattr(torch, dtype)).numpy())
+            arrays[key] = to_array(value.to(getattr(torch, dtype)).numpy())
     return ArrayRecord(arrays)
 
 
 def decode_arrays(record: ArrayRecord, dtype: str) -> dict[str, torch.Tensor]:
-    """Float32 tensors back from an ArrayRecord sent in the transport dtype."""
+    """Float32 tensors back from an ArrayRecord sent in the transport dtype.
+
+    In float32 they share the record's bytes (no copy): read them, never write to them.
+    """
     state: dict[str, torch.Tensor] = {}
     for key, array in record.items():
-        values = array.numpy()
+        values = array_values(array)
         if dtype == "bfloat16":
-            bits = torch.from_numpy(values.view(np.int16).copy())
+            bits = _shared_tensor(values.view(np.int16))
             state[key] = bits.view(torch.bfloat16).to(torch.float32)
         else:
-            state[key] = torch.from_numpy(values.astype(np.float32, copy=True))
+            state[key] = _shared_tensor(values).to(torch.float32)
     return state
+
+
+def array_values(array: Array) -> np.ndarray:
+    """The array's values as a read-only view of the bytes it holds (a copy only if it must).
+
+    Array.numpy() goes through np.load, which copies the values twice.
+    """
+    if array.stype != SType.NUMPY:
+        raise ValueError(f"cannot read an array serialised as {array.stype!r}")
+    stream = BytesIO(array.data)  # shares the bytes
+    version = npy.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = npy.read_array_header_1_0(stream)
+    else:
+        shape, fortran_order, dtype = npy.read_array_header_2_0(stream)
+    if fortran_order or dtype.hasobject:
+        return array.numpy()
+    count = int(np.prod(shape))
+    return np.frombuffer(array.data, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)
+
+
+def to_array(values: np.ndarray) -> Array:
+    """Array(values), serialised with one copy of the values (np.save into a buffer makes more)."""
+    if not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values)
+    header = BytesIO()
+    npy.write_array_header_1_0(header, npy.header_data_from_array_1_0(values))
+    data = b"".join((header.getvalue(), values.data))
+    return Array(dtype=str(values.dtype), shape=tuple(values.shape), stype=SType.NUMPY, data=data)
+
+
+def _shared_tensor(values: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():  # read-only on purpose; torch warns about any such array
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(values)
 
 
 def to_float32_record(record: ArrayRecord, dtype: str) -> ArrayRecord:
     if dtype == "float32":
         return record
     return ArrayRecord(
-        OrderedDict((k, Array(v.numpy())) for k, v in decode_arrays(record, dtype).items())
+        OrderedDict((k, to_array(v.numpy())) for k, v in decode_arrays(record, dtype).items())
     )
 
 

@@ -1,0 +1,157 @@
+"""The engine's weighted average: Flower's result, bit for bit, and a sum in a fixed order."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.supercore.task_identity import TaskIdentity
+
+from worker.federation import aggregation
+from worker.federation.aggregation import AggregationError, weighted_average
+from worker.federation.config import DatasetRef, FederationConfig, Partition
+from worker.federation.strategy import make_strategy
+
+
+def _update(seed: int) -> ArrayRecord:
+    rng = np.random.default_rng(seed)
+    return ArrayRecord(
+        {
+            # More elements than one block, and not a multiple of it.
+            "expert.weight": Array(
+                rng.standard_normal((3, aggregation.BLOCK_ELEMENTS + 7), dtype=np.float32)
+            ),
+            "expert.bias": Array(rng.standard_normal(5, dtype=np.float32)),
+            "fortran": Array(np.asfortranarray(rng.standard_normal((4, 6)))),
+            "scalar": Array(np.asarray(rng.standard_normal(), dtype=np.float32)),
+            "counts": Array(rng.integers(0, 10, size=4)),
+        }
+    )
+
+
+def _flower(updates: list[ArrayRecord], weights: list[float]) -> ArrayRecord:
+    contents = [
+        RecordDict({"arrays": u, "metrics": MetricRecord({"num-examples": w})})
+        for u, w in zip(updates, weights, strict=True)
+    ]
+    return aggregate_arrayrecords(contents, "num-examples")
+
+
+def test_same_bits_dtypes_and_shapes_as_flowers_average() -> None:
+    updates, weights = [_update(seed) for seed in range(3)], [10.0, 30.0, 5.0]
+    expected, averaged = _flower(updates, weights), weighted_average(updates, weights)
+    assert list(averaged.keys()) == list(expected.keys())
+    for key, want in expected.items():
+        got = averaged[key]
+        assert (got.dtype, got.shape) == (want.dtype, want.shape), key
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=key)
+    assert averaged["expert.weight"].dtype == "float32"
+    assert averaged["counts"].dtype == "float64"  # integers average as floats, as in Flower
+
+
+def test_weights_are_respected() -> None:
+    ones = ArrayRecord({"w": Array(np.ones(4, dtype=np.float32))})
+    fives = ArrayRecord({"w": Array(np.full(4, 5.0, dtype=np.float32))})
+    averaged = weighted_average([ones, fives], [3, 1])
+    np.testing.assert_array_equal(averaged["w"].numpy(), np.full(4, 2.0, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        (
+            {"w": np.zeros(3, dtype=np.float32)},
+            r"w: update 1 is float32\[3\], update 0 is float32\[4\]",
+        ),
+        ({"w": np.zeros(4, dtype=np.float64)}, r"w: update 1 is float64\[4\]"),
+        ({"v": np.zeros(4, dtype=np.float32)}, "update 1 has other arrays than update 0"),
+    ],
+)
+def test_updates_that_do_not_match_are_named(other: dict[str, np.ndarray], message: str) -> None:
+    first = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
+    second = ArrayRecord({k: Array(v) for k, v in other.items()})
+    with pytest.raises(AggregationError, match=message):
+        weighted_average([first, second], [1, 1])
+
+
+def test_weights_must_sum_above_zero() -> None:
+    update = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
+    with pytest.raises(AggregationError, match="weights sum to 0"):
+        weighted_average([update, update], [0, 0])
+
+
+@pytest.fixture
+def task_identity() -> Iterator[None]:
+    """Messages take their run id from the process's task identity, set by Flower's runtime."""
+    names = ("_task_id", "_run_id", "_node_id")
+    saved = [getattr(TaskIdentity, name) for name in names]
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    for name, value in zip(names, saved, strict=True):
+        setattr(TaskIdentity, name, value)
+
+
+def _reply(node: int, update: ArrayRecord, samples: int) -> Message:
+    metrics = {
+        "train-loss": 1.0,
+        "num-examples": samples,
+        "episodes": 1,
+        "seconds": 0.1,
+        "load-seconds": 0.0,
+        "skipped-frames": 0,
+        "bytes-received": 0,
+    }
+    instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
+    content = RecordDict(
+        {"arrays": update, "metrics": MetricRecord(metrics), "config": ConfigRecord({})}
+    )
+    return Message(content, reply_to=instruction)
+
+
+def _strategy(name: str, clients: int):  # type: ignore[no-untyped-def]
+    config = FederationConfig(
+        policy="tiny",
+        strategy=name,
+        proximal_mu=0.1 if name == "fedprox" else 0.0,
+        min_clients=1,
+        partition=Partition(dataset=DatasetRef(repo_id="test/none"), num_clients=clients),
+    )
+    strategy = make_strategy(config, round_offset=0)
+    strategy.labels = {node: f"client-{node}" for node in range(1, clients + 1)}
+    strategy.log.sampled = list(strategy.labels)
+    return strategy
+
+
+@pytest.mark.usefixtures("task_identity")
+@pytest.mark.parametrize("name", ["fedavg", "fedprox"])
+def test_strategy_sum_does_not_depend_on_which_client_answered_first(name: str) -> None:
+    updates = [_update(seed) for seed in range(4)]
+    weights = [7, 3, 11, 5]
+
+    def aggregate(order: list[int]) -> ArrayRecord:
+        replies = [_reply(i + 1, updates[i], weights[i]) for i in order]
+        arrays, _ = _strategy(name, len(updates)).aggregate_train(1, replies)
+        assert arrays is not None
+        return arrays
+
+    first, reversed_order = aggregate([0, 1, 2, 3]), aggregate([3, 1, 0, 2])
+    expected = _flower(updates, [float(w) for w in weights])
+    for key in expected:
+        assert first[key].data == reversed_order[key].data, key
+        np.testing.assert_array_equal(first[key].numpy(), expected[key].numpy(), err_msg=key)
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_fedadam_applies_its_server_step_to_the_engines_average() -> None:
+    update = ArrayRecord({"w": Array(np.full(4, 1.0, dtype=np.float32))})
+    strategy = _strategy("fedadam", 1)
+    assert isinstance(strategy, FedAdam)
+    strategy.current_arrays = {"w": np.zeros(4, dtype=np.float32)}
+    arrays, _ = strategy.aggregate_train(1, [_reply(1, update, 10)])
+    assert arrays is not None
+    stepped = arrays["w"].numpy()
+    # FedAdam moves from the current weights towards the average by at most its step size.
+    assert np.all(stepped > 0) and np.all(stepped < 1.0)
+    assert strategy.m_t is not None and strategy.v_t is not None
