@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from app.api.deps import ReaderToken, SessionDep
+from app.api.deps import ReaderToken, SessionDep, in_threadpool
 from app.core.errors import ERROR_RESPONSES, ErrorBody
 from app.schemas.runs import CheckpointPublic, CheckpointsPublic
 from app.services import checkpoints as service
@@ -34,6 +34,7 @@ def _file_response(download: Download, media_type: str) -> FileResponse:
 
 
 @router.get("", response_model=CheckpointsPublic)
+@in_threadpool
 def list_checkpoints(run_id: int, session: SessionDep, token: ReaderToken) -> CheckpointsPublic:
     """The checkpoints the run kept (retention removes older ones), by round."""
     runs.get_run(session, run_id, token)

@@ -19,6 +19,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
     authenticate_request,
+    in_threadpool,
 )
 from app.core.errors import ERROR_RESPONSES, ErrorBody
 from app.models import RunStatus
@@ -97,6 +98,7 @@ def launch_experiment_run(
 
 
 @router.get("/runs", response_model=RunsPublic)
+@in_threadpool
 def list_runs(
     session: SessionDep,
     token: ReaderToken,
@@ -117,6 +119,7 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunPublic)
+@in_threadpool
 def get_run(run_id: int, session: SessionDep, token: ReaderToken) -> RunPublic:
     return RunPublic.model_validate(service.get_run(session, run_id, token))
 
@@ -132,6 +135,7 @@ def cancel_run(
 
 
 @router.get("/runs/{run_id}/rounds", response_model=RoundMetricsPublic)
+@in_threadpool
 def list_rounds(run_id: int, session: SessionDep, token: ReaderToken) -> RoundMetricsPublic:
     service.get_run(session, run_id, token)
     rows = service.round_metrics(session, run_id)
@@ -141,6 +145,7 @@ def list_rounds(run_id: int, session: SessionDep, token: ReaderToken) -> RoundMe
 
 
 @router.get("/runs/{run_id}/clients", response_model=ClientMetricsPublic)
+@in_threadpool
 def list_client_metrics(
     run_id: int,
     session: SessionDep,
@@ -156,6 +161,7 @@ def list_client_metrics(
 
 
 @router.get("/runs/{run_id}/events.json", response_model=RunEventsPublic)
+@in_threadpool
 def list_events(
     run_id: int,
     session: SessionDep,
