@@ -21,6 +21,9 @@ from worker.federation.config import FederationConfig
 from worker.federation.reporter import Reporter
 
 RAY_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+REPLY_PULL_INTERVAL_S = 0.01
+"""How often the simulated server looks for client replies (Flower's default, 0.1 s, adds 50 ms
+to an average round, a tenth of a tiny policy's round)."""
 ENGINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
@@ -50,6 +53,7 @@ def run_federation(
 ) -> None:
     """Run one federation to its end, reporting every round; raise on failure."""
     from flwr.simulation import run_simulation
+    from flwr.superlink.grid import InMemoryGrid
 
     from worker.federation.client_app import app as client_app
     from worker.federation.server_app import run_server
@@ -68,6 +72,8 @@ def run_federation(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        if isinstance(grid, InMemoryGrid):
+            grid.pull_interval = REPLY_PULL_INTERVAL_S
         try:
             run_server(grid, config, reporter, output_dir=output_dir, data_dir=data_dir)
         except BaseException as error:
