@@ -1,5 +1,6 @@
 """The ``fedvla`` command: database, tokens and a real ``serve``."""
 
+import gc
 import os
 import signal
 import socket
@@ -205,6 +206,25 @@ def test_serve_really_serves(tmp_path: Path) -> None:
     assert "swagger" in docs.text.lower()
     assert anonymous.status_code == 401
     assert process.returncode == 0
+
+
+def test_serve_keeps_its_startup_objects_out_of_full_collections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full collection once scanned every module and route the server had built, about once a
+    second under load, stalling all requests meanwhile."""
+    frozen_when_serving: list[int] = []
+    monkeypatch.setattr(
+        "uvicorn.run", lambda *_args, **_kwargs: frozen_when_serving.append(gc.get_freeze_count())
+    )
+    frozen_before = gc.get_freeze_count()
+    try:
+        result = CliRunner().invoke(cli, ["serve", "--no-worker"], env=_serve_env(tmp_path))
+    finally:
+        gc.unfreeze()
+
+    assert result.exit_code == 0, result.output
+    assert frozen_when_serving and frozen_when_serving[0] > frozen_before + 10_000
 
 
 @pytest.mark.slow
