@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from app.core.config import Settings
 from app.models import RunStatus
-from app.services import runs
+from app.services import event_feed, runs
 from app.services.events import EventPublisher, channel, events_after
 from tests.conftest import REDIS_URL, _unavailable
 from tests.orchestration.conftest import LiveServer, read_sse
@@ -172,10 +172,17 @@ def test_many_open_streams_do_not_starve_each_other_or_other_requests(
 
 
 def test_many_followers_share_one_reader_and_each_get_every_event_once(
-    engine: Engine, events_settings: Settings, make_experiment, admin: dict[str, str]
+    engine: Engine,
+    events_settings: Settings,
+    make_experiment,
+    admin: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each follower once polled the table on its own (with its own Redis connection): 200 of
     them ran the pool dry. Now one feed reads the run for all the followers of the process."""
+    # A slow poll keeps the one reader's count of reads far below the followers' on a slow
+    # machine too (the server runs in this process).
+    monkeypatch.setattr(event_feed, "POLL_INTERVAL_S", 1.0)
     settings = events_settings
     run_id = _running_run(engine, make_experiment, settings)
     followers = 60  # more than the pool (5 + 10) and the threadpool (40) together
