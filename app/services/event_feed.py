@@ -86,8 +86,9 @@ class RunFeed:
                 raise
 
     async def _read_loop(self) -> None:
-        subscription = await _subscribe(self.hub.redis_url, self.run_id)
+        subscription: PubSub | None = None
         try:
+            subscription = await _subscribe(self.hub.redis_url, self.run_id)
             while True:
                 events, done = await run_in_threadpool(self.hub.read, self.run_id, self.head)
                 self.reads += 1
@@ -244,9 +245,11 @@ async def _subscribe(redis_url: str, run_id: int) -> PubSub | None:
     subscription = aioredis.Redis.from_url(redis_url).pubsub()
     try:
         await subscription.subscribe(channel(run_id))
-    except (RedisError, OSError):
+    except BaseException as error:  # down, or the feed stopped while subscribing
         await subscription.aclose()
-        return None
+        if isinstance(error, RedisError | OSError):
+            return None
+        raise
     return subscription
 
 
