@@ -1,6 +1,7 @@
 """The engine's parts on their own: tiny policy, loading, data checks, partitions, transport."""
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,15 @@ from worker.federation.run_config import (
     federation_config_from_run_config,
     run_config_from_federation_config,
 )
-from worker.federation.transport import array_values, decode_arrays, encode_arrays, to_array
+from worker.federation.transport import (
+    OutOfBandArray,
+    array_values,
+    decode_arrays,
+    encode_arrays,
+    out_of_band,
+    ray_carries_messages,
+    to_array,
+)
 from worker.policy.loading import (
     PolicySourceError,
     load_pretrained_fast,
@@ -228,6 +237,36 @@ def test_arrays_serialise_as_flower_does_and_read_back_without_a_copy(values: np
     if values.flags.c_contiguous:
         assert ours.data == flowers.data
         assert not read.flags.writeable  # a view of the received bytes, not a copy
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_updates_pickle_their_bytes_out_of_band_for_ray(dtype: str) -> None:
+    record = out_of_band(
+        encode_arrays({"w": torch.linspace(-1, 1, 4096), "b": torch.ones(3)}, dtype)
+    )
+    assert all(type(array) is OutOfBandArray for array in record.values())
+    buffers: list[pickle.PickleBuffer] = []
+    stream = pickle.dumps(record, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 2 and len(stream) < 4096  # the values travel beside the stream
+    back = pickle.loads(stream, buffers=buffers)
+    assert all(type(array) is OutOfBandArray for array in back.values())
+    for key, array in record.items():
+        assert back[key].data == array.data and back[key].shape == array.shape
+    older = pickle.loads(pickle.dumps(record, protocol=4))  # in band where protocol 5 is not used
+    assert older["w"].data == record["w"].data
+
+
+def test_arrays_go_out_of_band_only_where_ray_carries_them() -> None:
+    import ray
+
+    if ray.is_initialized():  # left over from an in-process simulation
+        ray.shutdown()
+    assert not ray_carries_messages()  # a SuperNode or SuperLink process: plain Arrays
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        assert ray_carries_messages()
+    finally:
+        ray.shutdown()
 
 
 def test_run_config_round_trips(images_dataset: DatasetRef) -> None:

@@ -8,7 +8,6 @@ stays in cache), so memory sees each input byte once and the result once.
 The sum runs over the records in the order given, so the same inputs give the same bits.
 """
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,11 +35,11 @@ def weighted_average(records: Sequence[ArrayRecord], weights: Sequence[float]) -
     for index, record in enumerate(records[1:], start=1):
         if list(record.keys()) != keys:
             raise AggregationError(f"update {index} has other arrays than update 0")
-    result: OrderedDict[str, Array] = OrderedDict()
+    result = ArrayRecord()
     for key in keys:
         inputs = [_values(record[key], key) for record in records]
         result[key] = _average(key, inputs, factors)
-    return ArrayRecord(result)
+    return result
 
 
 def _values(array: Array, key: str) -> np.ndarray:

@@ -25,6 +25,8 @@ from worker.federation.transport import (
     as_int,
     decode_arrays,
     encode_arrays,
+    out_of_band,
+    ray_carries_messages,
     stats_from_record,
     stats_to_record,
 )
@@ -170,6 +172,8 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=mu,
     )
     arrays = encode_arrays(task.trainable_arrays(state.bundle), config.transport_dtype)
+    if ray_carries_messages():
+        arrays = out_of_band(arrays)
     metrics = MetricRecord(
         {
             "train-loss": result.loss,

@@ -30,6 +30,7 @@ from worker.federation.strategy import RoundLog, TrackedStrategy, make_strategy
 from worker.federation.transport import (
     as_int,
     decode_arrays,
+    encode_arrays,
     stats_from_record,
     stats_to_record,
 )
@@ -86,7 +87,7 @@ def run_server(
         strategy.restore_server_state(resumed)
     train_config = ConfigRecord(dict(base_config))
     hooks = _RoundHooks(config, reporter, strategy, bundle, holdout, output_dir, offset)
-    initial = ArrayRecord(task.trainable_arrays(bundle))
+    initial = encode_arrays(task.trainable_arrays(bundle), "float32")
     if config.normalization == "federated":
         # Every client normalises with the merged statistics, sent on purpose with each round.
         strategy.norm_stats = stats_to_record(merged)

@@ -18,7 +18,14 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 from worker.federation.aggregation import weighted_average
 from worker.federation.config import FederationConfig
 from worker.federation.reporter import ClientReport
-from worker.federation.transport import as_float, as_int, encode_arrays, to_float32_record
+from worker.federation.transport import (
+    as_float,
+    as_int,
+    encode_arrays,
+    out_of_band,
+    ray_carries_messages,
+    to_float32_record,
+)
 
 ARRAYS_KEY = "arrays"
 STATS_KEY = "norm-stats"
@@ -59,17 +66,17 @@ class TrackedStrategy(FedAvg):
         messages = list(
             super().configure_train(server_round + self.round_offset, arrays, config, grid)
         )
+        payload = arrays
         if self.transport_dtype != "float32" and messages:
             state = {k: _tensor(v.numpy()) for k, v in arrays.items()}
-            encoded = encode_arrays(state, self.transport_dtype)
-            for message in messages:
-                message.content[ARRAYS_KEY] = encoded
+            payload = encode_arrays(state, self.transport_dtype)
+        if ray_carries_messages():
+            payload = out_of_band(payload)
         for message in messages:
+            message.content[ARRAYS_KEY] = payload
             if self.norm_stats is not None:
                 message.content[STATS_KEY] = self.norm_stats
             self.log.sampled.append(message.metadata.dst_node_id)
-            payload = message.content[ARRAYS_KEY]
-            assert isinstance(payload, ArrayRecord)
             self.log.bytes_sent += payload.count_bytes()
         return messages
 

@@ -1,8 +1,11 @@
 """What crosses the wire: trainable weights (optionally in reduced precision) and statistics."""
 
+import pickle
+import sys
 import warnings
 from collections import OrderedDict
 from io import BytesIO
+from typing import Any, SupportsIndex
 
 import numpy as np
 import torch
@@ -16,15 +19,15 @@ BFLOAT16_AS = np.uint16
 
 def encode_arrays(state: dict[str, torch.Tensor], dtype: str) -> ArrayRecord:
     """Float tensors in the transport dtype, as an ArrayRecord."""
-    arrays: OrderedDict[str, Array] = OrderedDict()
+    record = ArrayRecord()
     for key, tensor in state.items():
         value = tensor.detach().cpu()
         if dtype == "bfloat16":
             bits = value.to(torch.bfloat16).view(torch.int16).numpy().view(BFLOAT16_AS)
-            arrays[key] = to_array(bits)
+            record[key] = to_array(bits)
         else:
-            arrays[key] = to_array(value.to(getattr(torch, dtype)).numpy())
-    return ArrayRecord(arrays)
+            record[key] = to_array(value.to(getattr(torch, dtype)).numpy())
+    return record
 
 
 def decode_arrays(record: ArrayRecord, dtype: str) -> dict[str, torch.Tensor]:
@@ -62,6 +65,42 @@ def array_values(array: Array) -> np.ndarray:
     return np.frombuffer(array.data, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)
 
 
+class OutOfBandArray(Array):
+    """An Array whose bytes pickle out of band (pickle protocol 5); see out_of_band()."""
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        if int(protocol) < 5:
+            return super().__reduce_ex__(protocol)
+        fields = (self.dtype, self.shape, self.stype, pickle.PickleBuffer(self.data))
+        return (_out_of_band_array, fields)
+
+
+def _out_of_band_array(dtype: str, shape: tuple[int, ...], stype: str, data: Any) -> Array:
+    return OutOfBandArray(dtype=dtype, shape=tuple(shape), stype=stype, data=bytes(data))
+
+
+def ray_carries_messages() -> bool:
+    """Whether this process is part of a Ray cluster: Flower's simulation engine."""
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
+
+
+def out_of_band(record: ArrayRecord) -> ArrayRecord:
+    """The same arrays, sharing their bytes, for a message that Ray carries (simulation).
+
+    Ray pickles every message between the server and a client's actor. Bytes in the pickle stream
+    are copied through it; a buffer out of band goes into Ray's shared-memory object store as it
+    is: a 100 MB update crosses in about 12 ms instead of 95 ms (this VM). Never for a SuperLink:
+    Flower's wire format names each object's class, and the other side knows no OutOfBandArray.
+    """
+    wrapped = ArrayRecord()  # item by item: ArrayRecord(dict) would make plain Arrays of them
+    for key, array in record.items():
+        wrapped[key] = OutOfBandArray(
+            dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data
+        )
+    return wrapped
+
+
 def to_array(values: np.ndarray) -> Array:
     """Array(values), serialised with one copy of the values (np.save into a buffer makes more)."""
     if not values.flags.c_contiguous:
@@ -81,9 +120,10 @@ def _shared_tensor(values: np.ndarray) -> torch.Tensor:
 def to_float32_record(record: ArrayRecord, dtype: str) -> ArrayRecord:
     if dtype == "float32":
         return record
-    return ArrayRecord(
-        OrderedDict((k, to_array(v.numpy())) for k, v in decode_arrays(record, dtype).items())
-    )
+    converted = ArrayRecord()
+    for key, values in decode_arrays(record, dtype).items():
+        converted[key] = to_array(values.numpy())
+    return converted
 
 
 def stats_to_record(stats: dict[str, dict[str, np.ndarray]]) -> ArrayRecord:
