@@ -43,6 +43,10 @@ class FedvlaCelery(Celery):
         super().__init__("fedvla", broker=broker_url, set_as_current=False)
         if transport is not None:
             self.conf.broker_transport = transport
+        if settings.broker_url == settings.embedded_broker_url:
+            # Its SQLite file needs the data dir, which nothing else makes when the database is
+            # PostgreSQL: launches answered 503 on a fresh machine.
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
 
 

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'fedvla.db'}"
         if not self.broker_url:
-            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+            self.broker_url = self.embedded_broker_url
         if self.database_url.startswith(("postgres://", "postgresql://")):
             # psycopg 3 is the driver we ship; SQLAlchemy defaults to psycopg2.
             rest = self.database_url.split("://", 1)[1]
@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.secret_key == DEVELOPMENT_SECRET:
             raise ValueError("FEDVLA_SECRET_KEY must be set in production")
         return self
+
+    @property
+    def embedded_broker_url(self) -> str:
+        """The broker when none is set: kombu's SQL transport on a SQLite file in data_dir."""
+        return f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
 
     @property
     def superlink_address(self) -> str:

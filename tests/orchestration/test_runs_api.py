@@ -2,6 +2,7 @@
 points, metrics and event pages, and the reaper, on SQLite and PostgreSQL."""
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -105,6 +106,20 @@ def test_a_broker_that_is_down_answers_503_and_creates_no_run(
     assert body["errors"][0]["field"] == "broker"
     assert _count(session, Run) == 0
     assert _count(session, RunEvent) == 0
+
+
+def test_the_embedded_broker_makes_its_data_dir_when_the_database_is_elsewhere(
+    fast_settings: Settings, admin: dict[str, str], make_experiment, tmp_path: Path
+) -> None:
+    fresh = tmp_path / "fresh" / "var"  # a new machine: nothing has made the data dir yet
+    settings = fast_settings.model_copy(update={"data_dir": fresh})
+    settings = settings.model_copy(update={"broker_url": settings.embedded_broker_url})
+    experiment = make_experiment()
+    with TestClient(create_app(settings)) as client:
+        answer = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=admin)
+
+    assert answer.status_code == 202, answer.text
+    assert (fresh / "broker.db").is_file()
 
 
 def test_deployment_with_unapproved_or_mismatched_sites_is_refused(
