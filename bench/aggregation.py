@@ -18,7 +18,6 @@ Writes bench/results/aggregation.{json,md}.
     .venv/bin/python bench/aggregation.py [--clients 2,4,8,16] [--repeats 5]
 """
 
-import argparse
 import gc
 import json
 import os
@@ -33,9 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 from common import (
-    RESULTS_DIR,
     Recorder,
     available_memory_bytes,
+    bench_parser,
     markdown_table,
     median,
 )
@@ -178,11 +177,10 @@ def check_same_average(replies: list[Message]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, quick=False)
     parser.add_argument("--clients", default="2,4,8,16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="<1 shrinks shapes (smoke)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     recorder = Recorder(
         "aggregation",
@@ -278,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
         table,
         out_dir=args.out_dir,
     )
-    print(table)
     return 0
 
 

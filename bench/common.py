@@ -4,6 +4,7 @@ Each script answers one question and writes bench/results/<name>.json (the figur
 its load at start and end) and bench/results/<name>.md (a markdown table of the same figures).
 """
 
+import argparse
 import json
 import os
 import platform
@@ -61,7 +62,8 @@ def available_memory_bytes() -> int:
 
 
 class Recorder:
-    """One benchmark's results; `write` adds the machine, its load and the time, saves both."""
+    """One benchmark's results; `write` adds the machine, its load and the time, saves both
+    and prints the table."""
 
     def __init__(self, name: str, question: str, command: str) -> None:
         self.name = name
@@ -96,7 +98,17 @@ class Recorder:
             f"    {self.payload['command']}\n\n"
         )
         (out_dir / f"{self.name}.md").write_text(header + table.rstrip() + "\n")
+        print(table)
         return target
+
+
+def bench_parser(doc: str, *, quick: bool = True) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first line, --out-dir, and --quick (smoke sizes)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if quick:
+        parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    return parser
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

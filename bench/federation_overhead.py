@@ -22,7 +22,6 @@ Writes bench/results/federation_overhead.{json,md}.
     .venv/bin/python bench/federation_overhead.py [--clients 1] [--quick]
 """
 
-import argparse
 import json
 import os
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common import RESULTS_DIR, Recorder, markdown_table, median
+from common import Recorder, bench_parser, markdown_table, median
 from learning_parity import Recording
 
 from worker.data.synthetic import SyntheticSpec, generate_dataset
@@ -249,10 +248,8 @@ def measure(case: Case, clients: int, work: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--clients", type=int, default=1, choices=(1, 2))
-    parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     recorder = Recorder(
         "federation_overhead",
@@ -334,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
         table,
         out_dir=args.out_dir,
     )
-    print(table)
     return 0
 
 

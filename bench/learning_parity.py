@@ -13,7 +13,6 @@ Writes bench/results/learning_parity.{json,md,png}.
     .venv/bin/python bench/learning_parity.py --quick    # smoke size
 """
 
-import argparse
 import os
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common import RESULTS_DIR, Recorder, markdown_table
+from common import Recorder, bench_parser, markdown_table
 
 from worker.data.partition import plan_data
 from worker.data.synthetic import SyntheticSpec, generate_dataset
@@ -230,9 +229,7 @@ def plot(curves: dict[str, list[float | None]], steps_per_round: int, target: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser = bench_parser(__doc__)
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     recorder = Recorder(
@@ -298,7 +295,6 @@ def main(argv: list[str] | None = None) -> int:
         table,
         out_dir=args.out_dir,
     )
-    print(table)
     return 0
 
 

@@ -18,7 +18,6 @@ Writes bench/results/orchestration.{json,md}.
     .venv/bin/python bench/orchestration.py [--rest-clients 50] [--subscribers 200] [--quick]
 """
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import RESULTS_DIR, ROOT, Recorder, markdown_table, percentile
+from common import ROOT, Recorder, bench_parser, markdown_table, percentile
 
 COMMAND = ".venv/bin/python bench/orchestration.py"
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -389,14 +388,12 @@ def sse_case(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--rest-clients", type=int, default=50)
     parser.add_argument("--requests-per-client", type=int, default=60)
     parser.add_argument("--subscribers", default="10,200", help="comma-separated subscriber counts")
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between events")
-    parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.quick:
         args.rest_clients, args.requests_per_client = 4, 6
@@ -474,7 +471,6 @@ def main(argv: list[str] | None = None) -> int:
         table,
         out_dir=args.out_dir,
     )
-    print(table)
     return 0
 
 

@@ -9,13 +9,12 @@ Writes bench/results/transport_precision.{json,md}.
     .venv/bin/python bench/transport_precision.py [--dtypes float32,bfloat16] [--quick]
 """
 
-import argparse
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS_DIR, Recorder, markdown_table
+from common import Recorder, bench_parser, markdown_table
 from learning_parity import QUICK, Sizes, federation_config, make_dataset, run_federated
 
 TARGET_RELATIVE_LOSS = 0.02
@@ -23,10 +22,8 @@ COMMAND = ".venv/bin/python bench/transport_precision.py"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     dtypes = args.dtypes.split(",")
     if dtypes[0] != "float32":
@@ -90,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         table,
         out_dir=args.out_dir,
     )
-    print(table)
     return 0
 
 
