@@ -1,12 +1,11 @@
 """Database engine and sessions."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, create_engine
+from sqlmodel import create_engine
 
 SQLITE_POOL_SIZE = 40
 """Connections kept open to a SQLite file: as many as the threadpool has threads (AnyIO's 40)."""
@@ -39,8 +38,3 @@ def make_engine(database_url: str) -> Engine:
 
         return engine
     return create_engine(database_url, pool_pre_ping=True)
-
-
-def session_scope(engine: Engine) -> Iterator[Session]:
-    with Session(engine) as session:
-        yield session

@@ -4,9 +4,6 @@ import hashlib
 import hmac
 import secrets
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-
 TOKEN_PREFIX = "fvla_"
 DISPLAY_PREFIX_LENGTH = 12
 
@@ -28,13 +25,3 @@ def display_prefix(token: str) -> str:
 def token_matches(token: str, token_hash: str) -> bool:
     """Constant-time comparison of a presented secret with a stored hash."""
     return hmac.compare_digest(hash_token(token), token_hash)
-
-
-def load_public_key(pem: str) -> PublicKeyTypes:
-    """The key in a PEM ``PUBLIC KEY`` block; ValueError names what is wrong."""
-    try:
-        return serialization.load_pem_public_key(pem.strip().encode())
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"not a PEM public key: {error}") from error
-    except Exception as error:  # cryptography's UnsupportedAlgorithm and friends
-        raise ValueError(f"unsupported public key: {error}") from error

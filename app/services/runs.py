@@ -371,11 +371,6 @@ def reap_lost_runs(session: Session, publisher: EventPublisher, lost_after_s: fl
     return reaped
 
 
-def heartbeat_age(run: Run) -> float | None:
-    beat = _aware(run.heartbeat_at)
-    return None if beat is None else (utcnow() - beat).total_seconds()
-
-
 @asynccontextmanager
 async def reaper(engine: Engine, settings: Settings) -> AsyncIterator[None]:
     """While the web app runs: fail lost runs even when no worker is alive to do it."""
