@@ -4,6 +4,7 @@ Families follow one shape: ``XBase`` (shared fields) -> ``XCreate`` / ``XUpdate`
 -> ``X(table=True)`` -> ``XPublic`` / ``XsPublic`` (responses).
 """
 
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -129,6 +130,8 @@ class ExperimentBase(ExperimentFields):
 
 
 class Experiment(ExperimentFields, table=True):
+    __table_args__ = {"sqlite_autoincrement": True}  # a deleted experiment's id is never reused
+
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=100, unique=True, index=True)
     # Plain JSON: the services store model_dump(mode="json") of ExperimentBase's models.
@@ -200,8 +203,21 @@ class SiteAudit(SQLModel, table=True):
 # --------------------------------------------------------------------------- runs
 
 
+def new_storage_key() -> str:
+    return uuid.uuid4().hex
+
+
 class Run(SQLModel, table=True):
+    __table_args__ = {"sqlite_autoincrement": True}  # a deleted run's id is never reused
+
     id: int | None = Field(default=None, primary_key=True)
+    storage_key: str = Field(
+        default_factory=new_storage_key,
+        max_length=40,
+        unique=True,
+        index=True,
+        description="Names the run's folder under <data dir>/runs (app.services.run_files).",
+    )
     experiment_id: int = Field(foreign_key="experiment.id", index=True, ondelete="CASCADE")
     config: dict[str, Any] = Field(sa_type=JSON, description="FederationConfig frozen at launch.")
     status: RunStatus = Field(default=RunStatus.queued, sa_type=_enum(RunStatus), index=True)

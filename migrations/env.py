@@ -7,6 +7,7 @@ from sqlmodel import SQLModel
 from app import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from app.core.config import get_settings
 from app.core.db import make_engine
+from app.core.migrate import migration_connection
 
 target_metadata = SQLModel.metadata
 
@@ -39,7 +40,7 @@ else:
             context.run_migrations()
     else:
         engine = make_engine(_database_url())
-        with engine.connect() as conn:
+        with migration_connection(engine) as conn:
             _configure(conn)
             with context.begin_transaction():
                 context.run_migrations()

@@ -14,20 +14,15 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
 from sqlmodel import Session
 
 from app.core.config import Settings
 from app.core.db import make_engine
 from app.models import Run
+from app.services import run_files
 from worker.db_reporter import DbReporter
 from worker.federation.config import FederationConfig
-
-
-def run_output_dir(settings: Settings, run_id: int) -> Path:
-    """Where a run's checkpoints and federation.log go."""
-    return settings.checkpoint_dir / str(run_id)
 
 
 def watch_parent(parent_pid: int, every_s: float = 1.0) -> threading.Thread:
@@ -54,6 +49,7 @@ def main(argv: list[str]) -> int:
         if run is None:
             raise SystemExit(f"run {run_id} not found in the database")
         config = FederationConfig.model_validate(run.config)
+        output_dir = run_files.run_dir(settings, run.storage_key)
     engine.dispose()
     reporter = DbReporter(settings.database_url, settings.redis_url, run_id)
     reporter.log(f"federation process {os.getpid()} ready on {socket.gethostname()}")
@@ -69,7 +65,7 @@ def main(argv: list[str]) -> int:
             run_federation(
                 config,
                 reporter,
-                output_dir=run_output_dir(settings, run_id),
+                output_dir=output_dir,
                 data_dir=settings.data_dir,
             )
     finally:

@@ -22,9 +22,8 @@ from sqlmodel import Session
 
 from app.core.config import Settings
 from app.models import RunStatus
-from app.services import runs
+from app.services import run_files, runs
 from app.services.events import EventPublisher, append_event
-from worker.run_child import run_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +76,13 @@ def last_error_line(log_path: Path) -> str:
 class FederationProcess:
     """The child process of one run, in its own session and process group."""
 
-    def __init__(self, settings: Settings, run_id: int, command: Sequence[str] = ()) -> None:
+    def __init__(
+        self, settings: Settings, run_id: int, run_dir: Path, command: Sequence[str] = ()
+    ) -> None:
         self.settings = settings
         self.run_id = run_id
         self.command = list(command) or [sys.executable, "-m", "worker.run_child", str(run_id)]
-        self.log_path = run_output_dir(settings, run_id) / "federation.log"
+        self.log_path = run_dir / "federation.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -131,7 +132,9 @@ def supervise(
     ``command`` replaces the child's command line (the supervisor's own tests use small scripts).
     """
     publisher = EventPublisher(settings.redis_url)
-    child = FederationProcess(settings, run_id, command)
+    with Session(engine) as session:
+        run_dir = run_files.run_dir_of(session, settings, run_id)
+    child = FederationProcess(settings, run_id, run_dir, command)
     child.start()
     log.info("run %s: federation process %s started", run_id, child.pid)
     with Session(engine) as session:

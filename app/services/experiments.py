@@ -7,6 +7,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, func, select
 
+from app.core.config import Settings
 from app.core.errors import (
     Conflict,
     FieldProblem,
@@ -17,6 +18,7 @@ from app.core.errors import (
 )
 from app.models import ApiToken, Experiment, ExperimentSite, Role, Run, RunStatus, Site, utcnow
 from app.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentUpdate
+from app.services import run_files
 from worker.federation.config import FederationConfig
 
 _NOT_FEDERATION_FIELDS = {"name", "description"}
@@ -191,13 +193,20 @@ def list_experiments(
     return list(rows), count
 
 
-def delete_experiment(*, session: Session, experiment: Experiment) -> None:
-    """Deletes the experiment with its runs; refused while one of them is queued or running."""
+def delete_experiment(*, session: Session, settings: Settings, experiment: Experiment) -> None:
+    """Deletes the experiment with its runs, their rows and their files (checkpoints, logs);
+    refused while one of them is queued or running.
+
+    The rows go first: files left behind by a crash in between sit in folders no later run can
+    use (run_files), and no row ever points at files that are gone.
+    """
     active = select(Run.id).where(
         Run.experiment_id == experiment.id,
         col(Run.status).in_([RunStatus.queued, RunStatus.running]),
     )
     if session.exec(active).first() is not None:
         raise Conflict("Experiment has a queued or running run; cancel it first")
+    keys = session.exec(select(Run.storage_key).where(Run.experiment_id == experiment.id)).all()
     session.delete(experiment)
     session.commit()
+    run_files.remove_run_dirs(settings, keys)

@@ -19,7 +19,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.core.config import Settings
+from app.core.db import make_engine
 from app.models import Checkpoint, RoundMetric, Run, RunStatus, WorkerNode
+from app.services import run_files
 from tests.conftest import REDIS_URL, _fresh_postgres
 from tests.orchestration.conftest import FAST, LiveServer, WorkerProcess, read_sse, wait_for
 
@@ -92,7 +94,8 @@ def _run(engine: Engine, run_id: int) -> Run:
 
 
 def _explain(worker: WorkerProcess, settings: Settings, run_id: int) -> str:
-    log = settings.checkpoint_dir / str(run_id) / "federation.log"
+    with Session(make_engine(settings.database_url)) as session:
+        log = run_files.run_dir_of(session, settings, run_id) / "federation.log"
     federation = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
     return f"worker log:\n{worker.log()[-3000:]}\nfederation log:\n{federation}"
 

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, func, select
 from app.core.config import Settings
 from app.main import create_app
 from app.models import Role, Run, RunEvent, RunStatus, SiteStatus, utcnow
-from app.services import runs
+from app.services import run_files, runs
 from app.services import sites as site_service
 from app.services.events import EventPublisher
 from tests.factories import deployment_body, make_site
@@ -292,7 +292,10 @@ def test_resume_points_are_checked(
     experiment = make_experiment()
     source = _claimed_run(client, engine, admin, experiment)
     reporter = DbReporter(fast_settings.database_url, "", source)
-    folder = fast_settings.checkpoint_dir / str(source) / "round-2" / "pretrained_model"
+    with Session(engine) as session:
+        folder = (
+            run_files.run_dir_of(session, fast_settings, source) / "round-2" / "pretrained_model"
+        )
     reporter.checkpoint_saved(CheckpointReport(2, str(folder), "ab" * 32, 10, 0.5))
     reporter.close()
     url = f"/api/v1/experiments/{experiment.id}/runs"

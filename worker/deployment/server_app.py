@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 
 from app.core.config import Settings
 from app.models import Site
+from app.services import run_files
 from worker.db_reporter import DbReporter
 from worker.deployment.experiment_grid import ExperimentGrid, experiment_node_ids
 from worker.federation.reporter import RoundReport
@@ -52,7 +53,8 @@ def main(grid: Grid, context: Context) -> None:
     )
     settings = Settings()
     reporter = SiteReporter(settings, run_id, config.site_ids)
-    output_dir = settings.checkpoint_dir / str(run_id)
+    with Session(reporter.engine) as session:
+        output_dir = run_files.run_dir_of(session, settings, run_id)
     try:
         reporter.log(f"ServerApp on the SuperLink: Flower run {context.run_id}")
         allowed = experiment_node_ids(settings, config.site_ids)

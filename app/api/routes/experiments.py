@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
 
-from app.api.deps import AdminToken, ReaderToken, SessionDep
+from app.api.deps import AdminToken, ReaderToken, SessionDep, SettingsDep
 from app.core.errors import ERROR_RESPONSES
 from app.schemas.common import IdPath, Page, page_params
 from app.schemas.experiments import (
@@ -60,8 +60,11 @@ def update_experiment(
 
 
 @router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_experiment(experiment_id: IdPath, session: SessionDep, _token: AdminToken) -> Response:
-    """Delete the experiment and its runs (admins); refused while a run is queued or running."""
+def delete_experiment(
+    experiment_id: IdPath, session: SessionDep, settings: SettingsDep, _token: AdminToken
+) -> Response:
+    """Delete the experiment and its runs with their checkpoints and logs on disk (admins);
+    refused (409) while a run is queued or running."""
     experiment = service.get_experiment(session=session, experiment_id=experiment_id)
-    service.delete_experiment(session=session, experiment=experiment)
+    service.delete_experiment(session=session, settings=settings, experiment=experiment)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
