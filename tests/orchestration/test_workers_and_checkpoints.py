@@ -15,12 +15,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.core.config import Settings
-from app.models import Checkpoint, RunStatus, WorkerNode, utcnow
-from app.services import runs
+from app.models import Checkpoint, RunEvent, RunStatus, WorkerNode, utcnow
+from app.services import run_files, runs
 from app.services.events import EventPublisher
 from tests.orchestration.conftest import wait_for
 from worker.db_reporter import DbReporter
-from worker.federation.reporter import CheckpointReport
+from worker.federation.reporter import CheckpointReport, RoundReport
 from worker.registry import HeartbeatThread, detect_gpus, register_worker
 
 NO_REDIS = EventPublisher("")
@@ -102,10 +102,11 @@ def run_with_checkpoints(
     ]
     with Session(engine) as session:
         runs.claim_run(session, NO_REDIS, run_id, "gpu@test")
+        run_dir = run_files.run_dir_of(session, fast_settings, run_id)
     reporter = DbReporter(fast_settings.database_url, "", run_id)
     folders = {}
     for round in (1, 2):
-        folder = fast_settings.checkpoint_dir / str(run_id) / f"round_{round}" / "pretrained_model"
+        folder = run_dir / f"round_{round}" / "pretrained_model"
         digest = _write_checkpoint(folder)
         reporter.checkpoint_saved(
             CheckpointReport(round, str(folder), digest, 200_080, 1.0 / round)
@@ -205,3 +206,161 @@ def test_the_web_app_fails_lost_runs_in_the_background(
             return runs.run_status(session, run_id) == RunStatus.failed
 
     wait_for(failed, 30, "the background reaper")
+
+
+def _events(client: TestClient, headers: dict[str, str], run_id: int) -> list[dict]:
+    url = f"/api/v1/runs/{run_id}/events.json?limit=1000"
+    return client.get(url, headers=headers).json()["data"]
+
+
+@pytest.mark.parametrize("endpoint", ["model.safetensors", "archive"])
+def test_corrupt_weights_are_refused_and_reported_on_the_run(
+    client: TestClient, viewer: dict[str, str], run_with_checkpoints, endpoint: str
+) -> None:
+    """Weights whose bytes no longer have the recorded sha256: never served, never packed."""
+    run_id, folder, weights_digest = run_with_checkpoints
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte, same size
+    weights.write_bytes(bytes(data))
+    url = f"/api/v1/runs/{run_id}/checkpoints/2/{endpoint}"
+
+    first = client.get(url, headers=viewer)
+    again = client.get(url, headers=viewer)
+
+    for answer in (first, again):
+        assert (answer.status_code, answer.json()["detail"]) == (
+            410,
+            "The checkpoint's model.safetensors no longer matches its recorded sha256 (corrupt)",
+        )
+        assert "x-checksum-sha256" not in answer.headers
+    assert not folder.with_name("pretrained_model.tar").exists()  # nothing packed
+    reports = [e for e in _events(client, viewer, run_id) if e["data"].get("corrupt")]
+    assert len(reports) == 1  # said once, not per download
+    assert reports[0]["kind"] == "checkpoint"
+    assert reports[0]["message"].startswith("checkpoint of round 2 is corrupt on disk")
+    assert reports[0]["data"]["expected_sha256"] == weights_digest
+    assert reports[0]["data"]["actual_sha256"] == hashlib.sha256(data).hexdigest()
+    assert str(folder) not in reports[0]["message"]
+
+
+def test_weights_corrupted_after_the_archive_was_built_are_refused(
+    client: TestClient, viewer: dict[str, str], run_with_checkpoints
+) -> None:
+    run_id, folder, _digest = run_with_checkpoints
+    url = f"/api/v1/runs/{run_id}/checkpoints/2/archive"
+    assert client.get(url, headers=viewer).status_code == 200
+    (folder / "model.safetensors").write_bytes(b"not the weights")
+
+    assert client.get(url, headers=viewer).status_code == 410
+
+
+def test_a_damaged_cached_archive_is_rebuilt_from_the_verified_weights(
+    client: TestClient, viewer: dict[str, str], run_with_checkpoints
+) -> None:
+    run_id, folder, _weights_digest = run_with_checkpoints
+    url = f"/api/v1/runs/{run_id}/checkpoints/2/archive"
+    built = client.get(url, headers=viewer)
+    archive = folder.with_name("pretrained_model.tar")
+    damaged = bytearray(archive.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    archive.write_bytes(bytes(damaged))
+
+    served = client.get(url, headers=viewer)
+
+    assert served.status_code == 200
+    assert served.content == built.content
+    assert hashlib.sha256(served.content).hexdigest() == served.headers["x-checksum-sha256"]
+
+
+def test_deleted_weights_are_reported_on_the_run(
+    client: TestClient, viewer: dict[str, str], run_with_checkpoints
+) -> None:
+    run_id, folder, _digest = run_with_checkpoints
+    (folder / "model.safetensors").unlink()
+
+    for endpoint in ("archive", "model.safetensors"):
+        gone = client.get(f"/api/v1/runs/{run_id}/checkpoints/2/{endpoint}", headers=viewer)
+        assert gone.status_code == 410
+    reports = [e for e in _events(client, viewer, run_id) if e["data"].get("missing")]
+    assert [e["message"] for e in reports] == [
+        "checkpoint of round 2 is missing on disk: its model.safetensors is gone"
+    ]
+
+
+def test_deleting_an_experiment_deletes_its_runs_files_and_no_id_or_folder_comes_back(
+    client: TestClient,
+    engine: Engine,
+    fast_settings: Settings,
+    admin: dict[str, str],
+    run_with_checkpoints,
+    make_experiment,
+) -> None:
+    run_id, folder, _digest = run_with_checkpoints
+    with Session(engine) as session:
+        old_run = session.get(runs.Run, run_id)
+        assert old_run is not None
+        old_dir, experiment_id = (
+            run_files.run_dir_of(session, fast_settings, run_id),
+            old_run.experiment_id,
+        )
+    with Session(engine) as session:
+        runs.finish_run(session, NO_REDIS, run_id, RunStatus.succeeded)
+    assert folder.is_relative_to(old_dir) and old_dir.is_dir()
+
+    deleted = client.delete(f"/api/v1/experiments/{experiment_id}", headers=admin)
+
+    assert deleted.status_code == 204
+    assert not old_dir.exists()
+    again = make_experiment()
+    new_run = client.post(f"/api/v1/experiments/{again.id}/runs", headers=admin).json()
+    assert again.id != experiment_id
+    assert new_run["id"] != run_id
+    with Session(engine) as session:
+        assert run_files.run_dir_of(session, fast_settings, new_run["id"]) != old_dir
+        assert session.exec(select(Checkpoint).where(Checkpoint.run_id == run_id)).all() == []
+
+
+def test_a_lost_run_whose_final_round_and_checkpoint_are_committed_succeeded(
+    engine: Engine, fast_settings: Settings, run_with_checkpoints
+) -> None:
+    """The worker died after the federation wrote everything (num_rounds is 2, as is the last
+    checkpoint): the heartbeat reaper must not fail the run."""
+    run_id, _folder, _digest = run_with_checkpoints
+    reporter = DbReporter(fast_settings.database_url, "", run_id)
+    for round in (1, 2):
+        reporter.round_finished(RoundReport(round, 0.5, 0.4, 1.0, 10, 10, 2, 2, 0, []))
+    reporter.close()
+    with Session(engine) as session:
+        stale = utcnow() - timedelta(seconds=fast_settings.lost_after_s + 1)
+        session.execute(
+            update(runs.Run).where(col(runs.Run.id) == run_id).values(heartbeat_at=stale)
+        )
+        session.commit()
+
+    assert HeartbeatThread(engine, fast_settings, "gpu@alive").beat() == [run_id]
+    with Session(engine) as session:
+        run = session.get(runs.Run, run_id)
+        assert run is not None
+        assert (run.status, run.error) == (RunStatus.succeeded, None)
+        last = session.exec(
+            select(RunEvent).where(RunEvent.run_id == run_id).order_by(col(RunEvent.id).desc())
+        ).first()
+    assert last is not None
+    assert last.message == (
+        "succeeded: its final round and checkpoint were committed before worker lost: "
+        f"no heartbeat for {fast_settings.lost_after_s:.0f} s"
+    )
+
+
+def test_a_lost_run_without_its_final_checkpoint_fails(
+    engine: Engine, fast_settings: Settings, run_with_checkpoints
+) -> None:
+    run_id, _folder, _digest = run_with_checkpoints
+    reporter = DbReporter(fast_settings.database_url, "", run_id)
+    reporter.round_finished(RoundReport(1, 0.5, 0.4, 1.0, 10, 10, 2, 2, 0, []))
+    reporter.close()
+
+    with Session(engine) as session:
+        assert runs.finish_run(session, NO_REDIS, run_id, RunStatus.failed, "killed by SIGKILL")
+        assert runs.run_status(session, run_id) == RunStatus.failed

@@ -3,12 +3,13 @@
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from app.api.deps import ReaderToken, SessionDep, in_threadpool
+from app.api.deps import ReaderToken, SessionDep, SettingsDep, in_threadpool
 from app.core.errors import ERROR_RESPONSES, ErrorBody
 from app.schemas.runs import CheckpointPublic, CheckpointsPublic
 from app.services import checkpoints as service
 from app.services import runs
 from app.services.checkpoints import Download
+from app.services.events import publisher_for
 
 router = APIRouter(
     prefix="/runs/{run_id}/checkpoints", tags=["checkpoints"], responses=ERROR_RESPONSES
@@ -18,7 +19,11 @@ SHA256_HEADER = "X-Checksum-SHA256"
 
 DOWNLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
     206: {"description": "The requested byte range (resume a broken download with Range)"},
-    410: {"model": ErrorBody, "description": "The checkpoint was removed from disk"},
+    410: {
+        "model": ErrorBody,
+        "description": "The checkpoint's weights were removed from disk or no longer match "
+        "their recorded sha256 (an event on the run says which)",
+    },
     416: {"description": "The range is outside the file"},
 }
 
@@ -53,13 +58,15 @@ def list_checkpoints(run_id: int, session: SessionDep, token: ReaderToken) -> Ch
     },
 )
 def download_archive(
-    run_id: int, round: int, session: SessionDep, token: ReaderToken
+    run_id: int, round: int, session: SessionDep, settings: SettingsDep, token: ReaderToken
 ) -> FileResponse:
     """The lerobot pretrained_model folder as a tar archive; the archive's sha256 is in the
-    X-Checksum-SHA256 header. Loads with ``SmolVLAPolicy.from_pretrained`` once extracted."""
+    X-Checksum-SHA256 header. The weights are checked against their recorded sha256 first.
+    Loads with ``SmolVLAPolicy.from_pretrained`` once extracted."""
     runs.get_run(session, run_id, token)
     checkpoint = service.get_checkpoint(session, run_id, round)
-    return _file_response(service.archive_download(checkpoint), "application/x-tar")
+    download = service.archive_download(session, publisher_for(settings.redis_url), checkpoint)
+    return _file_response(download, "application/x-tar")
 
 
 @router.get(
@@ -71,9 +78,10 @@ def download_archive(
     },
 )
 def download_weights(
-    run_id: int, round: int, session: SessionDep, token: ReaderToken
+    run_id: int, round: int, session: SessionDep, settings: SettingsDep, token: ReaderToken
 ) -> FileResponse:
     """The checkpoint's model.safetensors alone; its sha256 is in the X-Checksum-SHA256 header."""
     runs.get_run(session, run_id, token)
     checkpoint = service.get_checkpoint(session, run_id, round)
-    return _file_response(service.weights_download(checkpoint), "application/octet-stream")
+    download = service.weights_download(session, publisher_for(settings.redis_url), checkpoint)
+    return _file_response(download, "application/octet-stream")
