@@ -64,7 +64,7 @@ class HeartbeatThread(threading.Thread):
             workers.heartbeat(session, self.worker_name)
             reaped = runs.reap_lost_runs(session, self.publisher, self.settings.lost_after_s)
         for run_id in reaped:
-            log.warning("run %s failed: its worker stopped sending heartbeats", run_id)
+            log.warning("run %s ended: its worker stopped sending heartbeats", run_id)
         return reaped
 
     def run(self) -> None:

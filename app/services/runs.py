@@ -325,6 +325,38 @@ def run_status(session: Session, run_id: int) -> RunStatus:
     return RunStatus(session.exec(select(Run.status).where(Run.id == run_id)).one())
 
 
+def results_committed(session: Session, run_id: int) -> bool:
+    """Whether the run's final round and its final checkpoint are in the database."""
+    config = session.exec(select(Run.config).where(Run.id == run_id)).one()
+    last = int(config["num_rounds"])
+    final_round = select(RoundMetric.id).where(
+        RoundMetric.run_id == run_id, RoundMetric.round == last
+    )
+    final_checkpoint = select(Checkpoint.id).where(
+        Checkpoint.run_id == run_id, Checkpoint.round == last
+    )
+    return (
+        session.exec(final_round).first() is not None
+        and session.exec(final_checkpoint).first() is not None
+    )
+
+
+def _ending(
+    session: Session, run_id: int, status: RunStatus, error: str | None
+) -> tuple[dict[str, Any], str]:
+    """The row values and event message that end a running run.
+
+    A run whose final round and checkpoint are committed succeeded, whatever happened to its
+    process or worker afterwards (a crash while shutting down, a kill, a lost heartbeat).
+    """
+    if status == RunStatus.failed and results_committed(session, run_id):
+        message = f"succeeded: its final round and checkpoint were committed before {error}"
+        status, error = RunStatus.succeeded, None
+    else:
+        message = "succeeded" if status == RunStatus.succeeded else f"failed: {error}"
+    return {"status": status, "finished_at": utcnow(), "error": error}, message
+
+
 def finish_run(
     session: Session,
     publisher: EventPublisher,
@@ -333,14 +365,8 @@ def finish_run(
     error: str | None = None,
 ) -> bool:
     """running -> succeeded | failed; False when the run had already left "running"."""
-    message = "succeeded" if status == RunStatus.succeeded else f"failed: {error}"
-    event = _set_status(
-        session,
-        run_id,
-        (RunStatus.running,),
-        {"status": status, "finished_at": utcnow(), "error": error},
-        message,
-    )
+    values, message = _ending(session, run_id, status, error)
+    event = _set_status(session, run_id, (RunStatus.running,), values, message)
     if event is None:
         return False
     _commit(session, publisher, event)
@@ -348,7 +374,8 @@ def finish_run(
 
 
 def reap_lost_runs(session: Session, publisher: EventPublisher, lost_after_s: float) -> list[int]:
-    """Fails running runs whose worker stopped sending heartbeats; rounds and checkpoints stay."""
+    """Ends running runs whose worker stopped sending heartbeats: failed, with their rounds and
+    checkpoints kept, or succeeded if their final round and checkpoint were committed."""
     cutoff = utcnow() - timedelta(seconds=lost_after_s)
     stale = session.exec(
         select(Run.id).where(Run.status == RunStatus.running, col(Run.heartbeat_at) < cutoff)
@@ -357,12 +384,13 @@ def reap_lost_runs(session: Session, publisher: EventPublisher, lost_after_s: fl
     for run_id in stale:
         assert run_id is not None
         error = LOST_RUN_ERROR.format(seconds=lost_after_s)
+        values, message = _ending(session, run_id, RunStatus.failed, error)
         event = _set_status(
             session,
             run_id,
             (RunStatus.running,),
-            {"status": RunStatus.failed, "finished_at": utcnow(), "error": error},
-            f"failed: {error}",
+            values,
+            message,
             extra_where=(col(Run.heartbeat_at) < cutoff,),
         )
         if event is not None:
