@@ -5,6 +5,7 @@ Settings come from FEDVLA_* variables (and .env). Errors are one message on stde
 """
 
 import gc
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,9 +116,13 @@ def serve(
     settings = _settings()
     with _cli_errors():
         application = create_app(settings)
-    local_worker = start_local_worker(settings) if worker else None
-    _freeze_startup_objects()
+    local_worker = None
+    # uvicorn stops on SIGTERM, then raises it again once it has restored this handler: make
+    # that an exit through the finally below (SIGINT already is one, as KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
+        local_worker = start_local_worker(settings) if worker else None
+        _freeze_startup_objects()
         uvicorn.run(
             application,
             host=host or settings.host,
@@ -127,7 +132,13 @@ def serve(
         )
     finally:
         if local_worker is not None:
+            for stop_signal in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(stop_signal, signal.SIG_IGN)  # a second Ctrl-C must not orphan it
             _stop(local_worker)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _freeze_startup_objects() -> None:

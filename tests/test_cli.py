@@ -228,7 +228,11 @@ def test_serve_keeps_its_startup_objects_out_of_full_collections(
 
 
 @pytest.mark.slow
-def test_serve_starts_a_local_worker_and_stops_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_serve_starts_a_local_worker_and_stops_it(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """Ctrl-C or a service manager's SIGTERM: the worker (and whatever it started) goes too."""
     env = _serve_env(tmp_path)
     _fedvla("db", "upgrade", env=env, cwd=tmp_path)
     secret = _fedvla("token", "ensure-admin", env=env, cwd=tmp_path).split()[-1]
@@ -245,10 +249,11 @@ def test_serve_starts_a_local_worker_and_stops_it(tmp_path: Path) -> None:
             registered = response.json()["data"]
             time.sleep(0.5)
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop_signal)
         process.wait(timeout=60)
 
     assert len(registered) == 1, "the local worker never registered"
     assert children, "serve started no worker process"
     _gone, alive = psutil.wait_procs(children, timeout=30)
     assert alive == [], "the local worker outlived fedvla serve"
+    assert process.returncode == 0
