@@ -119,7 +119,7 @@ def serve(
     local_worker = None
     # uvicorn stops on SIGTERM, then raises it again once it has restored this handler: make
     # that an exit through the finally below (SIGINT already is one, as KeyboardInterrupt).
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         local_worker = start_local_worker(settings) if worker else None
         _freeze_startup_objects()
@@ -132,9 +132,12 @@ def serve(
         )
     finally:
         if local_worker is not None:
-            for stop_signal in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(stop_signal, signal.SIG_IGN)  # a second Ctrl-C must not orphan it
+            # A second Ctrl-C or SIGTERM while the worker stops must not orphan it.
+            interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             _stop(local_worker)
+            signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
