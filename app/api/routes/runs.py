@@ -21,7 +21,7 @@ from app.api.deps import (
     authenticate_request,
     in_threadpool,
 )
-from app.core.errors import ERROR_RESPONSES, ErrorBody
+from app.core.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from app.models import RunStatus
 from app.schemas.common import Page, page_params
 from app.schemas.runs import (
@@ -37,7 +37,7 @@ from app.schemas.runs import (
     RunsPublic,
 )
 from app.services import runs as service
-from app.services.event_feed import EventHub
+from app.services.event_feed import EventHub, while_permitted
 from app.services.events import event_json, publisher_for
 
 router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
@@ -196,18 +196,27 @@ async def stream_events(
     """The run's events live, as server-sent events (``event:`` is the kind, ``id:`` the event id).
 
     Reconnect with ``Last-Event-ID`` (browsers do) to receive exactly the events missed. The
-    stream ends with an ``end`` event once the run is final and every event was sent.
+    stream ends with an ``end`` event once the run is final and every event was sent. It closes
+    without one, within a few seconds, once its token is revoked or its dashboard session ends.
     """
     await run_in_threadpool(_check_stream_access, engine, request, credentials, run_id)
     start = last_event_id if last_event_id is not None else after_id
     hub: EventHub = request.app.state.event_hub
 
+    async def still_permitted() -> bool:
+        try:
+            await run_in_threadpool(_check_stream_access, engine, request, credentials, run_id)
+        except ApiError:
+            return False
+        return True
+
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for event in hub.follow(run_id, start):
+        async for event in while_permitted(hub.follow(run_id, start), still_permitted):
             yield ServerSentEvent(
                 id=str(event.id), event=event.kind, data=json.dumps(event_json(event))
             )
-        yield ServerSentEvent(event="end", data=json.dumps({"run_id": run_id}))
+        if await still_permitted():
+            yield ServerSentEvent(event="end", data=json.dumps({"run_id": run_id}))
 
     return EventSourceResponse(stream(), ping=15)
 
