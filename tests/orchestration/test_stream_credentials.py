@@ -19,23 +19,13 @@ from app.services import event_feed, runs
 from app.services import tokens as token_service
 from app.services.events import EventPublisher
 from tests.orchestration.conftest import LiveServer, read_sse
+from tests.orchestration.test_event_stream import _running_run
 from worker.db_reporter import DbReporter
 from worker.federation.reporter import CheckpointReport
 
-NO_REDIS = EventPublisher("")
+NO_REDIS = EventPublisher("")  # finishes the run in the path test
 CLOSE_BOUND_S = event_feed.CREDENTIAL_CHECK_S + 8.0
 """The check interval, plus room for a loaded 2-CPU machine."""
-
-
-def _running_run(engine: Engine, make_experiment, settings: Settings) -> int:
-    experiment = make_experiment()
-    with Session(engine) as session:
-        run = runs.launch_run(
-            session, settings, NO_REDIS, experiment_id=experiment.id, actor="tests"
-        )
-        assert run.id is not None
-        assert runs.claim_run(session, NO_REDIS, run.id, "test-worker")
-        return run.id
 
 
 def _seconds_until_closed(lines: Iterator[str]) -> tuple[float, list[dict[str, str]]]:
