@@ -29,7 +29,10 @@ from app.web.mount import install_web
 API_PREFIX = "/api/v1"
 
 OPENAPI_TAGS = [
-    {"name": "health", "description": "Is the server able to work: database and broker."},
+    {
+        "name": "health",
+        "description": "Is the server able to work: database, broker, and Redis when set.",
+    },
     {"name": "experiments", "description": "Federation definitions that runs are launched from."},
     {"name": "sites", "description": "Robot sites: their datasets, keys and approval status."},
     {"name": "tokens", "description": "API tokens and their roles (admins only)."},

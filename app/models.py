@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlmodel import JSON, Field, SQLModel
 from sqlmodel.main import SQLModelConfig
 
+from app.core.names import Name
 from worker.federation.config import DatasetRef, Partition
 
 
@@ -89,9 +90,7 @@ class ExperimentSite(SQLModel, table=True):
 class ExperimentFields(SQLModel):
     """An experiment's definition. Field names match worker.federation.config.FederationConfig."""
 
-    name: str = Field(
-        min_length=1, max_length=100, schema_extra={"examples": ["so100-pick-fedavg"]}
-    )
+    name: Name = Field(schema_extra={"examples": ["so100-pick-fedavg"]})
     description: str = Field(default="", max_length=2000)
     policy: str = Field(
         default="lerobot/smolvla_base",
@@ -163,7 +162,7 @@ class SiteFeatures(SQLModel):
 
 
 class SiteFields(SQLModel):
-    name: str = Field(min_length=1, max_length=100)
+    name: Name
     organisation: str = Field(default="", max_length=200)
     contact: str = Field(default="", max_length=200)
     robot_type: RobotType = Field(default=RobotType.so100, sa_type=_enum(RobotType))
@@ -190,10 +189,14 @@ class Site(SiteFields, table=True):
 
 
 class SiteAudit(SQLModel, table=True):
-    """Who approved or revoked which site, when, and why. Append-only."""
+    """Who registered, approved, revoked or deleted which site, when, and why. Append-only: the
+    rows outlive their site (``site_id`` becomes NULL, ``site_name`` still says which it was)."""
 
     id: int | None = Field(default=None, primary_key=True)
-    site_id: int = Field(foreign_key="site.id", index=True, ondelete="CASCADE")
+    site_id: int | None = Field(
+        default=None, foreign_key="site.id", index=True, ondelete="SET NULL"
+    )
+    site_name: str = Field(default="", max_length=100, sa_column_kwargs={"server_default": ""})
     action: str = Field(max_length=20)
     actor: str = Field(max_length=100)
     reason: str = Field(default="", max_length=500)
@@ -318,9 +321,19 @@ class ApiToken(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=100, unique=True, index=True)
     role: Role = Field(sa_type=_enum(Role))
-    site_id: int | None = Field(default=None, foreign_key="site.id", ondelete="CASCADE")
+    site_id: int | None = Field(default=None, foreign_key="site.id", ondelete="SET NULL")
     token_hash: str = Field(max_length=64, unique=True, index=True, description="sha256 hex.")
     prefix: str = Field(max_length=16, description="The token's first characters, for display.")
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     last_used_at: datetime | None = _timestamp()
     revoked: bool = False
+
+
+class WebSession(SQLModel, table=True):
+    """A dashboard sign-in. The signed cookie carries the session's key; the table holds only the
+    key's hash, so signing out, revoking the token or expiry ends the session on the server."""
+
+    key_hash: str = Field(primary_key=True, max_length=64, description="sha256 hex of the key.")
+    token_id: int = Field(foreign_key="apitoken.id", index=True, ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
+    expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))

@@ -19,6 +19,7 @@ from app.core.errors import Forbidden, Unauthorized
 from app.models import ApiToken, Role
 from app.services import sites as site_service
 from app.services import tokens as token_service
+from app.services import web_sessions as web_session_service
 from app.web import session as web_session
 
 # The dependencies that do no I/O are coroutines: FastAPI runs plain functions in its threadpool,
@@ -98,7 +99,8 @@ def authenticate_request(
     so the cookie cannot be used to forge requests to the API from another site.
     """
     if credentials is None and request.method in ("GET", "HEAD"):
-        token = _session_cookie_token(session, web_session.signed_in_token_id(request))
+        key = web_session.session_key(request)
+        token = web_session_service.signed_in_token(session=session, key=key)
         if token is not None:
             return token
     if credentials is None or credentials.scheme.lower() != "bearer":
@@ -107,13 +109,6 @@ def authenticate_request(
     if token is None:
         raise Unauthorized()
     return token
-
-
-def _session_cookie_token(session: Session, token_id: int | None) -> ApiToken | None:
-    if token_id is None:
-        return None
-    token = session.get(ApiToken, token_id)
-    return None if token is None or token.revoked else token
 
 
 CurrentToken = Annotated[ApiToken, Depends(get_current_token)]

@@ -7,7 +7,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEVELOPMENT_SECRET = "fedvla-development-secret-change-me"
+MIN_SECRET_KEY_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -24,7 +24,11 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite in data_dir.")
     broker_url: str = Field("", description="Celery broker; empty: SQLite in data_dir.")
     redis_url: str = Field("", description="Redis for live event fan-out; empty: none.")
-    secret_key: str = Field(DEVELOPMENT_SECRET, description="Signs session cookies.")
+    secret_key: str = Field(
+        "",
+        description="Signs session cookies; empty: a random key generated on first start into "
+        "data_dir/secret_key (mode 0600) and reused after. Required in production.",
+    )
     gpu_queue: str = Field("gpu", description="Celery queue that federation runs go to.")
     max_request_bytes: int = Field(1_048_576, description="Largest request body accepted.")
     heartbeat_interval_s: float = Field(
@@ -64,8 +68,11 @@ class Settings(BaseSettings):
             # psycopg 3 is the driver we ship; SQLAlchemy defaults to psycopg2.
             rest = self.database_url.split("://", 1)[1]
             self.database_url = f"postgresql+psycopg://{rest}"
-        if self.environment == "production" and self.secret_key == DEVELOPMENT_SECRET:
-            raise ValueError("FEDVLA_SECRET_KEY must be set in production")
+        if self.environment == "production" and len(self.secret_key) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(
+                f"FEDVLA_SECRET_KEY must be set in production ({MIN_SECRET_KEY_LENGTH} characters"
+                " or more)"
+            )
         return self
 
     @property
@@ -82,6 +89,11 @@ class Settings(BaseSettings):
     def superlink_dir(self) -> Path:
         """The SuperLink's certificates, state database and logs."""
         return self.data_dir / "superlink"
+
+    @property
+    def secret_key_file(self) -> Path:
+        """Where the generated session key lives when FEDVLA_SECRET_KEY is empty."""
+        return self.data_dir / "secret_key"
 
     @property
     def checkpoint_dir(self) -> Path:

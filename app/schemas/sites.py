@@ -5,6 +5,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel.main import SQLModelConfig
 
+from app.core.names import Name
 from app.models import RobotType, SiteBase, SiteFeatures, SiteStatus
 from app.schemas.common import UtcDatetime
 from app.services.compatibility import CompatibilityReport
@@ -47,7 +48,7 @@ class SiteUpdate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"hardware": "2x RTX 4090"}]}
     )
 
-    name: str | None = Field(None, min_length=1, max_length=100)
+    name: Name | None = None
     organisation: str | None = Field(None, max_length=200)
     contact: str | None = Field(None, max_length=200)
     robot_type: RobotType | None = None
@@ -89,7 +90,8 @@ class SiteAuditPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    site_id: int
+    site_id: int | None = Field(description="Null once the site was deleted.")
+    site_name: str = Field(description="The site's name when the row was written.")
     action: str = Field(examples=["approve"])
     actor: str = Field(description="Name of the token that acted.")
     reason: str

@@ -4,6 +4,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.core.names import Name
 from app.models import Role
 from app.schemas.common import RowId, UtcDatetime
 
@@ -11,7 +12,7 @@ from app.schemas.common import RowId, UtcDatetime
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, examples=["lab-a-operator"])
+    name: Name = Field(examples=["lab-a-operator"])
     role: Role = Field(examples=["operator"])
     site_id: RowId | None = Field(
         None,

@@ -16,10 +16,11 @@ may serve requests on several).
 """
 
 import asyncio
+import contextlib
 import logging
 import threading
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from redis import asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -40,6 +41,8 @@ POLL_INTERVAL_S = 0.25
 """Without Redis (or between its messages), how often a feed reads the event table."""
 BUFFER_EVENTS = 1000
 """Newest events a feed keeps for its followers; one further behind reads the table."""
+CREDENTIAL_CHECK_S = 2.0
+"""How often an open stream asks again whether its caller may still read it (while_permitted)."""
 
 
 class FeedStopped(RuntimeError):
@@ -266,3 +269,40 @@ async def _wait_for_news(subscription: PubSub | None) -> None:
             message = await subscription.get_message(ignore_subscribe_messages=True, timeout=0)
     except RedisError:
         await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def while_permitted[T](
+    items: AsyncIterator[T],
+    permitted: Callable[[], Awaitable[bool]],
+    interval_s: float = CREDENTIAL_CHECK_S,
+) -> AsyncIterator[T]:
+    """The items of ``items`` until ``permitted()`` answers False, asked every ``interval_s``
+    whether items arrive or not: a stream whose token was revoked, or whose dashboard session
+    ended, closes within that time instead of following the run to its end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + interval_s
+    pending: asyncio.Future[T] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(items))
+            done, _ = await asyncio.wait({pending}, timeout=max(deadline - loop.time(), 0))
+            if done:
+                finished, pending = pending, None
+                try:
+                    item = finished.result()
+                except StopAsyncIteration:
+                    return
+                yield item
+            if loop.time() >= deadline:
+                if not await permitted():
+                    return
+                deadline = loop.time() + interval_s
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,8 +1,10 @@
-"""Can the server work: is the database reachable, is the Celery broker reachable."""
+"""Can the server work: does every configured service answer (database, Celery broker, and Redis
+when FEDVLA_REDIS_URL is set)."""
 
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
+import redis
 from kombu import Connection
 from pydantic import BaseModel, Field
 from sqlalchemy import text
@@ -20,6 +22,9 @@ class HealthReport(BaseModel):
     ok: bool = Field(examples=[True])
     database: ComponentHealth
     broker: ComponentHealth
+    redis: ComponentHealth | None = Field(
+        None, description="Live event fan-out; null when FEDVLA_REDIS_URL is not set."
+    )
 
 
 def check_database(engine: Engine) -> ComponentHealth:
@@ -50,7 +55,27 @@ def check_broker(broker_url: str, timeout_s: float = BROKER_TIMEOUT_S) -> Compon
     return ComponentHealth(ok=True)
 
 
-def check(engine: Engine, broker_url: str) -> HealthReport:
+def check_redis(redis_url: str, timeout_s: float = BROKER_TIMEOUT_S) -> ComponentHealth:
+    client = redis.Redis.from_url(
+        redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+    )
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        return ComponentHealth(ok=False, error=f"{type(error).__name__}: {error}")
+    finally:
+        client.close()
+    return ComponentHealth(ok=True)
+
+
+def check(engine: Engine, broker_url: str, redis_url: str = "") -> HealthReport:
+    """Every configured service; ``ok`` only when all of them answer."""
     database = check_database(engine)
     broker = check_broker(broker_url)
-    return HealthReport(ok=database.ok and broker.ok, database=database, broker=broker)
+    cache = check_redis(redis_url) if redis_url else None
+    return HealthReport(
+        ok=database.ok and broker.ok and (cache is None or cache.ok),
+        database=database,
+        broker=broker,
+        redis=cache,
+    )

@@ -7,6 +7,7 @@ from sqlmodel import Session, col, func, select
 from app.core.errors import Conflict, Forbidden, NotFound, reject_nul_characters
 from app.models import ApiToken, Role, Site, SiteAudit, SiteStatus, utcnow
 from app.schemas.sites import SiteCreate, SiteUpdate
+from app.services import tokens as token_service
 
 
 def _save(*, session: Session, site: Site) -> Site:
@@ -27,7 +28,9 @@ def _refuse_duplicate_name(*, session: Session, name: str, own_id: int | None = 
 
 def _audit(*, session: Session, site: Site, action: str, actor: str, reason: str) -> None:
     assert site.id is not None
-    session.add(SiteAudit(site_id=site.id, action=action, actor=actor, reason=reason))
+    session.add(
+        SiteAudit(site_id=site.id, site_name=site.name, action=action, actor=actor, reason=reason)
+    )
 
 
 def check_can_register(token: ApiToken) -> None:
@@ -144,7 +147,15 @@ def audit_log(*, session: Session, site_id: int) -> list[SiteAudit]:
     return list(session.exec(query))
 
 
-def delete_site(*, session: Session, site: Site) -> None:
-    """Deletes the site with its operator tokens and audit log."""
+def delete_site(*, session: Session, site: Site, actor: str) -> None:
+    """Deletes the site. The record of who had access stays: its operator tokens are revoked
+    (kept, no longer tied to a site) and its audit log is kept, ending with a "delete" row that
+    names the tokens; the database sets their ``site_id`` to NULL."""
+    tokens = list(session.exec(select(ApiToken).where(ApiToken.site_id == site.id)))
+    for token in tokens:
+        token_service.mark_revoked(session=session, token=token)
+    names = ", ".join(token.name for token in tokens) or "none"
+    _audit(session=session, site=site, action="delete", actor=actor, reason=f"tokens: {names}")
+    session.flush()
     session.delete(site)
     session.commit()

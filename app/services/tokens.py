@@ -5,9 +5,11 @@ from datetime import timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from app.core.errors import Conflict, InvalidFields, NotFound, reject_nul_characters
+from app.core.errors import Conflict, InvalidFields, NotFound
+from app.core.names import checked_name
 from app.core.security import display_prefix, generate_token, hash_token, token_matches
 from app.models import ApiToken, Role, Site, utcnow
+from app.services import web_sessions
 
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 """last_used_at is written at most this often per token, so reads do not all become writes."""
@@ -23,7 +25,7 @@ def create_token(
     An operator token without a site is an enrolment token: it may register one site, which it
     then belongs to (app.services.sites.register_site).
     """
-    reject_nul_characters({"name": name})
+    name = checked_name(name)
     if role != Role.operator and site_id is not None:
         raise InvalidFields.one("site_id", "only operator tokens belong to a site")
     if site_id is not None and session.get(Site, site_id) is None:
@@ -87,12 +89,20 @@ def get_token_by_name(*, session: Session, name: str) -> ApiToken:
 
 
 def revoke_token(*, session: Session, token: ApiToken) -> ApiToken:
-    """Refused from now on; the row stays so that lists show who had access."""
-    token.revoked = True
-    session.add(token)
+    """Refused from now on, with every dashboard session signed in with it; the row stays so
+    that lists show who had access. Open event streams notice within CREDENTIAL_CHECK_S."""
+    mark_revoked(session=session, token=token)
     session.commit()
     session.refresh(token)
     return token
+
+
+def mark_revoked(*, session: Session, token: ApiToken) -> None:
+    """Revokes the token and ends its dashboard sessions; the caller commits."""
+    assert token.id is not None
+    token.revoked = True
+    session.add(token)
+    web_sessions.end_all_of(session=session, token_id=token.id)
 
 
 def has_live_admin(*, session: Session) -> bool:

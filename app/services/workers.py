@@ -8,13 +8,16 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from app.models import WorkerNode, utcnow
+from app.models import ApiToken, Run, WorkerNode, utcnow
+from app.services import experiments
 
 
 @dataclass(frozen=True)
 class WorkerState:
     worker: WorkerNode
     online: bool
+    current_run_id: int | None
+    """The run it works on, when the reader may read that run (None otherwise, or idle)."""
 
 
 def register(
@@ -54,8 +57,25 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def list_workers(session: Session, *, offline_after_s: float) -> Sequence[WorkerState]:
-    """Every registered worker, newest heartbeat first; silent for ``offline_after_s``: offline."""
+def list_workers(
+    session: Session, *, token: ApiToken, offline_after_s: float
+) -> Sequence[WorkerState]:
+    """Every registered worker, newest heartbeat first; silent for ``offline_after_s``: offline.
+    A current run that ``token`` may not read (app.services.experiments.can_read) is not named."""
     cutoff = utcnow() - timedelta(seconds=offline_after_s)
     nodes = session.exec(select(WorkerNode).order_by(col(WorkerNode.heartbeat_at).desc())).all()
-    return [WorkerState(node, _aware(node.heartbeat_at) >= cutoff) for node in nodes]
+    return [
+        WorkerState(
+            node,
+            _aware(node.heartbeat_at) >= cutoff,
+            node.current_run_id if _may_read_run(session, token, node.current_run_id) else None,
+        )
+        for node in nodes
+    ]
+
+
+def _may_read_run(session: Session, token: ApiToken, run_id: int | None) -> bool:
+    run = session.get(Run, run_id) if run_id is not None else None
+    return run is not None and experiments.can_read(
+        session=session, token=token, experiment_id=run.experiment_id
+    )

@@ -1,8 +1,8 @@
 """Dependencies of the dashboard's pages: the signed-in token, its role checks, and CSRF.
 
-The token comes from the session cookie (see app.web.session), is looked up with the token
-service on every request (a revoked token signs the session out), and goes through the same role
-checks as the REST API.
+The token comes from the server-side session the cookie names (app.web.session,
+app.services.web_sessions), looked up on every request (an ended session or a revoked token signs
+the browser out), and goes through the same role checks as the REST API.
 """
 
 from typing import Annotated
@@ -11,9 +11,9 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 
 from app.api.deps import SessionDep
-from app.core.errors import ApiError, Forbidden, NotFound
+from app.core.errors import ApiError, Forbidden
 from app.models import ApiToken
-from app.services import tokens as token_service
+from app.services import web_sessions as web_session_service
 from app.web import session as web_session
 from app.web.permissions import admin_check, site_editor_check, site_registrar_check
 
@@ -29,16 +29,12 @@ class SignInRequired(ApiError):
 
 def session_token(request: Request, session: Session) -> ApiToken | None:
     """The live token this browser signed in with, if any."""
-    token_id = web_session.signed_in_token_id(request)
-    if token_id is None:
+    key = web_session.session_key(request)
+    if key is None:
         return None
-    try:
-        token = token_service.get_token(session=session, token_id=token_id)
-    except NotFound:
-        token = None
-    if token is None or token.revoked:
-        web_session.sign_out(request)
-        return None
+    token = web_session_service.signed_in_token(session=session, key=key)
+    if token is None:
+        web_session.forget(request)
     return token
 
 

@@ -1,9 +1,10 @@
-"""The dashboard's session: a signed cookie holding the signed-in token's id and a CSRF token.
+"""The dashboard's cookie: a signed cookie holding the server-side session's key and a CSRF token.
 
-The cookie is Starlette's signed session (itsdangerous, keyed by ``settings.secret_key``):
-HttpOnly, SameSite=Lax, and Secure whenever the request came over https (behind a TLS proxy,
-run uvicorn with ``--proxy-headers`` so the scheme is the client's). It never holds the API token
-itself, only the id of its row, so revoking the token ends the session at the next request.
+The cookie is Starlette's signed session (itsdangerous, keyed by app.core.security's
+``session_secret_key``): HttpOnly, SameSite=Lax, and Secure whenever the request came over https
+(behind a TLS proxy, run uvicorn with ``--proxy-headers`` so the scheme is the client's). It
+never holds the API token, only the key of a row of app.services.web_sessions, so signing out or
+revoking the token ends the session on the server at the next request.
 """
 
 import hmac
@@ -18,7 +19,7 @@ SESSION_COOKIE = "fedvla_session"
 SESSION_MAX_AGE_S = 12 * 60 * 60
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
-_TOKEN_ID = "token_id"
+_SESSION_KEY = "session_key"
 _CSRF = "csrf"
 _FLASHES = "flashes"
 
@@ -48,19 +49,21 @@ def _session(conn: HTTPConnection) -> dict[str, Any]:
     return conn.session
 
 
-def signed_in_token_id(conn: HTTPConnection) -> int | None:
-    value = _session(conn).get(_TOKEN_ID)
-    return value if isinstance(value, int) else None
+def session_key(conn: HTTPConnection) -> str | None:
+    """The key of the server-side session this cookie claims (not yet checked against it)."""
+    value = _session(conn).get(_SESSION_KEY)
+    return value if isinstance(value, str) else None
 
 
-def sign_in(conn: HTTPConnection, token_id: int) -> None:
+def sign_in(conn: HTTPConnection, key: str) -> None:
     session = _session(conn)
     session.clear()  # a fresh CSRF token too: nothing from before sign-in carries over
-    session[_TOKEN_ID] = token_id
+    session[_SESSION_KEY] = key
     session[_CSRF] = secrets.token_urlsafe(32)
 
 
-def sign_out(conn: HTTPConnection) -> None:
+def forget(conn: HTTPConnection) -> None:
+    """Clears the cookie (the server-side session is ended by app.services.web_sessions)."""
     _session(conn).clear()
 
 

@@ -13,9 +13,12 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
+from jinja2.runtime import Context
 from starlette.responses import Response
 
 from app.models import ApiToken
+from app.services.redaction import for_reader
 from app.web import session as web_session
 from app.web.permissions import Permissions
 
@@ -61,8 +64,16 @@ def loss(value: float | None) -> str:
     return NO_VALUE if value is None else f"{value:.4f}"
 
 
+@pass_context
+def shown(context: Context, value: Any) -> Any:
+    """``value`` as the signed-in token may see it: server paths hidden from non-admins."""
+    return for_reader(context.get("principal"), value)
+
+
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
-templates.env.filters.update(bytes=human_bytes, seconds=human_seconds, when=when, loss=loss)
+templates.env.filters.update(
+    bytes=human_bytes, seconds=human_seconds, when=when, loss=loss, shown=shown
+)
 templates.env.filters["tojson_compact"] = lambda value: json.dumps(value, separators=(",", ":"))
 
 

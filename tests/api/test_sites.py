@@ -5,11 +5,11 @@ from datetime import datetime, timedelta
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict
 from app.core.security import hash_token
-from app.models import ApiToken, Role, Site
+from app.models import ApiToken, Role, Site, SiteAudit
 from app.schemas.sites import SiteCreate
 from app.services import sites as site_service
 from app.services.tokens import create_token
@@ -155,16 +155,27 @@ def test_duplicate_name_is_409_and_changes_nothing(
     assert len(session.exec(select(Site)).all()) == 2
 
 
-def test_deleting_a_site_removes_its_operator_tokens(
+def test_deleting_a_site_revokes_its_tokens_and_keeps_the_record_of_access(
     client: TestClient, world: World, session: Session
 ) -> None:
     admin = bearer(world.secrets["admin"] or "")
+    operator = bearer(world.secrets["operator_own"] or "")
+    site_name = client.get(f"{API}/{world.own_site_id}", headers=admin).json()["name"]
+    client.post(f"{API}/{world.own_site_id}/approve", json={"reason": "ok"}, headers=admin)
 
     assert client.delete(f"{API}/{world.own_site_id}", headers=admin).status_code == 204
 
-    remaining = session.exec(select(ApiToken).where(ApiToken.site_id == world.own_site_id)).all()
-    assert remaining == []
-    assert client.get(API, headers=bearer(world.secrets["operator_own"] or "")).status_code == 401
+    tokens = session.exec(select(ApiToken).where(ApiToken.role == Role.operator)).all()
+    kept = [t for t in tokens if t.token_hash == hash_token(world.secrets["operator_own"] or "")]
+    assert len(kept) == 1 and kept[0].revoked and kept[0].site_id is None
+    listed = client.get("/api/v1/tokens", headers=admin).json()["data"]
+    assert any(t["name"] == kept[0].name and t["revoked"] for t in listed)
+    assert client.get(API, headers=operator).status_code == 401
+    audit = session.exec(select(SiteAudit).order_by(col(SiteAudit.id))).all()
+    own = [row for row in audit if row.site_name == site_name]
+    assert [row.action for row in own] == ["register", "approve", "delete"]
+    assert all(row.site_id is None for row in own)
+    assert own[-1].actor and kept[0].name in own[-1].reason
 
 
 def test_enrolment_token_registers_one_site_and_belongs_to_it(

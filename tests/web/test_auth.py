@@ -126,3 +126,139 @@ def test_session_cookie_reads_the_api_but_never_writes(
     assert b.get("/api/v1/experiments").status_code == 200
     response = b.client.post("/api/v1/experiments", json={"name": "x", "policy": "tiny"})
     assert response.status_code == 401
+
+
+PUBLIC_KEY_OF_OLD_RELEASES = "fedvla-development-secret-change-me"
+
+
+def _cookie(secret_key: str, payload: dict[str, object]) -> str:
+    """A session cookie as Starlette's SessionMiddleware signs one."""
+    import base64
+    import json
+
+    from itsdangerous import TimestampSigner
+
+    data = base64.b64encode(json.dumps(payload).encode())
+    return TimestampSigner(secret_key).sign(data).decode()
+
+
+def test_a_cookie_forged_with_the_old_public_key_is_refused(
+    app: object, secrets: Secrets, session: object
+) -> None:
+    from sqlmodel import select
+
+    from app.models import ApiToken, Role
+
+    admin = session.exec(select(ApiToken).where(ApiToken.role == Role.admin)).first()  # type: ignore[attr-defined]
+    assert admin is not None
+    payloads: list[dict[str, object]] = [{"token_id": admin.id}, {"session_key": "guessed"}]
+    for payload in payloads:
+        with TestClient(app) as client:  # type: ignore[arg-type]
+            client.cookies.set("fedvla_session", _cookie(PUBLIC_KEY_OF_OLD_RELEASES, payload))
+            page = client.get("/tokens", follow_redirects=False)
+            api = client.get("/api/v1/tokens")
+        assert page.status_code == 303, payload
+        assert api.status_code == 401, payload
+
+
+def test_a_cookie_signed_with_the_real_key_still_needs_a_live_server_session(
+    app: object, secrets: Secrets, session: object
+) -> None:
+    """Even whoever learns the signing key cannot make a session: the key names a row."""
+    from sqlmodel import select
+
+    from app.core.security import session_secret_key
+    from app.models import ApiToken, Role
+
+    key = session_secret_key(app.state.settings)  # type: ignore[attr-defined]
+    admin = session.exec(select(ApiToken).where(ApiToken.role == Role.admin)).first()  # type: ignore[attr-defined]
+    assert admin is not None
+    for payload in ({"token_id": admin.id}, {"session_key": "made-up"}):
+        with TestClient(app) as client:  # type: ignore[arg-type]
+            client.cookies.set("fedvla_session", _cookie(key, payload))
+            assert client.get("/tokens", follow_redirects=False).status_code == 303
+            assert client.get("/api/v1/tokens").status_code == 401
+
+
+def test_a_cookie_copied_before_sign_out_no_longer_works(
+    browser: Callable[..., Browser], secrets: Secrets, app: object
+) -> None:
+    b = browser(secrets.admin)
+    copied = dict(b.client.cookies)
+    assert b.post("/signout").status_code == 303
+
+    with TestClient(app, cookies=copied) as thief:  # type: ignore[arg-type]
+        assert thief.get("/tokens", follow_redirects=False).status_code == 303
+        assert thief.get("/api/v1/tokens").status_code == 401
+
+
+def test_revoking_a_token_ends_every_session_signed_in_with_it(
+    browser: Callable[..., Browser], secrets: Secrets, session: object, app: object
+) -> None:
+    from sqlmodel import select
+
+    from app.core.security import hash_token
+    from app.models import ApiToken, WebSession
+    from app.services import tokens as token_service
+
+    first, second = browser(secrets.viewer), browser(secrets.viewer)
+    token = session.exec(
+        select(ApiToken).where(ApiToken.token_hash == hash_token(secrets.viewer))
+    ).one()  # type: ignore[attr-defined]
+    assert len(session.exec(select(WebSession).where(WebSession.token_id == token.id)).all()) == 2  # type: ignore[attr-defined]
+
+    token_service.revoke_token(session=session, token=token)  # type: ignore[arg-type]
+
+    assert session.exec(select(WebSession).where(WebSession.token_id == token.id)).all() == []  # type: ignore[attr-defined]
+    for b in (first, second):
+        assert b.client.get("/experiments", follow_redirects=False).status_code == 303
+        assert b.client.get("/api/v1/experiments").status_code == 401
+
+
+def test_without_a_configured_key_one_is_generated_once_into_the_data_dir(
+    settings: object, tmp_path: object
+) -> None:
+    import stat
+
+    from app.core.config import Settings
+    from app.core.security import session_secret_key
+
+    assert isinstance(settings, Settings) and not settings.secret_key
+    first = session_secret_key(settings)
+    again = session_secret_key(settings)
+    mode = stat.S_IMODE(settings.secret_key_file.stat().st_mode)
+
+    assert first == again and len(first) >= 48
+    assert first != PUBLIC_KEY_OF_OLD_RELEASES
+    assert mode == 0o600
+    other = settings.model_copy(update={"data_dir": settings.data_dir / "elsewhere"})
+    assert session_secret_key(other) != first  # random, not a constant
+    configured = settings.model_copy(update={"secret_key": "k" * 40})
+    assert session_secret_key(configured) == "k" * 40
+
+
+def test_production_refuses_to_start_without_an_explicit_key(tmp_path: object) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from app.core.config import Settings
+
+    with pytest.raises(ValidationError, match="FEDVLA_SECRET_KEY must be set"):
+        Settings(environment="production", data_dir=tmp_path, secret_key="")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="FEDVLA_SECRET_KEY must be set"):
+        Settings(environment="production", data_dir=tmp_path, secret_key="short")  # type: ignore[arg-type]
+    assert Settings(environment="production", data_dir=tmp_path, secret_key="s" * 32)  # type: ignore[arg-type]
+
+
+def test_pages_forbid_framing_and_sniffing(
+    browser: Callable[..., Browser], secrets: Secrets
+) -> None:
+    b = browser(secrets.admin)
+    for url in ("/signin", "/experiments", "/static/css/app.css", "/api/v1/experiments"):
+        response = b.get(url)
+        assert response.headers["X-Frame-Options"] == "DENY", url
+        assert response.headers["X-Content-Type-Options"] == "nosniff", url
+        assert response.headers["Referrer-Policy"] == "same-origin", url
+        policy = response.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, url
+    assert "Content-Security-Policy" not in b.get("/docs").headers  # Swagger UI's CDN script

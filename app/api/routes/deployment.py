@@ -28,13 +28,16 @@ def site_compatibility(
     token: ReaderToken,
     experiment_id: Annotated[RowId | None, Query()] = None,
 ) -> list[CompatibilityReport] | CompatibilityReport:
-    """The site's declared features checked against one experiment (``experiment_id``), or,
-    without it, on their own and against every deployment experiment the site is in."""
+    """The site's declared features checked against one experiment (``experiment_id``, which
+    the caller must be able to read), or, without it, on their own and against every deployment
+    experiment the site is in."""
     site = site_service.get_site(session=session, site_id=site_id)
     ensure_site_access(token, site_id)
     if experiment_id is None:
         return compatibility.reports_for_site(session=session, site=site)
-    experiment = experiments.get_experiment(session=session, experiment_id=experiment_id)
+    experiment = experiments.get_readable_experiment(
+        session=session, token=token, experiment_id=experiment_id
+    )
     return compatibility.check_site_for_experiment(
         session=session, site=site, experiment=experiment
     )

@@ -1,4 +1,5 @@
-"""GET /health: 200 when the database and the broker answer, 503 naming the part that did not."""
+"""GET /health: 200 when every configured service answers (database, broker, Redis when set), 503
+naming the one that did not."""
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -14,9 +15,13 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/health",
     response_model=HealthReport,
-    summary="Database and broker reachability",
-    responses={503: {"model": HealthReport, "description": "The database or broker is down"}},
+    summary="Database, broker and Redis reachability",
+    responses={
+        503: {"model": HealthReport, "description": "The database, the broker or Redis is down"}
+    },
 )
 async def get_health(engine: EngineDep, settings: SettingsDep) -> JSONResponse:
-    report = await run_in_threadpool(health_service.check, engine, settings.broker_url)
+    report = await run_in_threadpool(
+        health_service.check, engine, settings.broker_url, settings.redis_url
+    )
     return JSONResponse(report.model_dump(mode="json"), status_code=200 if report.ok else 503)

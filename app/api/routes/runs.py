@@ -21,8 +21,8 @@ from app.api.deps import (
     authenticate_request,
     in_threadpool,
 )
-from app.core.errors import ERROR_RESPONSES, ErrorBody
-from app.models import RunStatus
+from app.core.errors import ERROR_RESPONSES, ApiError, ErrorBody
+from app.models import ApiToken, RunStatus
 from app.schemas.common import Page, page_params
 from app.schemas.runs import (
     ClientMetricPublic,
@@ -37,8 +37,9 @@ from app.schemas.runs import (
     RunsPublic,
 )
 from app.services import runs as service
-from app.services.event_feed import EventHub
+from app.services.event_feed import EventHub, while_permitted
 from app.services.events import event_json, publisher_for
+from app.services.redaction import for_reader, model_for_reader
 
 router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
 
@@ -115,13 +116,16 @@ def list_runs(
         offset=page.offset,
         limit=page.limit,
     )
-    return RunsPublic(data=[RunPublic.model_validate(row) for row in rows], count=count)
+    data = [model_for_reader(token, RunPublic.model_validate(row)) for row in rows]
+    return RunsPublic(data=data, count=count)
 
 
 @router.get("/runs/{run_id}", response_model=RunPublic)
 @in_threadpool
 def get_run(run_id: int, session: SessionDep, token: ReaderToken) -> RunPublic:
-    return RunPublic.model_validate(service.get_run(session, run_id, token))
+    return model_for_reader(
+        token, RunPublic.model_validate(service.get_run(session, run_id, token))
+    )
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunPublic)
@@ -156,7 +160,8 @@ def list_client_metrics(
     service.get_run(session, run_id, token)
     rows = service.client_metrics(session, run_id, round)
     return ClientMetricsPublic(
-        data=[ClientMetricPublic.model_validate(row) for row in rows], count=len(rows)
+        data=[model_for_reader(token, ClientMetricPublic.model_validate(row)) for row in rows],
+        count=len(rows),
     )
 
 
@@ -174,7 +179,7 @@ def list_events(
     events, finished = service.run_events(session, run_id, after_id, limit)
     next_after_id = events[-1].id if events and events[-1].id is not None else after_id
     return RunEventsPublic(
-        data=[RunEventPublic.model_validate(event) for event in events],
+        data=[model_for_reader(token, RunEventPublic.model_validate(event)) for event in events],
         next_after_id=next_after_id,
         finished=finished,
     )
@@ -196,31 +201,44 @@ async def stream_events(
     """The run's events live, as server-sent events (``event:`` is the kind, ``id:`` the event id).
 
     Reconnect with ``Last-Event-ID`` (browsers do) to receive exactly the events missed. The
-    stream ends with an ``end`` event once the run is final and every event was sent.
+    stream ends with an ``end`` event once the run is final and every event was sent. It closes
+    without one, within a few seconds, once its token is revoked or its dashboard session ends.
     """
-    await run_in_threadpool(_check_stream_access, engine, request, credentials, run_id)
+    token = await run_in_threadpool(_check_stream_access, engine, request, credentials, run_id)
     start = last_event_id if last_event_id is not None else after_id
     hub: EventHub = request.app.state.event_hub
 
+    async def still_permitted() -> bool:
+        try:
+            await run_in_threadpool(_check_stream_access, engine, request, credentials, run_id)
+        except ApiError:
+            return False
+        return True
+
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for event in hub.follow(run_id, start):
+        async for event in while_permitted(hub.follow(run_id, start), still_permitted):
             yield ServerSentEvent(
-                id=str(event.id), event=event.kind, data=json.dumps(event_json(event))
+                id=str(event.id),
+                event=event.kind,
+                data=json.dumps(for_reader(token, event_json(event))),
             )
-        yield ServerSentEvent(event="end", data=json.dumps({"run_id": run_id}))
+        if await still_permitted():
+            yield ServerSentEvent(event="end", data=json.dumps({"run_id": run_id}))
 
     return EventSourceResponse(stream(), ping=15)
 
 
 def _check_stream_access(
     engine: Engine, request: Request, credentials: HTTPAuthorizationCredentials | None, run_id: int
-) -> None:
-    """The caller may read the run: 401, 403 or 404 otherwise.
+) -> ApiToken:
+    """The caller's token, which may read the run: 401, 403 or 404 otherwise.
 
     In one session of its own, in one trip to the threadpool: a request session would hold its
     pooled connection between the token lookup and the route's own trip there, and when
     hundreds of streams connect at once every worker thread then waits for a connection that
     a request waiting for a thread holds.
     """
-    with Session(engine) as session:
-        service.get_run(session, run_id, authenticate_request(request, session, credentials))
+    with Session(engine, expire_on_commit=False) as session:
+        token = authenticate_request(request, session, credentials)
+        service.get_run(session, run_id, token)
+        return token

@@ -119,8 +119,9 @@ def site_audit(site_id: IdPath, session: SessionDep, token: ReaderToken) -> list
 
 
 @router.delete("/{site_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_site(site_id: IdPath, session: SessionDep, _token: AdminToken) -> Response:
-    """Delete a site with its operator tokens (admins)."""
+def delete_site(site_id: IdPath, session: SessionDep, token: AdminToken) -> Response:
+    """Delete a site (admins). Its operator tokens are revoked, not deleted, and its audit log is
+    kept, so the record of who had access stays."""
     site = service.get_site(session=session, site_id=site_id)
-    service.delete_site(session=session, site=site)
+    service.delete_site(session=session, site=site, actor=token.name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

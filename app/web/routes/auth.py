@@ -7,6 +7,7 @@ from starlette.responses import RedirectResponse, Response
 
 from app.api.deps import SessionDep
 from app.services import tokens as token_service
+from app.services import web_sessions as web_session_service
 from app.web import session as web_session
 from app.web.contexts import SignInPage
 from app.web.deps import WebToken, check_csrf, session_token
@@ -49,12 +50,13 @@ def sign_in(
     if found is None or found.id is None:
         page = SignInPage(next=safe_next(next), error=BAD_TOKEN)
         return render(request, "signin.html", page, token=None, status_code=401)
-    web_session.sign_in(request, found.id)
+    web_session.sign_in(request, web_session_service.start(session=session, token=found))
     web_session.flash(request, f"Signed in as {found.name} ({found.role}).")
     return RedirectResponse(safe_next(next), status_code=303)
 
 
 @router.post("/signout", name="web_sign_out")
-def sign_out(request: Request, _token: WebToken) -> Response:
-    web_session.sign_out(request)
+def sign_out(request: Request, session: SessionDep, _token: WebToken) -> Response:
+    web_session_service.end(session=session, key=web_session.session_key(request))
+    web_session.forget(request)
     return RedirectResponse("/signin", status_code=303)

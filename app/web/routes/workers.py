@@ -24,7 +24,9 @@ def list_workers(
     running, _ = run_service.list_runs(session, token, status=RunStatus.running, limit=200)
     experiments, _ = experiment_service.list_experiments(session=session, token=token, limit=1000)
     page = WorkersPage(
-        workers=list(service.list_workers(session, offline_after_s=settings.lost_after_s)),
+        workers=list(
+            service.list_workers(session, token=token, offline_after_s=settings.lost_after_s)
+        ),
         queued=sorted(queued, key=lambda run: run.id or 0),
         running=list(running),
         experiment_names={e.id: e.name for e in experiments if e.id is not None},
