@@ -1,7 +1,7 @@
 """server-side web sessions; tokens and audit rows outlive their site
 
 Revision ID: cd7b50709bc2
-Revises: d8c61578dc65
+Revises: 5a3c9e1f7b20
 Create Date: 2026-11-28 06:15:32.793664
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "cd7b50709bc2"
-down_revision: str | None = "d8c61578dc65"
+down_revision: str | None = "5a3c9e1f7b20"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
