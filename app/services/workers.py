@@ -2,13 +2,13 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from app.models import WorkerNode, utcnow
+from app.models import WorkerNode, as_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,8 @@ def set_current_run(session: Session, name: str, run_id: int | None) -> None:
     session.commit()
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def list_workers(session: Session, *, offline_after_s: float) -> Sequence[WorkerState]:
     """Every registered worker, newest heartbeat first; silent for ``offline_after_s``: offline."""
     cutoff = utcnow() - timedelta(seconds=offline_after_s)
     nodes = session.exec(select(WorkerNode).order_by(col(WorkerNode.heartbeat_at).desc())).all()
-    return [WorkerState(node, _aware(node.heartbeat_at) >= cutoff) for node in nodes]
+    return [WorkerState(node, as_utc(node.heartbeat_at) >= cutoff) for node in nodes]
