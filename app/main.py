@@ -6,6 +6,7 @@ Serve it with ``fedvla serve`` or ``uvicorn --factory app.main:create_app``.
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -21,7 +22,7 @@ from app.api.routes import (
 )
 from app.core.config import Settings
 from app.core.db import make_engine
-from app.core.errors import BodySizeLimit, install_error_handlers
+from app.core.errors import BodySizeLimit, document_input_errors, install_error_handlers
 from app.services import runs as run_service
 from app.services.event_feed import EventHub
 from app.web.mount import install_web
@@ -51,7 +52,8 @@ Federated fine-tuning of SmolVLA across robot sites.
 Every route except `/health` needs `Authorization: Bearer <token>`. Roles: **admin** manages
 everything; **operator** sees and edits only its own site and reads the experiments that site takes
 part in; **viewer** reads everything. Errors answer
-`{"detail": "...", "errors": [{"field": "...", "reason": "..."}]}`.
+`{"detail": "...", "errors": [{"field": "...", "reason": "..."}]}` (with `"location"` for a path
+or query parameter or a header). Timestamps are RFC 3339 in UTC with their offset.
 """
 
 
@@ -96,4 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(checkpoints.router, prefix=API_PREFIX)
     app.include_router(workers.router, prefix=API_PREFIX)
     install_web(app, settings)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_input_errors(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

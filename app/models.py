@@ -7,7 +7,7 @@ Families follow one shape: ``XBase`` (shared fields) -> ``XCreate`` / ``XUpdate`
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 from sqlmodel import JSON, Field, SQLModel
@@ -19,6 +19,12 @@ from worker.federation.config import DatasetRef, Partition
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """A stored timestamp as aware UTC: SQLite hands back naive datetimes (every one we store is
+    UTC), PostgreSQL aware ones in the session's time zone."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _enum(enum_cls: type[StrEnum]) -> sa.Enum:
@@ -154,10 +160,12 @@ class SiteFeatures(SQLModel):
     state_names: list[str] = Field(default_factory=list)
     action_names: list[str] = Field(default_factory=list)
     camera_keys: list[str] = Field(default_factory=list)
-    camera_resolutions: dict[str, list[int]] = Field(default_factory=dict)
+    camera_resolutions: dict[str, list[Annotated[int, Field(ge=1, le=65_536)]]] = Field(
+        default_factory=dict, description="Height and width in pixels, per camera."
+    )
     fps: int = Field(ge=1, le=1000)
-    episodes: int = Field(default=0, ge=0)
-    frames: int = Field(default=0, ge=0)
+    episodes: int = Field(default=0, ge=0, le=2**31 - 1)
+    frames: int = Field(default=0, ge=0, le=2**31 - 1)
     tasks: list[str] = Field(default_factory=list)
 
 

@@ -1,18 +1,25 @@
 """Rows made through the real services, for tests that need them to exist."""
 
+import hashlib
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session
 
-from app.models import Experiment, Role, Site
+from app.models import Experiment, Role, RunStatus, Site
 from app.schemas.experiments import ExperimentCreate
 from app.schemas.sites import SiteCreate
 from app.services import experiments as experiment_service
+from app.services import runs as run_service
 from app.services import sites as site_service
 from app.services import tokens as token_service
+from app.services import workers as worker_service
+from app.services.events import publisher_for
+from worker.db_reporter import DbReporter
+from worker.federation.reporter import CheckpointReport, ClientReport, RoundReport
 
 _numbers = count(1)
 
@@ -83,3 +90,23 @@ def make_token(session: Session, role: Role, site_id: int | None = None) -> str:
 
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
+
+
+def finish_with_reports(session: Session, database_url: str, run_id: int, folder: Path) -> None:
+    """Takes a queued run through what a worker does: claim, one round, one checkpoint (a real
+    file in ``folder``), success, and registers that worker."""
+    publisher = publisher_for("")
+    worker_service.register(session, name="worker-a", host="gpu-a", queue="gpu", gpus=[])
+    assert run_service.claim_run(session, publisher, run_id, "worker-a")
+    weights = folder / "model.safetensors"
+    folder.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"weights")
+    reporter = DbReporter(database_url, "", run_id)
+    try:
+        client = ClientReport(client="client-0", site_id=None, ok=True, train_loss=0.5, samples=8)
+        reporter.round_finished(RoundReport(1, 0.5, 0.4, 1.0, 10, 10, 1, 1, 0, [client]))
+        digest = hashlib.sha256(b"weights").hexdigest()
+        reporter.checkpoint_saved(CheckpointReport(1, str(folder), digest, 7, 0.4))
+    finally:
+        reporter.close()
+    assert run_service.finish_run(session, publisher, run_id, RunStatus.succeeded)

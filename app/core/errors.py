@@ -1,11 +1,12 @@
 """One JSON shape for every error the API answers, and the exceptions that produce it.
 
 Body: ``{"detail": "<short, stable sentence>", "errors": [{"field": ..., "reason": ...}]}``.
-``errors`` is empty unless specific fields are at fault.
+``errors`` is empty unless specific fields are at fault; a field sent outside the JSON body (a
+path or query parameter, a header) also says where (``"location": "query"``).
 """
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,12 +14,21 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DataError, IntegrityError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+Location = Literal["body", "path", "query", "header", "cookie"]
+_LOCATIONS: tuple[Location, ...] = ("body", "path", "query", "header", "cookie")
 
 
 class FieldProblem(BaseModel):
     field: str = Field(examples=["num_rounds"], description="Dotted path of the field at fault.")
     reason: str = Field(examples=["Input should be greater than or equal to 1"])
+    location: Location | None = Field(
+        None,
+        examples=["query"],
+        description="Where the request carried the field; absent for the JSON body's fields.",
+    )
 
 
 class ErrorBody(BaseModel):
@@ -94,18 +104,65 @@ def reject_nul_characters(data: Any) -> None:
         raise InvalidFields(problems)
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in {
-        401: "No bearer token, or an unknown or revoked one",
-        403: "The token's role does not allow this",
-        404: "Unknown id",
-        409: "Duplicate name or conflicting state",
-        413: "Request body larger than FEDVLA_MAX_REQUEST_BYTES",
-        422: "Malformed JSON or invalid fields",
-    }.items()
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    401: "No bearer token, or an unknown or revoked one",
+    403: "The token's role does not allow this",
+    404: "Unknown id",
+    409: "Duplicate name or conflicting state",
+    410: "The checkpoint's weights were removed from disk or no longer match their recorded sha256 "
+    "(an event on the run says which)",
+    413: "Request body larger than FEDVLA_MAX_REQUEST_BYTES",
+    422: "Malformed JSON or invalid fields",
+    503: "A service it needs does not answer",
 }
-"""``responses=`` for routers, so the OpenAPI document shows the error shape."""
+
+
+def error_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for the errors a route answers beyond those its inputs imply (those are
+    added by ``document_input_errors``); ``descriptions`` overrides by ``_503="..."``."""
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": descriptions.get(f"_{status}", ERROR_DESCRIPTIONS[status]),
+        }
+        for status in statuses
+    }
+
+
+def _implied_errors(operation: dict[str, Any], method: str) -> list[int]:
+    parameters = operation.get("parameters", [])
+    has_input = bool(parameters) or "requestBody" in operation
+    implied = {
+        401: "security" in operation,
+        404: any(parameter["in"] == "path" for parameter in parameters),
+        409: method != "get",  # a write may meet a constraint another request just took
+        413: method != "get",  # BodySizeLimit reads the body of every method but GET
+        422: has_input,
+    }
+    return [status for status, applies in implied.items() if applies]
+
+
+def document_input_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """Adds to each operation of an OpenAPI document the errors its shape implies: 401 with a
+    bearer token, 404 with an id in the path, 409 and 413 for writes, 422 with any input."""
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    schemas = document["components"]["schemas"]
+    assert "ErrorBody" in schemas
+    for operations in document["paths"].values():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            responses.pop("422", None)  # FastAPI's own HTTPValidationError, which we never send
+            for status in _implied_errors(operation, method):
+                responses.setdefault(
+                    str(status),
+                    {
+                        "description": ERROR_DESCRIPTIONS[status],
+                        "content": {"application/json": {"schema": error_body}},
+                    },
+                )
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return document
 
 
 def error_response(
@@ -115,15 +172,22 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorBody(detail=detail, errors=list(errors))
-    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
+    content = body.model_dump(mode="json", exclude_none=True)
+    return JSONResponse(content, status_code=status_code, headers=headers)
 
 
 def _field_path(loc: Sequence[int | str]) -> str:
     """('body', 'partition', 'num_clients') -> 'partition.num_clients'."""
     parts = [str(p) for p in loc]
-    if len(parts) > 1 and parts[0] in ("body", "query", "path", "header", "cookie"):
+    if len(parts) > 1 and parts[0] in _LOCATIONS:
         parts = parts[1:]
     return ".".join(parts) or "body"
+
+
+def _location(loc: Sequence[int | str]) -> Location | None:
+    """Named for parameters and headers; the body's own fields need no location."""
+    where = next((place for place in _LOCATIONS if loc and loc[0] == place), None)
+    return None if where == "body" and len(loc) > 1 else where
 
 
 def problems_from_pydantic(errors: Sequence[Any], prefix: Sequence[str] = ()) -> list[FieldProblem]:
@@ -131,16 +195,49 @@ def problems_from_pydantic(errors: Sequence[Any], prefix: Sequence[str] = ()) ->
         FieldProblem(
             field=_field_path([*prefix, *error["loc"]]),
             reason=error["msg"].removeprefix("Value error, "),
+            location=None if prefix else _location(error["loc"]),
         )
         for error in errors
     ]
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of the request's path answers (Starlette names one route's)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
+def _unparsable_body(exc: HTTPException) -> FieldProblem | None:
+    """FastAPI answers 400 when ``json.loads`` fails with something other than a syntax error."""
+    if isinstance(exc.__cause__, UnicodeDecodeError):
+        return FieldProblem(
+            field="body", reason=f"not UTF-8 text: {exc.__cause__.reason}", location="body"
+        )
+    if isinstance(exc.__cause__, RecursionError):
+        return FieldProblem(field="body", reason="nested too deeply", location="body")
+    return None
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     errors = exc.errors if isinstance(exc, ApiError) else []
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    problem = _unparsable_body(exc) if exc.status_code == 400 else None
+    if problem is not None:
+        return error_response(422, "Malformed JSON", [problem])
     return error_response(exc.status_code, detail, errors, headers)
 
 
@@ -152,7 +249,8 @@ async def _request_validation_error(_request: Request, exc: Exception) -> JSONRe
         ctx = reason.get("ctx") or {}
         where = reason["loc"][-1]
         message = f"{ctx.get('error', 'invalid JSON')} at character {where}"
-        return error_response(422, "Malformed JSON", [FieldProblem(field="body", reason=message)])
+        problem = FieldProblem(field="body", reason=message, location="body")
+        return error_response(422, "Malformed JSON", [problem])
     return error_response(422, "Validation failed", problems_from_pydantic(errors))
 
 
@@ -248,7 +346,11 @@ class BodySizeLimit:
         response = error_response(
             413,
             "Request body too large",
-            [FieldProblem(field="body", reason=f"larger than {self.max_bytes} bytes")],
+            [
+                FieldProblem(
+                    field="body", reason=f"larger than {self.max_bytes} bytes", location="body"
+                )
+            ],
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)

@@ -1,29 +1,41 @@
 """Shapes shared by every resource."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, PlainSerializer, TypeAdapter
+
+from app.models import as_utc
+
+UtcDatetime = Annotated[
+    datetime, AfterValidator(as_utc), PlainSerializer(as_utc, return_type=datetime)
+]
+"""Every timestamp the API answers: RFC 3339 in UTC with its offset (``...T12:00:00Z``), however
+the model was built (validated or constructed)."""
+
+_UTC_DATETIME: TypeAdapter[datetime] = TypeAdapter(UtcDatetime)
 
 
-def _assume_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+def utc_json(value: datetime) -> str:
+    """A timestamp as the API writes it, for payloads that are not response models (SSE)."""
+    text: str = _UTC_DATETIME.dump_python(value, mode="json")
+    return text
 
-
-UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
-"""A timestamp in responses; SQLite hands back naive UTC, PostgreSQL aware: both leave as UTC."""
 
 MAX_PAGE_SIZE = 200
 MAX_OFFSET = 10**9
 MAX_ID = 2**31 - 1
-"""Row ids are 32-bit on PostgreSQL; a larger id can name nothing."""
+"""Row ids (and other integer columns) are 32-bit on PostgreSQL; a larger id can name nothing."""
 
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 """A row id inside a request body."""
 
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 """A row id in the URL: ``def get_x(x_id: IdPath)``."""
+
+RoundPath = Annotated[int, Path(ge=0, le=MAX_ID)]
+"""A round number in the URL (round 0 is the initial policy)."""
 
 
 class Page(BaseModel):

@@ -3,6 +3,7 @@
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
 from sqlmodel.main import SQLModelConfig
 
 from app.models import ExperimentBase, Mode, Strategy
@@ -41,6 +42,13 @@ class ExperimentCreate(ExperimentBase):
     )
 
 
+def _optional(name: str) -> Any:
+    """The experiment field ``name`` with its bounds, defaulting to None (left as it is)."""
+    return FieldInfo.merge_field_infos(
+        ExperimentBase.model_fields[name], default=None, default_factory=None
+    )
+
+
 class ExperimentUpdate(BaseModel):
     """Fields to change; the result must still be a valid experiment."""
 
@@ -48,32 +56,32 @@ class ExperimentUpdate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"num_rounds": 10, "seed": 1}]}
     )
 
-    name: str | None = None
-    description: str | None = None
-    policy: str | None = None
-    strategy: Strategy | None = None
-    proximal_mu: float | None = None
-    server_learning_rate: float | None = None
-    num_rounds: int | None = None
-    fraction_train: float | None = None
-    min_clients: int | None = None
-    local_steps: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    seed: int | None = None
-    eval_every: int | None = None
-    eval_batches: int | None = None
-    checkpoint_every: int | None = None
-    keep_checkpoints: int | None = None
-    mode: Mode | None = None
-    client_datasets: list[DatasetRef] | None = None
-    partition: Partition | None = None
-    eval_datasets: list[DatasetRef] | None = None
-    normalization: str | None = None
-    transport_dtype: str | None = None
-    client_num_cpus: float | None = None
-    client_num_gpus: float | None = None
-    device: str | None = None
+    name: str | None = _optional("name")
+    description: str | None = _optional("description")
+    policy: str | None = _optional("policy")
+    strategy: Strategy | None = _optional("strategy")
+    proximal_mu: float | None = _optional("proximal_mu")
+    server_learning_rate: float | None = _optional("server_learning_rate")
+    num_rounds: int | None = _optional("num_rounds")
+    fraction_train: float | None = _optional("fraction_train")
+    min_clients: int | None = _optional("min_clients")
+    local_steps: int | None = _optional("local_steps")
+    batch_size: int | None = _optional("batch_size")
+    learning_rate: float | None = _optional("learning_rate")
+    seed: int | None = _optional("seed")
+    eval_every: int | None = _optional("eval_every")
+    eval_batches: int | None = _optional("eval_batches")
+    checkpoint_every: int | None = _optional("checkpoint_every")
+    keep_checkpoints: int | None = _optional("keep_checkpoints")
+    mode: Mode | None = _optional("mode")
+    client_datasets: list[DatasetRef] | None = _optional("client_datasets")
+    partition: Partition | None = _optional("partition")
+    eval_datasets: list[DatasetRef] | None = _optional("eval_datasets")
+    normalization: str | None = _optional("normalization")
+    transport_dtype: str | None = _optional("transport_dtype")
+    client_num_cpus: float | None = _optional("client_num_cpus")
+    client_num_gpus: float | None = _optional("client_num_gpus")
+    device: str | None = _optional("device")
     site_ids: list[RowId] | None = None
 
 

@@ -1,18 +1,20 @@
 """Runs, their metrics, events and checkpoints, and the workers, as the API shows them."""
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import RunStatus
+from app.schemas.common import MAX_ID, RowId, UtcDatetime
 
 
 class ResumeFrom(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_id: int = Field(description="An earlier run of the same experiment.", examples=[3])
-    round: int = Field(ge=0, description="A round of that run that has a checkpoint.", examples=[2])
+    run_id: RowId = Field(description="An earlier run of the same experiment.", examples=[3])
+    round: int = Field(
+        ge=0, le=MAX_ID, description="A round of that run that has a checkpoint.", examples=[2]
+    )
 
 
 class RunLaunchFromExperiment(BaseModel):
@@ -34,7 +36,7 @@ class RunLaunch(RunLaunchFromExperiment):
         },
     )
 
-    experiment_id: int = Field(examples=[1])
+    experiment_id: RowId = Field(examples=[1])
 
 
 class RunPublic(BaseModel):
@@ -44,15 +46,15 @@ class RunPublic(BaseModel):
     experiment_id: int
     status: RunStatus
     config: dict[str, Any] = Field(description="The FederationConfig frozen at launch.")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     worker: str | None
     error: str | None
     current_round: int
     resumed_from_run_id: int | None
     resumed_from_round: int | None
-    heartbeat_at: datetime | None
+    heartbeat_at: UtcDatetime | None
 
 
 class RunsPublic(BaseModel):
@@ -72,7 +74,7 @@ class RoundMetricPublic(BaseModel):
     clients_sampled: int
     clients_succeeded: int
     clients_failed: int
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class RoundMetricsPublic(BaseModel):
@@ -110,7 +112,7 @@ class RunEventPublic(BaseModel):
     kind: str = Field(examples=["round"], description="status | log | round | checkpoint")
     message: str
     data: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class RunEventsPublic(BaseModel):
@@ -127,7 +129,7 @@ class CheckpointPublic(BaseModel):
     sha256: str = Field(description="Of model.safetensors.")
     size_bytes: int
     eval_loss: float | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class CheckpointsPublic(BaseModel):
@@ -142,8 +144,8 @@ class WorkerPublic(BaseModel):
     host: str
     queue: str
     gpus: list[dict[str, Any]] = Field(description="name, memory_bytes per GPU; empty: CPU only.")
-    started_at: datetime
-    heartbeat_at: datetime
+    started_at: UtcDatetime
+    heartbeat_at: UtcDatetime
     online: bool = Field(description="A heartbeat arrived within FEDVLA_LOST_AFTER_S.")
     current_run_id: int | None
 

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from app.models import RunEvent
+from app.schemas.common import utc_json
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def event_json(event: RunEvent) -> dict[str, Any]:
         "kind": event.kind,
         "message": event.message,
         "data": event.data,
-        "created_at": event.created_at.isoformat(),
+        "created_at": utc_json(event.created_at),
     }
 
 

@@ -5,6 +5,7 @@ from pydantic import BaseModel, Field
 from app.core.config import Settings
 from app.core.errors import ApiError
 from app.models import Site
+from app.schemas.common import UtcDatetime
 from worker.deployment import node_registry
 from worker.deployment.superlink import SuperLinkError
 
@@ -18,7 +19,7 @@ class SiteNode(BaseModel):
         examples=["online"], description="online | offline | registered | not registered"
     )
     online: bool
-    last_seen: str | None = Field(None, description="When the node last connected (ISO 8601).")
+    last_seen: UtcDatetime | None = Field(None, description="When the node last connected.")
     online_until: float | None = Field(None, description="Heartbeat deadline, Unix seconds.")
 
 

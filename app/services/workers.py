@@ -2,13 +2,13 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from app.models import ApiToken, Run, WorkerNode, utcnow
+from app.models import ApiToken, Run, WorkerNode, as_utc, utcnow
 from app.services import experiments
 
 
@@ -53,10 +53,6 @@ def set_current_run(session: Session, name: str, run_id: int | None) -> None:
     session.commit()
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def list_workers(
     session: Session, *, token: ApiToken, offline_after_s: float
 ) -> Sequence[WorkerState]:
@@ -67,7 +63,7 @@ def list_workers(
     return [
         WorkerState(
             node,
-            _aware(node.heartbeat_at) >= cutoff,
+            as_utc(node.heartbeat_at) >= cutoff,
             node.current_run_id if _may_read_run(session, token, node.current_run_id) else None,
         )
         for node in nodes

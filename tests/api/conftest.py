@@ -1,8 +1,11 @@
 """An app per test, on the test's own database (SQLite and PostgreSQL), and a few actors."""
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -24,8 +27,33 @@ def app(settings: Settings) -> Iterator[FastAPI]:
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
+    """Every answer a test receives must be one the OpenAPI document declares for its route."""
+    answered: list[tuple[str, str, int]] = []
+
+    def record(response: httpx.Response) -> None:
+        request = response.request
+        answered.append((request.method, request.url.path, response.status_code))
+
     with TestClient(app) as test_client:
+        test_client.event_hooks["response"].append(record)
         yield test_client
+    document = app.openapi()
+    undeclared = [
+        (method, path, status)
+        for method, path, status in answered
+        if status not in declared_statuses(document, method, path)
+    ]
+    assert not undeclared, f"answers the OpenAPI document does not declare: {undeclared}"
+
+
+def declared_statuses(document: dict[str, Any], method: str, path: str) -> set[int]:
+    """The statuses the document declares for the operation that serves ``method path``;
+    every status for a path outside the API (pages, the document itself), and 405 anywhere."""
+    for template, operations in document["paths"].items():
+        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, path) and method.lower() in operations:
+            return {int(code) for code in operations[method.lower()]["responses"]} | {405}
+    return set(range(100, 600)) if not path.startswith("/api/v1/") else {404, 405}
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ This is the contract between the web app (which freezes an experiment into a run
 engine (which runs it). It imports nothing heavy, so the app can validate with it.
 """
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EpisodeIndex = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 TINY_POLICY = "tiny"
 """Policy source that names the built-in tiny SmolVLA, generated offline into the data dir."""
@@ -21,7 +23,7 @@ class DatasetRef(BaseModel):
         ..., min_length=1, max_length=200, examples=["lerobot/svla_so100_pickplace"]
     )
     root: str | None = Field(None, description="Local folder of the dataset; None: the HF cache.")
-    episodes: list[int] | None = Field(None, description="Only these episodes; None: all.")
+    episodes: list[EpisodeIndex] | None = Field(None, description="Only these episodes; None: all.")
 
 
 class Partition(BaseModel):
@@ -35,7 +37,10 @@ class Partition(BaseModel):
         "iid", description="iid: episodes dealt at random; task: each client gets whole tasks."
     )
     holdout_episodes: int = Field(
-        0, ge=0, description="Episodes kept back from every client for the server's evaluation."
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="Episodes kept back from every client for the server's evaluation.",
     )
 
 

@@ -1,10 +1,13 @@
 """/runs/{id}/checkpoints: list, and download as one archive or the weights file alone."""
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from app.api.deps import ReaderToken, SessionDep, SettingsDep, in_threadpool
-from app.core.errors import ERROR_RESPONSES, ErrorBody
+from app.core.errors import error_responses
+from app.schemas.common import IdPath, RoundPath
 from app.schemas.runs import CheckpointPublic, CheckpointsPublic
 from app.services import checkpoints as service
 from app.services import runs
@@ -12,20 +15,36 @@ from app.services.checkpoints import Download
 from app.services.events import publisher_for
 
 router = APIRouter(
-    prefix="/runs/{run_id}/checkpoints", tags=["checkpoints"], responses=ERROR_RESPONSES
+    prefix="/runs/{run_id}/checkpoints", tags=["checkpoints"], responses=error_responses(403)
 )
 
 SHA256_HEADER = "X-Checksum-SHA256"
 
-DOWNLOAD_RESPONSES: dict[int | str, dict[str, object]] = {
-    206: {"description": "The requested byte range (resume a broken download with Range)"},
-    410: {
-        "model": ErrorBody,
-        "description": "The checkpoint's weights were removed from disk or no longer match "
-        "their recorded sha256 (an event on the run says which)",
+_FILE_HEADERS = {
+    SHA256_HEADER: {
+        "description": "sha256 of the whole file (not of a range), to check the download",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
     },
-    416: {"description": "The range is outside the file"},
+    "Content-Disposition": {
+        "description": "attachment; filename=...",
+        "schema": {"type": "string"},
+    },
 }
+
+
+def _download_responses(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    content = {media_type: {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        200: {"description": description, "content": content, "headers": _FILE_HEADERS},
+        206: {
+            "description": "The requested byte range (resume a broken download with Range)",
+            "content": content,
+            "headers": _FILE_HEADERS,
+        },
+        416: {"description": "The range is outside the file"},
+        **error_responses(410),
+    }
 
 
 def _file_response(download: Download, media_type: str) -> FileResponse:
@@ -40,7 +59,7 @@ def _file_response(download: Download, media_type: str) -> FileResponse:
 
 @router.get("", response_model=CheckpointsPublic)
 @in_threadpool
-def list_checkpoints(run_id: int, session: SessionDep, token: ReaderToken) -> CheckpointsPublic:
+def list_checkpoints(run_id: IdPath, session: SessionDep, token: ReaderToken) -> CheckpointsPublic:
     """The checkpoints the run kept (retention removes older ones), by round."""
     runs.get_run(session, run_id, token)
     rows = service.list_checkpoints(session, run_id)
@@ -52,13 +71,14 @@ def list_checkpoints(run_id: int, session: SessionDep, token: ReaderToken) -> Ch
 @router.get(
     "/{round}/archive",
     response_class=FileResponse,
-    responses={
-        200: {"content": {"application/x-tar": {}}, "description": "The pretrained_model folder"},
-        **DOWNLOAD_RESPONSES,
-    },
+    responses=_download_responses("application/x-tar", "The pretrained_model folder, a tar"),
 )
 def download_archive(
-    run_id: int, round: int, session: SessionDep, settings: SettingsDep, token: ReaderToken
+    run_id: IdPath,
+    round: RoundPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: ReaderToken,
 ) -> FileResponse:
     """The lerobot pretrained_model folder as a tar archive; the archive's sha256 is in the
     X-Checksum-SHA256 header. The weights are checked against their recorded sha256 first.
@@ -72,13 +92,14 @@ def download_archive(
 @router.get(
     "/{round}/model.safetensors",
     response_class=FileResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The weights"},
-        **DOWNLOAD_RESPONSES,
-    },
+    responses=_download_responses("application/octet-stream", "The weights"),
 )
 def download_weights(
-    run_id: int, round: int, session: SessionDep, settings: SettingsDep, token: ReaderToken
+    run_id: IdPath,
+    round: RoundPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: ReaderToken,
 ) -> FileResponse:
     """The checkpoint's model.safetensors alone; its sha256 is in the X-Checksum-SHA256 header."""
     runs.get_run(session, run_id, token)

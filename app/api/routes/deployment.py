@@ -5,17 +5,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import ReaderToken, SessionDep, SettingsDep, SiteEditorToken, ensure_site_access
-from app.core.errors import ERROR_RESPONSES
+from app.core.errors import error_responses
 from app.schemas.common import IdPath, RowId
 from app.services import compatibility, experiments, startup_kit, superlink_admin
 from app.services import sites as site_service
 from app.services.compatibility import CompatibilityReport
 from app.services.superlink_admin import SiteNode
 
-router = APIRouter(prefix="/sites", tags=["deployment"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/sites", tags=["deployment"], responses=error_responses(403))
 
 ZIP_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/zip": {}}, "description": "The kit, a zip."}
+    200: {"content": {"application/zip": {}}, "description": "The kit, a zip."},
+    **error_responses(409, _409="The site is not approved"),
 }
 
 
@@ -61,7 +62,11 @@ def download_startup_kit(
     )
 
 
-@router.get("/{site_id}/node", response_model=SiteNode)
+@router.get(
+    "/{site_id}/node",
+    response_model=SiteNode,
+    responses=error_responses(503, _503="The SuperLink does not answer"),
+)
 def site_node(
     site_id: IdPath, session: SessionDep, settings: SettingsDep, token: ReaderToken
 ) -> SiteNode:

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from app.api.deps import AdminToken, ReaderToken, SessionDep, SettingsDep
-from app.core.errors import ERROR_RESPONSES
+from app.core.errors import error_responses
 from app.schemas.common import IdPath, Page, page_params
 from app.schemas.experiments import (
     ExperimentCreate,
@@ -15,10 +15,14 @@ from app.schemas.experiments import (
 )
 from app.services import experiments as service
 
-router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+FORBIDDEN = error_responses(403)
 
 
-@router.post("", response_model=ExperimentPublic, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "", response_model=ExperimentPublic, status_code=status.HTTP_201_CREATED, responses=FORBIDDEN
+)
 def create_experiment(
     body: ExperimentCreate, session: SessionDep, _token: AdminToken
 ) -> ExperimentPublic:
@@ -39,7 +43,7 @@ def list_experiments(
     return ExperimentsPublic(data=data, count=count)
 
 
-@router.get("/{experiment_id}", response_model=ExperimentPublic)
+@router.get("/{experiment_id}", response_model=ExperimentPublic, responses=FORBIDDEN)
 def get_experiment(
     experiment_id: IdPath, session: SessionDep, token: ReaderToken
 ) -> ExperimentPublic:
@@ -49,7 +53,7 @@ def get_experiment(
     return service.to_public(session=session, experiment=experiment)
 
 
-@router.patch("/{experiment_id}", response_model=ExperimentPublic)
+@router.patch("/{experiment_id}", response_model=ExperimentPublic, responses=FORBIDDEN)
 def update_experiment(
     experiment_id: IdPath, body: ExperimentUpdate, session: SessionDep, _token: AdminToken
 ) -> ExperimentPublic:
@@ -59,7 +63,7 @@ def update_experiment(
     return service.to_public(session=session, experiment=experiment)
 
 
-@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=FORBIDDEN)
 def delete_experiment(
     experiment_id: IdPath, session: SessionDep, settings: SettingsDep, _token: AdminToken
 ) -> Response:

@@ -21,9 +21,9 @@ from app.api.deps import (
     authenticate_request,
     in_threadpool,
 )
-from app.core.errors import ERROR_RESPONSES, ApiError, ErrorBody
+from app.core.errors import ApiError, error_responses
 from app.models import ApiToken, RunStatus
-from app.schemas.common import Page, page_params
+from app.schemas.common import MAX_ID, IdPath, Page, RowId, page_params
 from app.schemas.runs import (
     ClientMetricPublic,
     ClientMetricsPublic,
@@ -41,12 +41,19 @@ from app.services.event_feed import EventHub, while_permitted
 from app.services.events import event_json, publisher_for
 from app.services.redaction import for_reader, model_for_reader
 
-router = APIRouter(tags=["runs"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["runs"])
 
-LAUNCH_RESPONSES: dict[int | str, dict[str, object]] = {
-    409: {"model": ErrorBody, "description": "Sites not approved, datasets that do not match"},
-    503: {"model": ErrorBody, "description": "The broker is down; no run was created"},
-}
+FORBIDDEN = error_responses(403)
+
+LAUNCH_RESPONSES = error_responses(
+    403,
+    404,
+    409,
+    503,
+    _404="Unknown experiment",
+    _409="Sites not approved, datasets that do not match",
+    _503="The broker is down; no run was created",
+)
 
 
 def _launch(
@@ -88,7 +95,7 @@ def launch_run(
     responses=LAUNCH_RESPONSES,
 )
 def launch_experiment_run(
-    experiment_id: int,
+    experiment_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     token: AdminToken,
@@ -105,7 +112,7 @@ def list_runs(
     token: ReaderToken,
     page: Annotated[Page, Depends(page_params)],
     run_status: Annotated[RunStatus | None, Query(alias="status")] = None,
-    experiment_id: int | None = None,
+    experiment_id: Annotated[RowId | None, Query()] = None,
 ) -> RunsPublic:
     """Newest first. Operators see only runs of experiments their site takes part in."""
     rows, count = service.list_runs(
@@ -120,17 +127,17 @@ def list_runs(
     return RunsPublic(data=data, count=count)
 
 
-@router.get("/runs/{run_id}", response_model=RunPublic)
+@router.get("/runs/{run_id}", response_model=RunPublic, responses=FORBIDDEN)
 @in_threadpool
-def get_run(run_id: int, session: SessionDep, token: ReaderToken) -> RunPublic:
+def get_run(run_id: IdPath, session: SessionDep, token: ReaderToken) -> RunPublic:
     return model_for_reader(
         token, RunPublic.model_validate(service.get_run(session, run_id, token))
     )
 
 
-@router.post("/runs/{run_id}/cancel", response_model=RunPublic)
+@router.post("/runs/{run_id}/cancel", response_model=RunPublic, responses=FORBIDDEN)
 def cancel_run(
-    run_id: int, session: SessionDep, settings: SettingsDep, token: AdminToken
+    run_id: IdPath, session: SessionDep, settings: SettingsDep, token: AdminToken
 ) -> RunPublic:
     """Cancel a queued or running run (admins); its worker stops the federation within seconds.
     Checkpoints already written stay. 409 if the run already finished."""
@@ -138,9 +145,9 @@ def cancel_run(
     return RunPublic.model_validate(run)
 
 
-@router.get("/runs/{run_id}/rounds", response_model=RoundMetricsPublic)
+@router.get("/runs/{run_id}/rounds", response_model=RoundMetricsPublic, responses=FORBIDDEN)
 @in_threadpool
-def list_rounds(run_id: int, session: SessionDep, token: ReaderToken) -> RoundMetricsPublic:
+def list_rounds(run_id: IdPath, session: SessionDep, token: ReaderToken) -> RoundMetricsPublic:
     service.get_run(session, run_id, token)
     rows = service.round_metrics(session, run_id)
     return RoundMetricsPublic(
@@ -148,13 +155,13 @@ def list_rounds(run_id: int, session: SessionDep, token: ReaderToken) -> RoundMe
     )
 
 
-@router.get("/runs/{run_id}/clients", response_model=ClientMetricsPublic)
+@router.get("/runs/{run_id}/clients", response_model=ClientMetricsPublic, responses=FORBIDDEN)
 @in_threadpool
 def list_client_metrics(
-    run_id: int,
+    run_id: IdPath,
     session: SessionDep,
     token: ReaderToken,
-    round: Annotated[int | None, Query(ge=0, description="Only this round.")] = None,
+    round: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only this round.")] = None,
 ) -> ClientMetricsPublic:
     """Per client (site or simulated partition) and round: loss, samples, seconds, bytes."""
     service.get_run(session, run_id, token)
@@ -165,13 +172,13 @@ def list_client_metrics(
     )
 
 
-@router.get("/runs/{run_id}/events.json", response_model=RunEventsPublic)
+@router.get("/runs/{run_id}/events.json", response_model=RunEventsPublic, responses=FORBIDDEN)
 @in_threadpool
 def list_events(
-    run_id: int,
+    run_id: IdPath,
     session: SessionDep,
     token: ReaderToken,
-    after_id: Annotated[int, Query(ge=0, description="Events with a larger id.")] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="Events with a larger id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> RunEventsPublic:
     """The run's events as JSON pages, oldest first; page on with ``after_id=next_after_id``."""
@@ -188,15 +195,18 @@ def list_events(
 @router.get(
     "/runs/{run_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"},
+        **FORBIDDEN,
+    },
 )
 async def stream_events(
-    run_id: int,
+    run_id: IdPath,
     request: Request,
     engine: EngineDep,
     credentials: BearerCredentials,
-    after_id: Annotated[int, Query(ge=0, description="Start after this event id.")] = 0,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="Start after this event id.")] = 0,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_ID)] = None,
 ) -> EventSourceResponse:
     """The run's events live, as server-sent events (``event:`` is the kind, ``id:`` the event id).
 

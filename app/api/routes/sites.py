@@ -12,7 +12,7 @@ from app.api.deps import (
     SiteRegistrarToken,
     ensure_site_access,
 )
-from app.core.errors import ERROR_RESPONSES
+from app.core.errors import error_responses
 from app.models import SiteStatus
 from app.schemas.common import IdPath, Page, page_params
 from app.schemas.sites import (
@@ -27,10 +27,14 @@ from app.schemas.sites import (
 from app.services import compatibility
 from app.services import sites as service
 
-router = APIRouter(prefix="/sites", tags=["sites"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/sites", tags=["sites"])
+
+FORBIDDEN = error_responses(403)
 
 
-@router.post("", response_model=SiteRegistered, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "", response_model=SiteRegistered, status_code=status.HTTP_201_CREATED, responses=FORBIDDEN
+)
 def create_site(body: SiteCreate, session: SessionDep, token: SiteRegistrarToken) -> SiteRegistered:
     """Register a site. It starts pending; an admin approves it to let it take part.
 
@@ -61,14 +65,14 @@ def list_sites(
     return SitesPublic(data=data, count=count)
 
 
-@router.get("/{site_id}", response_model=SitePublic)
+@router.get("/{site_id}", response_model=SitePublic, responses=FORBIDDEN)
 def get_site(site_id: IdPath, session: SessionDep, token: ReaderToken) -> SitePublic:
     site = service.get_site(session=session, site_id=site_id)
     ensure_site_access(token, site_id)
     return SitePublic.model_validate(site, from_attributes=True)
 
 
-@router.patch("/{site_id}", response_model=SitePublic)
+@router.patch("/{site_id}", response_model=SitePublic, responses=FORBIDDEN)
 def update_site(
     site_id: IdPath, body: SiteUpdate, session: SessionDep, token: SiteEditorToken
 ) -> SitePublic:
@@ -93,7 +97,7 @@ def _change_status(
     return SitePublic.model_validate(site, from_attributes=True)
 
 
-@router.post("/{site_id}/approve", response_model=SitePublic)
+@router.post("/{site_id}/approve", response_model=SitePublic, responses=FORBIDDEN)
 def approve_site(
     site_id: IdPath, body: StatusChange, session: SessionDep, token: AdminToken
 ) -> SitePublic:
@@ -101,7 +105,7 @@ def approve_site(
     return _change_status(site_id, SiteStatus.approved, body, session, token)
 
 
-@router.post("/{site_id}/revoke", response_model=SitePublic)
+@router.post("/{site_id}/revoke", response_model=SitePublic, responses=FORBIDDEN)
 def revoke_site(
     site_id: IdPath, body: StatusChange, session: SessionDep, token: AdminToken
 ) -> SitePublic:
@@ -109,7 +113,7 @@ def revoke_site(
     return _change_status(site_id, SiteStatus.revoked, body, session, token)
 
 
-@router.get("/{site_id}/audit", response_model=list[SiteAuditPublic])
+@router.get("/{site_id}/audit", response_model=list[SiteAuditPublic], responses=FORBIDDEN)
 def site_audit(site_id: IdPath, session: SessionDep, token: ReaderToken) -> list[SiteAuditPublic]:
     """Who registered, approved, revoked or re-keyed the site, when and why."""
     service.get_site(session=session, site_id=site_id)
@@ -118,7 +122,7 @@ def site_audit(site_id: IdPath, session: SessionDep, token: ReaderToken) -> list
     return [SiteAuditPublic.model_validate(row) for row in rows]
 
 
-@router.delete("/{site_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{site_id}", status_code=status.HTTP_204_NO_CONTENT, responses=FORBIDDEN)
 def delete_site(site_id: IdPath, session: SessionDep, token: AdminToken) -> Response:
     """Delete a site (admins). Its operator tokens are revoked, not deleted, and its audit log is
     kept, so the record of who had access stays."""

@@ -5,12 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, status
 
 from app.api.deps import AdminToken, SessionDep
-from app.core.errors import ERROR_RESPONSES
+from app.core.errors import error_responses
 from app.schemas.common import IdPath, Page, page_params
 from app.schemas.tokens import TokenCreate, TokenCreated, TokenPublic, TokensPublic
 from app.services import tokens as service
 
-router = APIRouter(prefix="/tokens", tags=["tokens"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/tokens", tags=["tokens"], responses=error_responses(403))
 
 
 @router.post("", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)

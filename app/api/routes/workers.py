@@ -3,11 +3,10 @@
 from fastapi import APIRouter
 
 from app.api.deps import ReaderToken, SessionDep, SettingsDep
-from app.core.errors import ERROR_RESPONSES
 from app.schemas.runs import WorkerPublic, WorkersPublic
 from app.services import workers as service
 
-router = APIRouter(prefix="/workers", tags=["workers"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/workers", tags=["workers"])
 
 
 @router.get("", response_model=WorkersPublic)

@@ -9,7 +9,7 @@ from sqlmodel import Session
 from starlette.responses import RedirectResponse, Response
 
 from app.api.deps import SessionDep, SettingsDep
-from app.models import ClientMetric, RoundMetric, Run, RunEvent, RunStatus
+from app.models import ClientMetric, RoundMetric, Run, RunEvent, RunStatus, as_utc
 from app.services import checkpoints as checkpoint_service
 from app.services import experiments as experiment_service
 from app.services import runs as service
@@ -26,16 +26,13 @@ LOG_TAIL = 200
 EVENT_PAGE = 1000
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
 def progress_of(run: Run, rounds: Sequence[RoundMetric]) -> Progress:
     """Round i of N, time since the start, and the time to go at the mean round duration so far."""
     first = run.resumed_from_round or 0
     planned = int(run.config.get("num_rounds", 0))
     done = max([run.current_round, *(r.round for r in rounds)])
-    started, finished = _aware(run.started_at), _aware(run.finished_at)
+    started = as_utc(run.started_at) if run.started_at else None
+    finished = as_utc(run.finished_at) if run.finished_at else None
     elapsed = None
     if started is not None:
         elapsed = ((finished or datetime.now(UTC)) - started).total_seconds()
