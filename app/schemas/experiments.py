@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 from sqlmodel.main import SQLModelConfig
 
+from app.core.names import Name
 from app.models import ExperimentBase, Mode, Strategy
 from app.schemas.common import RowId, UtcDatetime
 from worker.federation.config import DatasetRef, Partition
@@ -56,7 +57,7 @@ class ExperimentUpdate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"num_rounds": 10, "seed": 1}]}
     )
 
-    name: str | None = _optional("name")
+    name: Name | None = None  # the validator of Name applies to a given name, not to None
     description: str | None = _optional("description")
     policy: str | None = _optional("policy")
     strategy: Strategy | None = _optional("strategy")
