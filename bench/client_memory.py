@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
                     entry = run_measured(engine_root, config(clients), work / f"{name}-{clients}b")
                 results[name].append(entry)
                 print(name, json.dumps(entry), flush=True)
+                write(recorder, results, args.out_dir)
+    return 0
+
+
+def write(recorder: Recorder, results: dict[str, Any], out_dir: Path) -> None:
+    """Save what is measured so far (after every federation: a run cut short keeps it)."""
     engine = results["engine"]
     growth = engine[-1]["peak_pss_gib"] / engine[0]["peak_pss_gib"] - 1
     met = growth < TARGET_GROWTH and engine[-1]["clients"] >= 32
@@ -230,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         ],
     )
-    recorder.write(results, table, out_dir=args.out_dir)
-    return 0
+    recorder.write(results, table, out_dir=out_dir)
 
 
 if __name__ == "__main__":

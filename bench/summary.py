@@ -277,7 +277,7 @@ def throughput_rows() -> list[Row]:
         if result is None:
             continue
         on_gpu = result["device"] == "cuda"
-        where = "GPU" if on_gpu else "CPU (tiny policy, small video)"
+        where = "GPU" if on_gpu else "CPU"
         machine = (
             f"{result['gpu']}, {result['machine']['cpus']} CPUs, load "
             f"{result['load_average_start'][0]}→{result['load_average_end'][0]}"
