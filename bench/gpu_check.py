@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from worker.data.loader import frames_to_float
 from worker.data.synthetic import SyntheticSpec, generate_dataset
 from worker.federation.checkpoints import save_checkpoint
 from worker.federation.config import TINY_POLICY, DatasetRef
@@ -65,7 +66,10 @@ def tiny_on_device(scratch: Path, device: str, steps: int) -> dict[str, Any]:
     )
     reloaded = SmolVLAPolicy.from_pretrained(report.path).to(device)
     reloaded.eval()
-    batch = bundle.preprocessor(next(iter(torch.utils.data.DataLoader(data.dataset, batch_size=2))))
+    batch = frames_to_float(
+        bundle.preprocessor(next(iter(torch.utils.data.DataLoader(data.dataset, batch_size=2)))),
+        data.camera_keys,
+    )
     with torch.no_grad():
         action = reloaded.select_action(batch)
     return {

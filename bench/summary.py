@@ -270,6 +270,84 @@ def gpu_rows() -> list[Row]:
     ]
 
 
+def throughput_rows() -> list[Row]:
+    rows: list[Row] = []
+    for name in ("gpu_throughput", "gpu_throughput_cpu"):
+        result = _load(name)
+        if result is None:
+            continue
+        on_gpu = result["device"] == "cuda"
+        where = "GPU" if on_gpu else "CPU"
+        machine = (
+            f"{result['gpu']}, {result['machine']['cpus']} CPUs, load "
+            f"{result['load_average_start'][0]}→{result['load_average_end'][0]}"
+            if on_gpu
+            else _load_note(result)
+        )
+        for batch, row in result["rows"].items():
+            if "fedvla" not in row:
+                continue
+            fedvla, lerobot = row["fedvla"]["samples_per_s"], row["lerobot"]["samples_per_s"]
+            compute = row["compute_fedvla_setup"]["samples_per_s"]
+            vs_lerobot, vs_compute = fedvla / lerobot, fedvla / compute
+            rows.append(
+                [
+                    f"6. {where}: client loop samples/s, batch {batch} "
+                    f"({result['shape']} shape, {result['loader_workers']} loader workers)",
+                    f"fedvla {fedvla}, lerobot-train's feeding {lerobot}, compute alone "
+                    f"{compute} (lerobot's setup {row['compute_lerobot_setup']['samples_per_s']})"
+                    f": {vs_lerobot:.2f}x lerobot, {vs_compute:.2f} of compute",
+                    "≥ 1.0x lerobot; ≥ 0.9 of compute",
+                    f"{_verdict(vs_lerobot >= 1.0)}; {_verdict(vs_compute >= 0.9)}",
+                    _day(result),
+                    machine,
+                    f"`{result['command']}`",
+                ]
+            )
+        if on_gpu and result["step_table"]:
+            steps = "; ".join(
+                f"{label} {r['samples_per_s']} ({r['peak_gpu_memory_gib']} GiB)"
+                for label, r in result["step_table"]
+            )
+            rows.append(
+                [
+                    f"6. GPU: compute alone, one change at a time, batch {result['steps_batch']}",
+                    f"samples/s (peak): {steps}",
+                    "(reported)",
+                    "-",
+                    _day(result),
+                    machine,
+                    f"`{result['command']}`",
+                ]
+            )
+    return rows
+
+
+def client_memory_rows() -> list[Row]:
+    result = _load("client_memory")
+    if result is None:
+        return []
+    engine = result["engine"]
+    sizes = ", ".join(f"{e['clients']}: {e['peak_pss_gib']}" for e in engine)
+    rounds = ", ".join(f"{e['clients']}: {e['round_seconds'][-1]}" for e in engine)
+    text = f"peak GiB by clients {sizes}; round 2 s {rounds}"
+    if result["baseline"]:
+        old = ", ".join(f"{e['clients']}: {e['peak_pss_gib']}" for e in result["baseline"])
+        text += f"; policy per client (before): {old}"
+    return [
+        [
+            f"7. Memory vs virtual clients ({result['policy']} policy, 2 rounds)",
+            f"{text}: {result['target']['measured']:+.1%} from "
+            f"{engine[0]['clients']} to {engine[-1]['clients']}",
+            f"< +{result['target']['growth_max']:.0%} from 2 to 32",
+            _verdict(result["target"]["met"]),
+            _day(result),
+            _load_note(result),
+            f"`{result['command']}`",
+        ]
+    ]
+
+
 SECTIONS: list[Callable[[], list[Row]]] = [
     comm_rows,
     transport_rows,
@@ -279,6 +357,8 @@ SECTIONS: list[Callable[[], list[Row]]] = [
     orchestration_rows,
     learning_rows,
     gpu_rows,
+    throughput_rows,
+    client_memory_rows,
 ]
 
 

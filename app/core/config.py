@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(
         5.0, ge=0, description="After SIGTERM, seconds before a cancelled federation is killed."
     )
+    loader_workers: int = Field(
+        -1,
+        ge=-1,
+        description="DataLoader worker processes per training client (worker.data.loader "
+        "reads FEDVLA_LOADER_WORKERS); -1: half the CPUs less one, at most 8; 0: decode inline.",
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     superlink_host: str = Field(

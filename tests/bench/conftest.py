@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def run_bench(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """run_bench(name, *args): run bench/<name>.py with --out-dir tmp; its JSON and markdown."""
+    """run_bench(name, *args): run bench/<name>.py with --out-dir tmp; its JSON and markdown
+    (result_name: the results' name where it is not the script's)."""
 
-    def run(name: str, *args: str) -> tuple[dict[str, Any], str]:
+    def run(name: str, *args: str, result_name: str | None = None) -> tuple[dict[str, Any], str]:
         out = tmp_path / "results"
         subprocess.run(
             [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args, "--out-dir", str(out)],
@@ -25,10 +26,11 @@ def run_bench(tmp_path: Path):  # type: ignore[no-untyped-def]
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
             timeout=900,
         )
-        result = json.loads((out / f"{name}.json").read_text())
-        assert result["benchmark"] == name
+        written = result_name or name
+        result = json.loads((out / f"{written}.json").read_text())
+        assert result["benchmark"] == written
         assert len(result["load_average_start"]) == 3 and len(result["load_average_end"]) == 3
         assert result["machine"]["cpus"] >= 1
-        return result, (out / f"{name}.md").read_text()
+        return result, (out / f"{written}.md").read_text()
 
     return run

@@ -325,6 +325,9 @@ def test_renamed_cameras_on_a_real_dataset(datasets: dict[str, Path]) -> None:
     )
     assert "observation.images.front" in renamed.features
     assert "observation.images.wrist" not in renamed.features
+    # Frames become floats on the device under the names the policy knows them by.
+    assert "observation.images.front" in renamed.camera_keys
+    assert "observation.images.wrist" not in renamed.camera_keys
     item = renamed.dataset[0]
     assert "observation.images.front" in item and "observation.images.wrist" not in item
     assert len(renamed.dataset) == len(data.dataset)

@@ -21,6 +21,7 @@ def _task_identity() -> Iterator[None]:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 0
     yield
     client_app._cache.clear()
+    client_app._policies.clear()
 
 
 def _config(dataset: DatasetRef, **changes: object) -> FederationConfig:
@@ -123,7 +124,7 @@ def test_weights_that_do_not_train_are_refused(images_dataset: DatasetRef, data_
         client_app.app(message, _context(images_dataset, data_dir))
 
 
-def test_one_process_keeps_every_client_of_the_run_and_frees_earlier_runs(
+def test_one_process_keeps_every_client_of_the_run_shares_one_policy_and_frees_earlier_runs(
     images_dataset: DatasetRef, data_dir: Path
 ) -> None:
     """Ray hands one actor several clients in turn: none of them is rebuilt each round."""
@@ -142,6 +143,11 @@ def test_one_process_keeps_every_client_of_the_run_and_frees_earlier_runs(
     assert client_app.client_state(config, record, context(7, "site-a")) is first
     assert client_app.client_state(config, record, context(7, "site-b")) is second
     assert len(client_app._cache) == 2
+    # One policy for both (its memory does not grow with clients); processors of their own.
+    assert first.bundle.policy is second.bundle.policy
+    assert first.bundle.preprocessor is not second.bundle.preprocessor
+    assert second.bundle.load_seconds == 0.0 < first.bundle.load_seconds
 
-    client_app.client_state(config, record, context(8, "site-a"))
+    later = client_app.client_state(config, record, context(8, "site-a"))
     assert len(client_app._cache) == 1
+    assert len(client_app._policies) == 1 and later.bundle.policy is not first.bundle.policy

@@ -36,6 +36,8 @@ class SyntheticSpec:
     """Height and width of every camera."""
     fps: int = 30
     use_videos: bool = False
+    streaming_encoding: bool = False
+    """Videos: encode frames as they are added (no image files), as lerobot records live."""
     tasks: tuple[str, ...] = TASKS
     state_dim: int = len(SO100_JOINTS)
     seed: int = 0
@@ -79,6 +81,7 @@ def generate_dataset(root: Path, spec: SyntheticSpec) -> Path:
         root=root,
         robot_type="so100_follower",
         use_videos=spec.use_videos,
+        streaming_encoding=spec.use_videos and spec.streaming_encoding,
     )
     height, width = spec.image_shape
     for episode in range(spec.episodes):

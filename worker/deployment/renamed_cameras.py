@@ -33,6 +33,11 @@ class RenamedClientData(ClientData):
         mapping = self.mapping or {}
         return {mapping.get(k, k): v for k, v in super().features.items()}
 
+    @property
+    def camera_keys(self) -> list[str]:
+        mapping = self.mapping or {}
+        return [mapping.get(k, k) for k in super().camera_keys]
+
 
 def apply_camera_map(data: ClientData, mapping: dict[str, str]) -> ClientData:
     """``data`` with its cameras renamed; DatasetError if a mapped camera is not in it."""
@@ -45,4 +50,6 @@ def apply_camera_map(data: ClientData, mapping: dict[str, str]) -> ClientData:
             f"camera-map names cameras the dataset lacks: {missing} (it has {sorted(cameras)})"
         )
     stats = {mapping.get(k, k): v for k, v in data.stats.items()}
-    return RenamedClientData(data.ref, RenamedCameras(data.dataset, mapping), stats, mapping)
+    return RenamedClientData(
+        data.ref, RenamedCameras(data.dataset, mapping), stats, mapping=mapping
+    )

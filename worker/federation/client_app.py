@@ -41,7 +41,8 @@ STATS_KEY = "norm-stats"
 
 @dataclass
 class ClientState:
-    """What a client keeps across rounds within one process (a Ray actor in simulation)."""
+    """What a client keeps across rounds within one process (a Ray actor in simulation): its
+    data, feed and processors. The policy in its bundle is the process's one shared policy."""
 
     label: str
     data: task.ClientData
@@ -51,6 +52,12 @@ class ClientState:
 
 
 _cache: dict[tuple[str, ...], ClientState] = {}
+_policies: dict[tuple[str, ...], task.PolicyBundle] = {}
+"""One policy per process and run, whichever of its clients a message is for: the frozen VLM is
+the same for all of them, and every train or evaluate message assigns the weights that train
+before the policy is used, so a process's memory does not grow with its clients."""
+MAX_LIVE_FEEDS = 4
+"""Clients per process whose loader worker processes stay alive between rounds."""
 
 
 def message_config(msg: Message) -> tuple[FederationConfig, ConfigRecord]:
@@ -92,21 +99,38 @@ def client_state(config: FederationConfig, record: ConfigRecord, context: Contex
         if CAMERA_MAP_KEY in context.node_config:  # deployment: the kit renames the site's cameras
             cameras = parse_camera_map(str(context.node_config[CAMERA_MAP_KEY]))
             data = apply_camera_map(data, cameras)
-        bundle = task.build_bundle(
-            source,
-            data.features,
-            stats=data.stats,
-            data_dir=data_dir,
-            seed=config.seed,
-            device=task.pick_device(config.device),
-        )
-        state = ClientState(label, data, bundle)
-        # A Ray actor serves every client it is handed (more clients than actors is common), so
-        # it keeps one policy per client of the current run and frees those of earlier runs.
+        # A Ray actor serves every client it is handed (more clients than actors is common): it
+        # frees the clients and the policy of earlier runs, and shares one policy among the rest.
         for stale in [k for k in _cache if k[0] != key[0]]:
-            del _cache[stale]
+            _cache.pop(stale).data.close()
+        for stale in [k for k in _policies if k[0] != key[0]]:
+            del _policies[stale]
+        policy_key = (key[0], key[2], json.dumps(data.features, sort_keys=True))
+        shared = _policies.get(policy_key)
+        if shared is None:
+            shared = task.build_bundle(
+                source,
+                data.features,
+                stats=data.stats,
+                data_dir=data_dir,
+                seed=config.seed,
+                device=task.pick_device(config.device),
+            )
+            _policies[policy_key] = shared
+            bundle = shared
+        else:
+            bundle = task.bundle_for(shared.policy, data.stats, shared.device)
+        state = ClientState(label, data, bundle)
         _cache[key] = state
     return state
+
+
+def _keep_feeds_bounded(current: ClientState) -> None:
+    """Stop the loader workers of the clients least recently trained beyond MAX_LIVE_FEEDS."""
+    live = [s for s in _cache.values() if s.data.feed is not None and s is not current]
+    live.sort(key=lambda s: s.data.last_fed)
+    for state in live[: max(0, len(live) + 1 - MAX_LIVE_FEEDS)]:
+        state.data.close()
 
 
 def _chunk_size(source: Any, data_dir: Path) -> int:
@@ -162,6 +186,7 @@ def train(msg: Message, context: Context) -> Message:
     load_seconds = _take_load_seconds(state) + (time.perf_counter() - started)
     server_round = as_int(record["server-round"])
     mu = as_float(record.get("proximal-mu", 0.0))
+    _keep_feeds_bounded(state)
     result = task.train(
         state.bundle,
         state.data,

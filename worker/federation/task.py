@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +18,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from worker.data.features import ACTION_KEY, STATE_KEY, DatasetError, describe
+from worker.data.loader import Feed, frames_to_float, loader_workers
 from worker.federation.config import DatasetRef
 from worker.policy.loading import PolicySource, build_policy, trainable_state
+from worker.policy.speed import flow_loss, hold_frozen_in_bf16
 
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -74,6 +75,30 @@ class ClientData:
     dataset: SkippingDataset
     stats: Stats
     """The dataset's own statistics of the normalised features."""
+    feed: Feed | None = None
+    """The training batches, kept across rounds (built by the first call of train)."""
+    last_fed: float = 0.0
+    """When training last took batches from the feed (time.monotonic)."""
+
+    @property
+    def camera_keys(self) -> list[str]:
+        return list(self.dataset.dataset.meta.camera_keys)
+
+    def training_feed(self, batch_size: int, seed: int, *, pin: bool) -> Feed:
+        """The client's feed for this batch size, built once with `seed`."""
+        self.last_fed = time.monotonic()
+        if self.feed is None or self.feed.batch_size != batch_size:
+            self.close()
+            self.feed = Feed(
+                self.dataset, batch_size=batch_size, seed=seed, workers=loader_workers(), pin=pin
+            )
+        return self.feed
+
+    def close(self) -> None:
+        """Stop the feed's worker processes."""
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
 
     @property
     def episodes(self) -> int:
@@ -90,7 +115,11 @@ class ClientData:
 
 
 def open_dataset(ref: DatasetRef, *, chunk_size: int, owner: str) -> ClientData:
-    """Open a LeRobotDataset returning action chunks of the policy's length."""
+    """Open a LeRobotDataset returning action chunks of the policy's length.
+
+    Video frames come as uint8 (as lerobot-train reads them); frames_to_float makes them floats
+    once they are on the device.
+    """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     try:
@@ -106,6 +135,7 @@ def open_dataset(ref: DatasetRef, *, chunk_size: int, owner: str) -> ClientData:
             root=ref.root,
             episodes=ref.episodes,
             delta_timestamps={ACTION_KEY: [i / fps for i in range(chunk_size)]},
+            return_uint8=True,
         )
     except Exception as error:
         raise DatasetError(
@@ -163,9 +193,16 @@ def build_bundle(
         seed=seed,
         device=device,
     )
-    bundle = PolicyBundle(loaded.policy, *_processors(loaded.policy, stats), stats, device)
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        hold_frozen_in_bf16(loaded.policy)
+    bundle = bundle_for(loaded.policy, stats, device)
     bundle.load_seconds = loaded.seconds
     return bundle
+
+
+def bundle_for(policy: "SmolVLAPolicy", stats: Stats, device: str) -> PolicyBundle:
+    """A policy (maybe shared with other clients) with processors normalising with `stats`."""
+    return PolicyBundle(policy, *_processors(policy, stats), stats, device)
 
 
 def set_stats(bundle: PolicyBundle, stats: Stats) -> None:
@@ -204,15 +241,6 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
-def _batches(data: ClientData, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        loader = DataLoader(
-            data.dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0
-        )
-        yield from loader
-
-
 def _autocast(device: str) -> Any:
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -229,7 +257,11 @@ def train(
     seed: int,
     proximal_mu: float = 0.0,
 ) -> TrainResult:
-    """Local training: `steps` gradient steps; FedProx's proximal term when mu > 0."""
+    """Local training: `steps` gradient steps; FedProx's proximal term when mu > 0.
+
+    Batches come from the client's feed, which lasts across rounds; the noise the flow-matching
+    loss draws is seeded by `seed`. Nothing reads the GPU back until the last step.
+    """
     policy = bundle.policy
     started = time.perf_counter()
     skipped_before = data.dataset.skipped
@@ -241,17 +273,18 @@ def train(
         betas=policy.config.optimizer_betas,
         eps=policy.config.optimizer_eps,
         weight_decay=policy.config.optimizer_weight_decay,
+        fused=bundle.device == "cuda",
     )
     policy.train()
-    losses: list[float] = []
+    feed = data.training_feed(batch_size, seed, pin=bundle.device == "cuda")
+    step_losses: list[torch.Tensor] = []
     samples = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        batches = _batches(data, batch_size, seed)
         for _ in range(steps):
-            batch = bundle.preprocessor(next(batches))
+            batch = frames_to_float(bundle.preprocessor(feed.next()), data.camera_keys)
             with _autocast(bundle.device):
-                loss, _ = policy.forward(batch)
+                loss = flow_loss(policy, batch)
             if proximal_mu > 0:
                 drift = sum(((p - a) ** 2).sum() for p, a in zip(trainable, anchor, strict=True))
                 loss = loss + proximal_mu / 2 * drift
@@ -259,8 +292,9 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, policy.config.optimizer_grad_clip_norm)
             optimizer.step()
-            losses.append(float(loss.detach()))
+            step_losses.append(loss.detach())
             samples += int(batch[STATE_KEY].shape[0])
+    losses = [float(v) for v in torch.stack(step_losses).float().cpu()]
     if not all(math.isfinite(v) for v in losses):
         raise FloatingPointError(f"training diverged: losses {losses}")
     return TrainResult(
@@ -293,9 +327,9 @@ def evaluate(
         for index, raw in enumerate(loader):
             if index >= batches:
                 break
-            batch = bundle.preprocessor(raw)
+            batch = frames_to_float(bundle.preprocessor(raw), data.camera_keys)
             with _autocast(bundle.device):
-                loss, _ = policy.forward(batch)
+                loss = flow_loss(policy, batch)
             losses.append(float(loss))
             samples += int(batch[STATE_KEY].shape[0])
     return float(np.mean(losses)), samples
