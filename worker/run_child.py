@@ -1,4 +1,5 @@
-"""The federation process of one run: ``python -m worker.run_child <run_id>``.
+"""The federation process of one run: forked from the worker's warm process (``forked_main``,
+see worker.warm), or ``python -m worker.run_child <run_id>``.
 
 Started by worker.supervisor in its own process group, with the worker's settings in FEDVLA_*
 variables. It reads the run's frozen config, announces itself with a first event (importing only
@@ -43,7 +44,29 @@ def watch_parent(parent_pid: int, every_s: float = 1.0) -> threading.Thread:
     return thread
 
 
-def main(argv: list[str]) -> int:
+def forked_main(run_id: int, env: dict[str, str], log_path: str) -> None:
+    """The federation process when forked from the worker's warm process (worker.warm).
+
+    It does here what ``subprocess.Popen(..., start_new_session=True)`` does for ``main``: a
+    session and process group of its own, the worker's settings as its environment, and its
+    output into the run's log.
+    """
+    preloaded = "worker.federation.runner" in sys.modules
+    os.setsid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for target in (1, 2):
+        os.dup2(log_fd, target)
+    os.close(log_fd)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    os.environ.clear()
+    os.environ.update(env)
+    raise SystemExit(main([str(run_id)], forked_warm=preloaded))
+
+
+def main(argv: list[str], forked_warm: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run_id = int(argv[0])
     watch_parent(os.getppid())
@@ -56,7 +79,8 @@ def main(argv: list[str]) -> int:
         config = FederationConfig.model_validate(run.config)
     engine.dispose()
     reporter = DbReporter(settings.database_url, settings.redis_url, run_id)
-    reporter.log(f"federation process {os.getpid()} ready on {socket.gethostname()}")
+    how = f", forked from warm process {os.getppid()}" if forked_warm else ""
+    reporter.log(f"federation process {os.getpid()} ready on {socket.gethostname()}{how}")
 
     try:
         if config.mode == "deployment":
@@ -71,6 +95,7 @@ def main(argv: list[str]) -> int:
                 reporter,
                 output_dir=run_output_dir(settings, run_id),
                 data_dir=settings.data_dir,
+                clients="forked" if settings.warm_start else "ray",
             )
     finally:
         reporter.close()

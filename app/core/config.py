@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(
         5.0, ge=0, description="After SIGTERM, seconds before a cancelled federation is killed."
     )
+    warm_start: bool = Field(
+        True,
+        description="The worker keeps a process with the engine imported and forks each "
+        "federation from it; false: a fresh Python process per run.",
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     superlink_host: str = Field(
