@@ -19,11 +19,19 @@ import shutil
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common import Recorder, bench_parser, load_average, markdown_table, median
+from common import (
+    Recorder,
+    aware,
+    bench_parser,
+    load_average,
+    markdown_table,
+    median,
+    wait_until,
+)
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
@@ -34,26 +42,13 @@ from app.main import create_app
 from app.models import Role, RoundMetric, Run, RunEvent, WorkerNode
 from app.schemas.experiments import ExperimentCreate
 from app.services import experiments, tokens
+from tests.orchestration.conftest import tiny_experiment_fields
 from worker.main import start_local_worker
 
 COMMAND = ".venv/bin/python bench/fast_start.py"
 TARGET_S = 10.0
 RUN_TIMEOUT_S = 300.0
 WARM_READY_MARKER = "warm federation process ready"
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _wait(condition: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(what)
 
 
 def prepare_assets(root: Path) -> Path:
@@ -64,25 +59,6 @@ def prepare_assets(root: Path) -> Path:
     tiny_vlm_dir(root / "data")
     generate_dataset(root / "synthetic", SyntheticSpec(episodes=5, frames_per_episode=16))
     return root
-
-
-def experiment_fields(assets: Path) -> dict[str, Any]:
-    return {
-        "name": "fast-start",
-        "policy": "tiny",
-        "num_rounds": 1,
-        "min_clients": 2,
-        "local_steps": 2,
-        "batch_size": 2,
-        "eval_batches": 1,
-        "device": "cpu",
-        "client_num_cpus": 1.0,
-        "partition": {
-            "dataset": {"repo_id": "local/synthetic", "root": str(assets / "synthetic")},
-            "num_clients": 2,
-            "holdout_episodes": 1,
-        },
-    }
 
 
 def measure(mode: str, runs: int, assets: Path, workdir: Path) -> dict[str, Any]:
@@ -99,7 +75,10 @@ def measure(mode: str, runs: int, assets: Path, workdir: Path) -> dict[str, Any]
     with Session(engine) as session:
         _, secret = tokens.create_token(session=session, name="bench", role=Role.admin)
         experiment = experiments.create_experiment(
-            session=session, data=ExperimentCreate.model_validate(experiment_fields(assets))
+            session=session,
+            data=ExperimentCreate.model_validate(
+                tiny_experiment_fields(assets, name="fast-start", num_rounds=1)
+            ),
         )
     headers = {"Authorization": f"Bearer {secret}"}
     worker_name = f"{settings.gpu_queue}@bench"
@@ -107,9 +86,9 @@ def measure(mode: str, runs: int, assets: Path, workdir: Path) -> dict[str, Any]
     worker = start_local_worker(settings, worker_name, str(worker_log))
     samples: list[dict[str, Any]] = []
     try:
-        _wait(lambda: _registered(engine, worker_name), 120, "the worker to register")
+        wait_until(lambda: _registered(engine, worker_name), 120, "the worker to register")
         if mode == "warm":
-            _wait(lambda: WARM_READY_MARKER in worker_log.read_text(), 180, "the warm process")
+            wait_until(lambda: WARM_READY_MARKER in worker_log.read_text(), 180, "the warm process")
         time.sleep(2.0)  # let the worker finish connecting to the broker
         with TestClient(create_app(settings)) as client:
             for _ in range(runs):
@@ -117,7 +96,7 @@ def measure(mode: str, runs: int, assets: Path, workdir: Path) -> dict[str, Any]
                 answer = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=headers)
                 answer.raise_for_status()
                 run_id = answer.json()["id"]
-                _wait(lambda id=run_id: _final(engine, id), RUN_TIMEOUT_S, f"run {run_id}")
+                wait_until(lambda id=run_id: _final(engine, id), RUN_TIMEOUT_S, f"run {run_id}")
                 sample = _sample(engine, run_id)
                 sample["load_average"] = load
                 samples.append(sample)
@@ -158,9 +137,9 @@ def _sample(engine: Any, run_id: int) -> dict[str, Any]:
     with Session(engine) as session:
         run = session.get(Run, run_id)
         assert run is not None
-        created = _aware(run.created_at)
+        created = aware(run.created_at)
         rounds = {
-            metric.round: _aware(metric.created_at)
+            metric.round: aware(metric.created_at)
             for metric in session.exec(select(RoundMetric).where(RoundMetric.run_id == run_id))
         }
         events = session.exec(
@@ -173,12 +152,12 @@ def _sample(engine: Any, run_id: int) -> dict[str, Any]:
         return {
             "run_id": run_id,
             "status": str(run.status),
-            "claimed_s": since(_aware(run.started_at) if run.started_at else None),
+            "claimed_s": since(aware(run.started_at) if run.started_at else None),
             "round_0_s": since(rounds.get(0)),
             "first_round_s": since(rounds.get(1)),
-            "finished_s": since(_aware(run.finished_at) if run.finished_at else None),
+            "finished_s": since(aware(run.finished_at) if run.finished_at else None),
             "events": [
-                [since(_aware(event.created_at)), event.kind, event.message[:120]]
+                [since(aware(event.created_at)), event.kind, event.message[:120]]
                 for event in events
             ],
         }
