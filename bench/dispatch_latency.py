@@ -43,6 +43,7 @@ from app.models import Role, Run, RunEvent, WorkerNode  # noqa: E402
 from app.schemas.experiments import ExperimentCreate  # noqa: E402
 from app.services import experiments, tokens  # noqa: E402
 from worker.main import start_local_worker  # noqa: E402
+from worker.warm import READY_MESSAGE  # noqa: E402
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_BROKER = "redis://127.0.0.1:6379/13"
@@ -96,6 +97,9 @@ def measure(broker: str, runs: int, workdir: Path) -> dict[str, Any]:
     samples: list[dict[str, float]] = []
     try:
         wait_until(lambda: _worker_ready(engine, worker_name), 60, "the worker to register")
+        worker_log = workdir / f"{broker}-worker.log"
+        if settings.warm_start:  # launched sooner, the first run would wait for its imports
+            wait_until(lambda: READY_MESSAGE in worker_log.read_text(), 300, "the warm process")
         time.sleep(2.0)  # let the worker finish connecting to the broker
         with TestClient(create_app(settings)) as client:
             for _ in range(runs):

@@ -12,7 +12,7 @@ federation with torch, lerobot and Flower already imported, and Ray's client act
 ahead) and `cold` (false: a fresh Python process imports everything and starts Ray per run).
 Target: warm median < 10 s. Writes bench/results/fast_start.{json,md}.
 
-    .venv/bin/python bench/fast_start.py [--runs 5] [--modes warm,cold] [--quick]
+    .venv/bin/python bench/fast_start.py [--runs 5] [--cold-runs N] [--modes warm,cold] [--quick]
 """
 
 import shutil
@@ -44,11 +44,11 @@ from app.schemas.experiments import ExperimentCreate
 from app.services import experiments, tokens
 from tests.orchestration.conftest import tiny_experiment_fields
 from worker.main import start_local_worker
+from worker.warm import READY_MESSAGE
 
 COMMAND = ".venv/bin/python bench/fast_start.py"
 TARGET_S = 10.0
 RUN_TIMEOUT_S = 300.0
-WARM_READY_MARKER = "warm federation process ready"
 
 
 def prepare_assets(root: Path) -> Path:
@@ -88,7 +88,7 @@ def measure(mode: str, runs: int, assets: Path, workdir: Path) -> dict[str, Any]
     try:
         wait_until(lambda: _registered(engine, worker_name), 120, "the worker to register")
         if mode == "warm":
-            wait_until(lambda: WARM_READY_MARKER in worker_log.read_text(), 180, "the warm process")
+            wait_until(lambda: READY_MESSAGE in worker_log.read_text(), 180, "the warm process")
         time.sleep(2.0)  # let the worker finish connecting to the broker
         with TestClient(create_app(settings)) as client:
             for _ in range(runs):
@@ -167,20 +167,29 @@ def main() -> None:
     parser = bench_parser(__doc__ or "")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--modes", default="warm,cold")
+    parser.add_argument(
+        "--cold-runs", type=int, help="runs of the cold path (default --runs): minutes each"
+    )
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     recorder = Recorder(
         "fast_start",
         "How long from launching a tiny 2-client run (embedded default) to its first finished "
         "round, with the warm path and with a cold process per run?",
-        COMMAND + (" --quick" if args.quick else f" --runs {runs} --modes {args.modes}"),
+        COMMAND
+        + (
+            " --quick"
+            if args.quick
+            else f" --runs {runs} --cold-runs {args.cold_runs or runs} --modes {args.modes}"
+        ),
     )
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         assets = prepare_assets(workdir / "assets")
         for mode in args.modes.split(","):
-            results.append(measure(mode, runs, assets, workdir))
+            count = args.cold_runs if mode == "cold" and args.cold_runs and not args.quick else runs
+            results.append(measure(mode, count, assets, workdir))
     rows = [
         [
             result["mode"],

@@ -151,7 +151,7 @@ def _federation_pid(worker: WorkerProcess, run_id: int) -> int:
     marker = f"run {run_id}: federation process "
     line = wait_for(
         lambda: next((x for x in worker.log().splitlines() if marker in x), None),
-        60,
+        RUN_TIMEOUT_S,  # the first run after a worker starts waits for its warm process
         "the federation process to start",
     )
     return int(line.split(marker)[1].split()[0])
@@ -382,6 +382,7 @@ def test_runs_fork_from_the_warm_process_which_outlives_a_crashed_federation(
     assert _warm_parent(engine, next_id) == warm_pid
 
 
+@pytest.mark.timeout(600)  # the slow path: minutes on a loaded machine
 def test_without_warm_start_a_fresh_process_runs_the_clients_on_ray(
     fast_settings: Settings,
     engine: Engine,
@@ -398,7 +399,8 @@ def test_without_warm_start_a_fresh_process_runs_the_clients_on_ray(
         run_id = client.post(f"/api/v1/experiments/{experiment_id}/runs", headers=admin).json()[
             "id"
         ]
-        finished = _final(engine, run_id, worker, cold)
+        wait_for(lambda: _run(engine, run_id).status.is_final, 500, f"run {run_id} to finish")
+        finished = _run(engine, run_id)
     finally:
         worker.stop()
     assert finished.status == RunStatus.succeeded, _explain(worker, cold, run_id)
