@@ -203,7 +203,7 @@ def fast_start_rows() -> list[Row]:
     )
     if cold is not None:
         measured += (
-            f"; cold process + Ray {cold['first_round_median_s']} s "
+            f"; cold process + Ray ({cold['runs']} runs) {cold['first_round_median_s']} s "
             f"({cold['first_round_min_s']}-{cold['first_round_max_s']})"
         )
     median = warm["first_round_median_s"]
