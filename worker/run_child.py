@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session
 
@@ -52,6 +53,7 @@ def forked_main(run_id: int, env: dict[str, str], log_path: str) -> None:
     output into the run's log.
     """
     preloaded = "worker.federation.runner" in sys.modules
+    _drop_worker_alive_fd()
     os.setsid()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -64,6 +66,21 @@ def forked_main(run_id: int, env: dict[str, str], log_path: str) -> None:
     os.environ.clear()
     os.environ.update(env)
     raise SystemExit(main([str(run_id)], forked_warm=preloaded))
+
+
+def _drop_worker_alive_fd() -> None:
+    """Close this process's copy of the worker's end of the fork server's alive pipe.
+
+    The fork server hands it to every child; while any copy is open the fork server never sees
+    the worker die, so it never exits and the parent watch below never fires (kill -9 of the
+    worker would leave the federation training).
+    """
+    from multiprocessing import forkserver
+
+    server: Any = forkserver._forkserver  # its alive fd is private to the standard library
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
 
 
 def main(argv: list[str], forked_warm: bool = False) -> int:
