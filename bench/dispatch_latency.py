@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import aware, wait_until
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -42,25 +43,12 @@ from app.models import Role, Run, RunEvent, WorkerNode  # noqa: E402
 from app.schemas.experiments import ExperimentCreate  # noqa: E402
 from app.services import experiments, tokens  # noqa: E402
 from worker.main import start_local_worker  # noqa: E402
+from worker.warm import READY_MESSAGE  # noqa: E402
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_BROKER = "redis://127.0.0.1:6379/13"
 STARTED = ("federation process ", " started")
 READY = ("federation process ", " ready on ")
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _wait(condition: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise TimeoutError(what)
 
 
 def _settings(broker: str, workdir: Path) -> Settings:
@@ -108,7 +96,10 @@ def measure(broker: str, runs: int, workdir: Path) -> dict[str, Any]:
     worker = start_local_worker(settings, worker_name, str(workdir / f"{broker}-worker.log"))
     samples: list[dict[str, float]] = []
     try:
-        _wait(lambda: _worker_ready(engine, worker_name), 60, "the worker to register")
+        wait_until(lambda: _worker_ready(engine, worker_name), 60, "the worker to register")
+        worker_log = workdir / f"{broker}-worker.log"
+        if settings.warm_start:  # launched sooner, the first run would wait for its imports
+            wait_until(lambda: READY_MESSAGE in worker_log.read_text(), 300, "the warm process")
         time.sleep(2.0)  # let the worker finish connecting to the broker
         with TestClient(create_app(settings)) as client:
             for _ in range(runs):
@@ -117,12 +108,14 @@ def measure(broker: str, runs: int, workdir: Path) -> dict[str, Any]:
                 answered = datetime.now(UTC)
                 answer.raise_for_status()
                 run_id = answer.json()["id"]
-                ready_at = _wait(lambda id=run_id: _event_at(engine, id, READY), 60, "child ready")
+                ready_at = wait_until(
+                    lambda id=run_id: _event_at(engine, id, READY), 60, "child ready"
+                )
                 started_at = _event_at(engine, run_id, STARTED)
                 claimed_at = _started_at(engine, run_id)
                 assert started_at is not None
                 client.post(f"/api/v1/runs/{run_id}/cancel", headers=headers)
-                _wait(lambda: _worker_idle(engine, worker_name), 60, "the worker to be idle")
+                wait_until(lambda: _worker_idle(engine, worker_name), 60, "the worker to be idle")
                 samples.append(
                     {
                         "request_s": (answered - t0).total_seconds(),
@@ -181,14 +174,14 @@ def _event_at(engine: Any, run_id: int, marker: tuple[str, str]) -> datetime | N
             )
             .limit(1)
         ).first()
-        return _aware(event.created_at) if event else None
+        return aware(event.created_at) if event else None
 
 
 def _started_at(engine: Any, run_id: int) -> datetime:
     with Session(engine) as session:
         run = session.get(Run, run_id)
         assert run is not None and run.started_at is not None
-        return _aware(run.started_at)
+        return aware(run.started_at)
 
 
 def main() -> None:

@@ -188,6 +188,39 @@ def dispatch_rows() -> list[Row]:
     return rows
 
 
+def fast_start_rows() -> list[Row]:
+    result = _load("fast_start")
+    if result is None:
+        return []
+    by_mode = {entry["mode"]: entry for entry in result["results"]}
+    warm, cold = by_mode.get("warm"), by_mode.get("cold")
+    if warm is None:
+        return []
+    loads = [s["load_average"][0] for entry in result["results"] for s in entry["samples"]]
+    measured = (
+        f"warm {warm['first_round_median_s']} s "
+        f"({warm['first_round_min_s']}-{warm['first_round_max_s']})"
+    )
+    if cold is not None:
+        measured += (
+            f"; cold process + Ray ({cold['runs']} runs) {cold['first_round_median_s']} s "
+            f"({cold['first_round_min_s']}-{cold['first_round_max_s']})"
+        )
+    median = warm["first_round_median_s"]
+    return [
+        [
+            f"4. Launch → round 1 finished, tiny policy, 2 clients, embedded default, median of "
+            f"{warm['runs']}",
+            measured,
+            f"< {result['target_s']:g} s",
+            _verdict(median is not None and median < result["target_s"]),
+            _day(result),
+            f"{THIS_VM}, load {min(loads)}-{max(loads)} at the launches",
+            "`.venv/bin/python bench/fast_start.py`",
+        ]
+    ]
+
+
 def orchestration_rows() -> list[Row]:
     result = _load("orchestration")
     if result is None:
@@ -354,6 +387,7 @@ SECTIONS: list[Callable[[], list[Row]]] = [
     aggregation_rows,
     overhead_rows,
     dispatch_rows,
+    fast_start_rows,
     orchestration_rows,
     learning_rows,
     gpu_rows,

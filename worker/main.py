@@ -2,6 +2,8 @@
 
 A worker consumes the GPU queue one federation at a time (solo pool, prefetch 1), registers itself
 with its GPUs, and sends heartbeats from a thread, which also fails runs whose worker was lost.
+With settings.warm_start it also starts its warm process (worker.warm), which federations fork
+from.
 """
 
 import argparse
@@ -13,6 +15,7 @@ from celery.utils.nodenames import default_nodename
 
 from app.core.config import Settings
 from app.core.db import make_engine
+from worker import warm
 from worker.celery_app import make_celery
 from worker.registry import HeartbeatThread, default_worker_name, register_worker
 from worker.supervisor import child_env
@@ -26,6 +29,8 @@ def run_worker(settings: Settings, name: str | None = None, loglevel: str = "INF
     heartbeats = HeartbeatThread(engine, settings, name)
     heartbeats.beat()  # fail runs a previous incarnation of this worker left behind, at once
     heartbeats.start()
+    if settings.warm_start:
+        warm.warm_up_in_background()
     app = make_celery(settings)
     try:
         app.worker_main(

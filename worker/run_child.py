@@ -1,4 +1,5 @@
-"""The federation process of one run: ``python -m worker.run_child <run_id>``.
+"""The federation process of one run: forked from the worker's warm process (``forked_main``,
+see worker.warm), or ``python -m worker.run_child <run_id>``.
 
 Started by worker.supervisor in its own process group, with the worker's settings in FEDVLA_*
 variables. It reads the run's frozen config, announces itself with a first event (importing only
@@ -14,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 from sqlmodel import Session
 
@@ -38,7 +40,45 @@ def watch_parent(parent_pid: int, every_s: float = 1.0) -> threading.Thread:
     return thread
 
 
-def main(argv: list[str]) -> int:
+def forked_main(run_id: int, env: dict[str, str], log_path: str) -> None:
+    """The federation process when forked from the worker's warm process (worker.warm).
+
+    It does here what ``subprocess.Popen(..., start_new_session=True)`` does for ``main``: a
+    session and process group of its own, the worker's settings as its environment, and its
+    output into the run's log.
+    """
+    preloaded = "worker.federation.runner" in sys.modules
+    _drop_worker_alive_fd()
+    os.setsid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for target in (1, 2):
+        os.dup2(log_fd, target)
+    os.close(log_fd)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    os.environ.clear()
+    os.environ.update(env)
+    raise SystemExit(main([str(run_id)], forked_warm=preloaded))
+
+
+def _drop_worker_alive_fd() -> None:
+    """Close this process's copy of the worker's end of the fork server's alive pipe.
+
+    The fork server hands it to every child; while any copy is open the fork server never sees
+    the worker die, so it never exits and the parent watch below never fires (kill -9 of the
+    worker would leave the federation training).
+    """
+    from multiprocessing import forkserver
+
+    server: Any = forkserver._forkserver  # its alive fd is private to the standard library
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+
+
+def main(argv: list[str], forked_warm: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run_id = int(argv[0])
     watch_parent(os.getppid())
@@ -52,7 +92,8 @@ def main(argv: list[str]) -> int:
         output_dir = run_files.run_dir(settings, run.storage_key)
     engine.dispose()
     reporter = DbReporter(settings.database_url, settings.redis_url, run_id)
-    reporter.log(f"federation process {os.getpid()} ready on {socket.gethostname()}")
+    how = f", forked from warm process {os.getppid()}" if forked_warm else ""
+    reporter.log(f"federation process {os.getpid()} ready on {socket.gethostname()}{how}")
 
     try:
         if config.mode == "deployment":
@@ -67,6 +108,7 @@ def main(argv: list[str]) -> int:
                 reporter,
                 output_dir=output_dir,
                 data_dir=settings.data_dir,
+                clients="forked" if settings.warm_start else "ray",
             )
     finally:
         reporter.close()

@@ -1,6 +1,7 @@
 """Runs one federation in a child process and watches over it.
 
-The child (``python -m worker.run_child <run_id>``) leads its own process group, so a cancel
+The child (forked from the worker's warm process, or ``python -m worker.run_child <run_id>``)
+leads its own process group, so a cancel
 stops it and everything it started (Ray, Flower's processes) with one killpg, and a crash of the
 training stack cannot take the Celery worker down. While the child runs, the supervisor stamps the
 run's heartbeat and checks for a cancel about every half second.
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -24,6 +26,8 @@ from app.core.config import Settings
 from app.models import RunStatus
 from app.services import run_files, runs
 from app.services.events import EventPublisher, append_event
+from worker import warm
+from worker.run_child import forked_main
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +78,33 @@ def last_error_line(log_path: Path) -> str:
 
 
 class FederationProcess:
-    """The child process of one run, in its own session and process group."""
+    """The child process of one run, in its own session and process group.
+
+    Forked from the worker's warm process (worker.warm) when settings.warm_start and no
+    ``command`` is given, else a fresh ``python -m worker.run_child``.
+    """
 
     def __init__(
         self, settings: Settings, run_id: int, run_dir: Path, command: Sequence[str] = ()
     ) -> None:
         self.settings = settings
         self.run_id = run_id
+        self.warm = settings.warm_start and not command
         self.command = list(command) or [sys.executable, "-m", "worker.run_child", str(run_id)]
         self.log_path = run_dir / "federation.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.forked: BaseProcess | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.warm and not warm.failure:
+            self.forked = warm.context().Process(
+                target=forked_main,
+                args=(self.run_id, child_env(self.settings), str(self.log_path)),
+                name=f"fedvla-run-{self.run_id}",
+            )
+            self.forked.start()
+            return
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
                 self.command,
@@ -98,22 +116,40 @@ class FederationProcess:
             )
 
     @property
+    def started(self) -> bool:
+        return self.process is not None or self.forked is not None
+
+    @property
     def pid(self) -> int:
+        if self.forked is not None:
+            assert self.forked.pid is not None
+            return self.forked.pid
         assert self.process is not None
         return self.process.pid
 
     def poll(self) -> int | None:
+        if self.forked is not None:
+            return self.forked.exitcode
         assert self.process is not None
         return self.process.poll()
 
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.forked is not None:
+            self.forked.join(timeout)
+            return self.forked.exitcode
+        assert self.process is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return self.process.wait(timeout=timeout)
+        return None
+
     def stop(self, grace_s: float) -> int:
         """SIGTERM to the whole group, SIGKILL after ``grace_s``; returns the exit code."""
-        assert self.process is not None
         self._signal_group(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=grace_s)
+        self.wait(grace_s)
         self._signal_group(signal.SIGKILL)
-        return self.process.wait()
+        returncode = self.wait()
+        assert returncode is not None
+        return returncode
 
     def reap_group(self) -> None:
         """After the child ended, kill whatever it left behind in its group."""
@@ -134,23 +170,26 @@ def supervise(
     publisher = EventPublisher(settings.redis_url)
     with Session(engine) as session:
         run_dir = run_files.run_dir_of(session, settings, run_id)
-    child = FederationProcess(settings, run_id, run_dir, command)
-    child.start()
-    log.info("run %s: federation process %s started", run_id, child.pid)
-    with Session(engine) as session:
-        event = append_event(session, run_id, "log", f"federation process {child.pid} started")
-        session.commit()
-        publisher.publish([event])
-    last_beat = 0.0
     try:
+        return _supervise(engine, publisher, FederationProcess(settings, run_id, run_dir, command))
+    finally:
+        publisher.close()
+
+
+def _supervise(engine: Engine, publisher: EventPublisher, child: FederationProcess) -> Outcome:
+    settings, run_id = child.settings, child.run_id
+    beat = _Heartbeat(engine, settings, run_id)
+    try:
+        if child.warm and (status := _wait_for_warm_process(beat)) != RunStatus.running:
+            return Outcome(status)  # cancelled (or reaped) before its federation started
+        child.start()
+        log.info("run %s: federation process %s started", run_id, child.pid)
+        with Session(engine) as session:
+            event = append_event(session, run_id, "log", f"federation process {child.pid} started")
+            session.commit()
+            publisher.publish([event])
         while (returncode := child.poll()) is None:
-            with Session(engine) as session:
-                if time.monotonic() - last_beat >= settings.heartbeat_interval_s:
-                    status = runs.heartbeat(session, run_id)
-                    last_beat = time.monotonic()
-                else:
-                    status = runs.run_status(session, run_id)
-            if status != RunStatus.running:
+            if (status := beat.status()) != RunStatus.running:
                 return _stop_for(engine, publisher, child, settings, run_id, status)
             time.sleep(CHECK_EVERY_S)
         child.reap_group()
@@ -165,13 +204,38 @@ def supervise(
     except BaseException as error:
         # The worker is stopping (cold shutdown) or the supervisor failed: leave no orphan, and
         # say so on the run now rather than when the reaper notices the missing heartbeats.
-        child.stop(settings.cancel_grace_s)
+        if child.started:
+            child.stop(settings.cancel_grace_s)
         with contextlib.suppress(Exception), Session(engine) as session:
             reason = f"worker stopped while the federation ran ({type(error).__name__})"
             runs.finish_run(session, publisher, run_id, RunStatus.failed, reason)
         raise
-    finally:
-        publisher.close()
+
+
+class _Heartbeat:
+    """Stamps the run's heartbeat every heartbeat_interval_s; says the run's status each time."""
+
+    def __init__(self, engine: Engine, settings: Settings, run_id: int) -> None:
+        self.engine = engine
+        self.interval_s = settings.heartbeat_interval_s
+        self.run_id = run_id
+        self.last = 0.0
+
+    def status(self) -> RunStatus:
+        with Session(self.engine) as session:
+            if time.monotonic() - self.last >= self.interval_s:
+                self.last = time.monotonic()
+                return runs.heartbeat(session, self.run_id)
+            return runs.run_status(session, self.run_id)
+
+
+def _wait_for_warm_process(beat: _Heartbeat) -> RunStatus:
+    """A run that comes while the warm process still imports waits for it, beating meanwhile;
+    the fork itself would block the supervisor until then."""
+    while not warm.wait_ready(CHECK_EVERY_S):
+        if (status := beat.status()) != RunStatus.running:
+            return status
+    return RunStatus.running
 
 
 def _stop_for(

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         description="DataLoader worker processes per training client (worker.data.loader "
         "reads FEDVLA_LOADER_WORKERS); -1: half the CPUs less one, at most 8; 0: decode inline.",
     )
+    warm_start: bool = Field(
+        True,
+        description="The worker keeps a process with the engine imported and forks each "
+        "federation from it; false: a fresh Python process per run.",
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     superlink_host: str = Field(

@@ -1,4 +1,4 @@
-"""aggregation, federation_overhead and orchestration at smoke size."""
+"""aggregation, federation_overhead, orchestration and fast_start at smoke size."""
 
 import pytest
 import redis
@@ -60,3 +60,19 @@ def test_orchestration_quick_measures_rest_and_sse(run_bench):  # type: ignore[n
         assert case["deliveries"] == case["subscribers"] * case["events"]
         assert case["p99_ms"] >= case["p50_ms"] > 0
     assert "SSE with Redis" in table
+
+
+@pytest.mark.slow
+def test_fast_start_quick_times_both_paths_from_the_api(run_bench):  # type: ignore[no-untyped-def]
+    result, table = run_bench("fast_start", "--quick")
+
+    by_mode = {entry["mode"]: entry for entry in result["results"]}
+    assert set(by_mode) == {"warm", "cold"}
+    for entry in by_mode.values():
+        assert entry["all_succeeded"]
+        (sample,) = entry["samples"]
+        assert 0 < sample["claimed_s"] < sample["round_0_s"] < sample["first_round_s"]
+        assert len(sample["load_average"]) == 3
+    warm_ready = [m for _, _, m in by_mode["warm"]["samples"][0]["events"] if "ready on" in m]
+    assert "forked from warm process" in warm_ready[0]
+    assert "launch to round 1" in table

@@ -168,7 +168,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         self.process = start_local_worker(self.settings, self.name, str(self.log_path))
-        wait_for(self._registered, 60, f"worker {self.name} to register (log: {self.log_path})")
+        wait_for(self._registered, 180, f"worker {self.name} to register (log: {self.log_path})")
         return self
 
     def _registered(self) -> bool:

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from app.core.config import Settings
 from app.core.db import make_engine
-from app.models import Checkpoint, RoundMetric, Run, RunStatus, WorkerNode
+from app.models import Checkpoint, RoundMetric, Run, RunEvent, RunStatus, WorkerNode
 from app.services import run_files
 from tests.conftest import REDIS_URL, _fresh_postgres
 from tests.orchestration.conftest import FAST, LiveServer, WorkerProcess, read_sse, wait_for
@@ -153,7 +154,7 @@ def _federation_pid(worker: WorkerProcess, run_id: int) -> int:
     marker = f"run {run_id}: federation process "
     line = wait_for(
         lambda: next((x for x in worker.log().splitlines() if marker in x), None),
-        60,
+        RUN_TIMEOUT_S,  # the first run after a worker starts waits for its warm process
         "the federation process to start",
     )
     return int(line.split(marker)[1].split()[0])
@@ -323,3 +324,90 @@ def test_a_killed_worker_fails_its_run_and_the_run_resumes_from_its_last_checkpo
     assert (finished.resumed_from_run_id, finished.resumed_from_round) == (run_id, last)
     assert _rounds(engine, new_id) == [last + 1, last + 2]
     assert _rounds(engine, run_id) == done  # the failed run's rounds stay as they were
+
+
+def _events(engine: Engine, run_id: int) -> list[str]:
+    with Session(engine) as session:
+        query = select(RunEvent.message).where(RunEvent.run_id == run_id)
+        return list(session.exec(query.order_by(col(RunEvent.id))))
+
+
+def _warm_parent(engine: Engine, run_id: int) -> int | None:
+    """The warm process the run's federation was forked from, as its first event names it."""
+    marker = ", forked from warm process "
+    ready = next((m for m in _events(engine, run_id) if marker in m), None)
+    return int(ready.split(marker)[1].split()[0]) if ready else None
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_runs_fork_from_the_warm_process_which_outlives_a_crashed_federation(
+    fast_settings: Settings,
+    engine: Engine,
+    start_worker,
+    experiment_id: int,
+    client,
+    admin: dict[str, str],
+) -> None:
+    """The warm path is the one taken, its clients are forked processes, and a federation
+    killed mid-run fails its run alone: the worker and its warm process serve the next run."""
+    worker = start_worker()
+    client.patch(f"/api/v1/experiments/{experiment_id}", headers=admin, json={"num_rounds": 200})
+    run_id = client.post(f"/api/v1/experiments/{experiment_id}/runs", headers=admin).json()["id"]
+    pid = _federation_pid(worker, run_id)
+    wait_for(lambda: _rounds(engine, run_id), RUN_TIMEOUT_S, "a first round")
+
+    warm_pid = _warm_parent(engine, run_id)
+    assert warm_pid is not None, _explain(worker, fast_settings, run_id)
+    assert warm_pid != worker.pid
+    assert "multiprocessing.forkserver" in _cmdline(warm_pid)
+    assert int(Path(f"/proc/{warm_pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == (
+        worker.pid
+    )
+    assert "clients served by 2 forked processes" in _events(engine, run_id)
+    assert os.getpgid(pid) == pid  # a process group of its own
+
+    os.kill(pid, signal.SIGKILL)  # a crash of the federation process
+
+    crashed = _final(engine, run_id, worker, fast_settings)
+    assert crashed.status == RunStatus.failed
+    assert crashed.error is not None and "killed by SIGKILL" in crashed.error
+    wait_for(lambda: not _group_alive(pid), 30, "the crashed federation's client processes")
+    assert worker.process is not None and worker.process.poll() is None
+    assert Path(f"/proc/{warm_pid}").exists()
+
+    client.patch(f"/api/v1/experiments/{experiment_id}", headers=admin, json={"num_rounds": 1})
+    next_id = client.post(f"/api/v1/experiments/{experiment_id}/runs", headers=admin).json()["id"]
+    finished = _final(engine, next_id, worker, fast_settings)
+    assert finished.status == RunStatus.succeeded, _explain(worker, fast_settings, next_id)
+    assert _warm_parent(engine, next_id) == warm_pid
+
+
+@pytest.mark.timeout(600)  # the slow path: minutes on a loaded machine
+def test_without_warm_start_a_fresh_process_runs_the_clients_on_ray(
+    fast_settings: Settings,
+    engine: Engine,
+    experiment_id: int,
+    client,
+    admin: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """FEDVLA_WARM_START=false: the engine as before, a new interpreter and Ray actors."""
+    cold = fast_settings.model_copy(update={"warm_start": False})
+    worker = WorkerProcess(cold, engine, tmp_path).start()
+    try:
+        client.patch(f"/api/v1/experiments/{experiment_id}", headers=admin, json={"num_rounds": 1})
+        run_id = client.post(f"/api/v1/experiments/{experiment_id}/runs", headers=admin).json()[
+            "id"
+        ]
+        wait_for(lambda: _run(engine, run_id).status.is_final, 500, f"run {run_id} to finish")
+        finished = _run(engine, run_id)
+    finally:
+        worker.stop()
+    assert finished.status == RunStatus.succeeded, _explain(worker, cold, run_id)
+    assert _warm_parent(engine, run_id) is None
+    assert not any("forked processes" in message for message in _events(engine, run_id))
+    log = (cold.checkpoint_dir / str(run_id) / "federation.log").read_text(errors="replace")
+    assert "Ray" in log

@@ -8,11 +8,15 @@ dataset is checked against the experiment; a bad one raises DatasetError naming 
 dataset and the mismatch.
 """
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from flwr.app import Context
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from worker.data.features import DatasetFeatures, check_dataset
@@ -49,9 +53,18 @@ def check_inputs(config: FederationConfig) -> None:
 
 
 def run_federation(
-    config: FederationConfig, reporter: Reporter, *, output_dir: Path, data_dir: Path
+    config: FederationConfig,
+    reporter: Reporter,
+    *,
+    output_dir: Path,
+    data_dir: Path,
+    clients: Literal["forked", "ray"] = "forked",
 ) -> None:
-    """Run one federation to its end, reporting every round; raise on failure."""
+    """Run one federation to its end, reporting every round; raise on failure.
+
+    ``clients``: the ClientApps run in processes forked from this one (worker.federation.
+    forked_clients: nothing to import again, no Ray to start), or in Ray actors.
+    """
     from flwr.simulation import run_simulation
     from flwr.superlink.grid import InMemoryGrid
 
@@ -93,16 +106,35 @@ def run_federation(
             "log_to_driver": True,
         },
     }
+    engine: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if clients == "forked":
+        engine = _forked_clients(config, client_app, reporter)
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=config.num_clients,
-            backend_config=backend_config,  # type: ignore[arg-type]
-        )
+        with engine:
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=config.num_clients,
+                backend_config=backend_config,  # type: ignore[arg-type]
+            )
     except BaseException as error:
         if failure:
             raise failure[0] from error
         raise
     if failure:
         raise failure[0]
+
+
+@contextlib.contextmanager
+def _forked_clients(config: FederationConfig, app: ClientApp, reporter: Reporter) -> Iterator[None]:
+    """Client processes forked before the simulation starts its threads, used by Flower."""
+    from worker.federation.forked_clients import ForkedClientPool, flower_uses, placement
+
+    where = placement(config.num_clients, config.client_num_cpus, config.client_num_gpus)
+    pool = ForkedClientPool(app, where)
+    reporter.log(f"clients served by {pool.size} forked processes")
+    try:
+        with flower_uses(pool):
+            yield
+    finally:
+        pool.close()
