@@ -58,12 +58,16 @@ def run_federation(
     *,
     output_dir: Path,
     data_dir: Path,
-    clients: Literal["forked", "ray"] = "forked",
+    clients: Literal["forked", "ray"] = "ray",
 ) -> None:
     """Run one federation to its end, reporting every round; raise on failure.
 
-    ``clients``: the ClientApps run in processes forked from this one (worker.federation.
-    forked_clients: nothing to import again, no Ray to start), or in Ray actors.
+    ``clients``: the ClientApps run in Ray actors, or in processes forked from this one
+    (worker.federation.forked_clients: nothing to import again, no Ray to start). Forking is
+    safe only in a process whose torch has not run its thread pools yet, as in the federation
+    process the worker forks from its warm process (worker.run_child): a child forked after
+    the caller trained in-process waits forever on the pool's lock (seen in
+    bench/federation_overhead.py).
     """
     from flwr.simulation import run_simulation
     from flwr.superlink.grid import InMemoryGrid
