@@ -6,9 +6,9 @@ longer queued and does nothing, and the lost run is failed by the heartbeat reap
 """
 
 from celery import Celery
-from kombu.transport.sqlalchemy import Transport as SqlAlchemyTransport
 
 from app.core.config import Settings
+from worker import embedded_broker
 
 RUN_TASK = "fedvla.run_federation"
 VISIBILITY_TIMEOUT_S = 3600
@@ -18,20 +18,11 @@ VISIBILITY_TIMEOUT_S = 3600
 EMBEDDED_PREFIX = "sqla+"
 
 
-class EmbeddedBrokerTransport(SqlAlchemyTransport):
-    """kombu's SQL transport, polling its table every 0.1 s instead of every second.
-
-    kombu reads ``polling_interval`` from the transport options, but its SQL channel also hands
-    every option to ``create_engine``, which refuses it; so the interval is set on a subclass.
-    """
-
-    polling_interval = 0.1
-
-
 def _broker(broker_url: str) -> tuple[str, str | None]:
-    """The broker URL and transport Celery gets: ``sqla+<url>`` goes to the subclass above."""
+    """The broker URL and transport Celery gets: ``sqla+<url>`` goes to the embedded broker."""
     if broker_url.startswith(EMBEDDED_PREFIX):
-        return broker_url.removeprefix(EMBEDDED_PREFIX), f"{__name__}:EmbeddedBrokerTransport"
+        transport = f"{embedded_broker.__name__}:{embedded_broker.EmbeddedBrokerTransport.__name__}"
+        return broker_url.removeprefix(EMBEDDED_PREFIX), transport
     return broker_url, None
 
 
@@ -52,7 +43,7 @@ class FedvlaCelery(Celery):
 
 def broker_transport_options(broker_url: str) -> dict[str, object]:
     if broker_url.startswith(EMBEDDED_PREFIX):
-        return {}  # the SQL transport hands its options to create_engine: none to give
+        return embedded_broker.transport_options()
     return {
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
         "socket_connect_timeout": 3,
