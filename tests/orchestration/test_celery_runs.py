@@ -94,6 +94,12 @@ def _run(engine: Engine, run_id: int) -> Run:
         return run
 
 
+def _launch(client, admin: dict[str, str], experiment_id: int) -> int:
+    answer = client.post(f"/api/v1/experiments/{experiment_id}/runs", headers=admin)
+    assert answer.status_code == 202, answer.text
+    return int(answer.json()["id"])
+
+
 def _explain(worker: WorkerProcess, settings: Settings, run_id: int) -> str:
     with Session(make_engine(settings.database_url)) as session:
         log = run_files.run_dir_of(session, settings, run_id) / "federation.log"
@@ -158,6 +164,15 @@ def _federation_pid(worker: WorkerProcess, run_id: int) -> int:
         "the federation process to start",
     )
     return int(line.split(marker)[1].split()[0])
+
+
+def _launch_long_run(
+    client, admin: dict[str, str], experiment_id: int, worker: WorkerProcess
+) -> tuple[int, int]:
+    """A run of 200 rounds, which a test stops long before its end: its id and federation pid."""
+    client.patch(f"/api/v1/experiments/{experiment_id}", headers=admin, json={"num_rounds": 200})
+    run_id = _launch(client, admin, experiment_id)
+    return run_id, _federation_pid(worker, run_id)
 
 
 def test_a_federation_end_to_end(
@@ -245,9 +260,7 @@ def test_cancel_stops_the_federation_and_keeps_its_checkpoints(
     admin: dict[str, str],
 ) -> None:
     worker = start_worker()
-    client.patch(f"/api/v1/experiments/{experiment_id}", headers=admin, json={"num_rounds": 200})
-    run_id = client.post(f"/api/v1/experiments/{experiment_id}/runs", headers=admin).json()["id"]
-    pid = _federation_pid(worker, run_id)
+    run_id, pid = _launch_long_run(client, admin, experiment_id, worker)
     wait_for(lambda: _checkpoint_rounds(engine, run_id), RUN_TIMEOUT_S, "a first checkpoint")
 
     cancelled = client.post(f"/api/v1/runs/{run_id}/cancel", headers=admin)
@@ -287,9 +300,7 @@ def test_a_killed_worker_fails_its_run_and_the_run_resumes_from_its_last_checkpo
     admin: dict[str, str],
 ) -> None:
     first_worker = start_worker()
-    client.patch(f"/api/v1/experiments/{experiment_id}", headers=admin, json={"num_rounds": 200})
-    run_id = client.post(f"/api/v1/experiments/{experiment_id}/runs", headers=admin).json()["id"]
-    pid = _federation_pid(first_worker, run_id)
+    run_id, pid = _launch_long_run(client, admin, experiment_id, first_worker)
     wait_for(lambda: _checkpoint_rounds(engine, run_id), RUN_TIMEOUT_S, "a first checkpoint")
 
     first_worker.kill9()
@@ -354,9 +365,7 @@ def test_runs_fork_from_the_warm_process_which_outlives_a_crashed_federation(
     """The warm path is the one taken, its clients are forked processes, and a federation
     killed mid-run fails its run alone: the worker and its warm process serve the next run."""
     worker = start_worker()
-    client.patch(f"/api/v1/experiments/{experiment_id}", headers=admin, json={"num_rounds": 200})
-    run_id = client.post(f"/api/v1/experiments/{experiment_id}/runs", headers=admin).json()["id"]
-    pid = _federation_pid(worker, run_id)
+    run_id, pid = _launch_long_run(client, admin, experiment_id, worker)
     wait_for(lambda: _rounds(engine, run_id), RUN_TIMEOUT_S, "a first round")
 
     warm_pid = _warm_parent(engine, run_id)
@@ -379,7 +388,7 @@ def test_runs_fork_from_the_warm_process_which_outlives_a_crashed_federation(
     assert Path(f"/proc/{warm_pid}").exists()
 
     client.patch(f"/api/v1/experiments/{experiment_id}", headers=admin, json={"num_rounds": 1})
-    next_id = client.post(f"/api/v1/experiments/{experiment_id}/runs", headers=admin).json()["id"]
+    next_id = _launch(client, admin, experiment_id)
     finished = _final(engine, next_id, worker, fast_settings)
     assert finished.status == RunStatus.succeeded, _explain(worker, fast_settings, next_id)
     assert _warm_parent(engine, next_id) == warm_pid
@@ -399,9 +408,7 @@ def test_without_warm_start_a_fresh_process_runs_the_clients_on_ray(
     worker = WorkerProcess(cold, engine, tmp_path).start()
     try:
         client.patch(f"/api/v1/experiments/{experiment_id}", headers=admin, json={"num_rounds": 1})
-        run_id = client.post(f"/api/v1/experiments/{experiment_id}/runs", headers=admin).json()[
-            "id"
-        ]
+        run_id = _launch(client, admin, experiment_id)
         wait_for(lambda: _run(engine, run_id).status.is_final, 500, f"run {run_id} to finish")
         finished = _run(engine, run_id)
     finally:
@@ -409,5 +416,7 @@ def test_without_warm_start_a_fresh_process_runs_the_clients_on_ray(
     assert finished.status == RunStatus.succeeded, _explain(worker, cold, run_id)
     assert _warm_parent(engine, run_id) is None
     assert not any("forked processes" in message for message in _events(engine, run_id))
-    log = (cold.checkpoint_dir / str(run_id) / "federation.log").read_text(errors="replace")
+    with Session(engine) as session:
+        log_path = run_files.run_dir_of(session, cold, run_id) / "federation.log"
+    log = log_path.read_text(errors="replace")
     assert "Ray" in log
