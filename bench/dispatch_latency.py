@@ -28,6 +28,7 @@ from typing import Any
 
 from common import aware, wait_until
 from fastapi.testclient import TestClient
+from seeded import seed_database
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, col, select
@@ -36,12 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.core.config import Settings  # noqa: E402
-from app.core.db import make_engine  # noqa: E402
-from app.core.migrate import upgrade_database  # noqa: E402
 from app.main import create_app  # noqa: E402
-from app.models import Role, Run, RunEvent, WorkerNode  # noqa: E402
-from app.schemas.experiments import ExperimentCreate  # noqa: E402
-from app.services import experiments, tokens  # noqa: E402
+from app.models import Run, RunEvent, WorkerNode  # noqa: E402
 from worker.main import start_local_worker  # noqa: E402
 from worker.warm import READY_MESSAGE  # noqa: E402
 
@@ -77,21 +74,15 @@ def _drop(settings: Settings) -> None:
 
 def measure(broker: str, runs: int, workdir: Path) -> dict[str, Any]:
     settings = _settings(broker, workdir)
-    upgrade_database(settings.database_url)
-    engine = make_engine(settings.database_url)
-    with Session(engine) as session:
-        _, secret = tokens.create_token(session=session, name="bench", role=Role.admin)
-        experiment = experiments.create_experiment(
-            session=session,
-            data=ExperimentCreate.model_validate(
-                {
-                    "name": "bench",
-                    "policy": "tiny",
-                    "partition": {"dataset": {"repo_id": "bench/none"}, "num_clients": 2},
-                }
-            ),
-        )
-    headers = {"Authorization": f"Bearer {secret}"}
+    seeded = seed_database(
+        settings,
+        {
+            "name": "bench",
+            "policy": "tiny",
+            "partition": {"dataset": {"repo_id": "bench/none"}, "num_clients": 2},
+        },
+    )
+    engine, headers = seeded.engine, seeded.headers
     worker_name = f"{settings.gpu_queue}@bench"
     worker = start_local_worker(settings, worker_name, str(workdir / f"{broker}-worker.log"))
     samples: list[dict[str, float]] = []
@@ -104,7 +95,8 @@ def measure(broker: str, runs: int, workdir: Path) -> dict[str, Any]:
         with TestClient(create_app(settings)) as client:
             for _ in range(runs):
                 t0 = datetime.now(UTC)
-                answer = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=headers)
+                runs_url = f"/api/v1/experiments/{seeded.experiment_id}/runs"
+                answer = client.post(runs_url, headers=headers)
                 answered = datetime.now(UTC)
                 answer.raise_for_status()
                 run_id = answer.json()["id"]

@@ -33,15 +33,12 @@ from common import (
     wait_until,
 )
 from fastapi.testclient import TestClient
+from seeded import seed_database
 from sqlmodel import Session, col, select
 
 from app.core.config import Settings
-from app.core.db import make_engine
-from app.core.migrate import upgrade_database
 from app.main import create_app
-from app.models import Role, RoundMetric, Run, RunEvent, WorkerNode
-from app.schemas.experiments import ExperimentCreate
-from app.services import experiments, tokens
+from app.models import RoundMetric, Run, RunEvent, WorkerNode
 from tests.orchestration.conftest import tiny_experiment_fields
 from worker.main import start_local_worker
 from worker.warm import READY_MESSAGE
@@ -71,17 +68,9 @@ def measure(mode: str, runs: int, assets: Path, workdir: Path) -> dict[str, Any]
         gpu_queue=f"bench-{uuid.uuid4().hex[:6]}",
         warm_start=mode == "warm",
     )
-    upgrade_database(settings.database_url)
-    engine = make_engine(settings.database_url)
-    with Session(engine) as session:
-        _, secret = tokens.create_token(session=session, name="bench", role=Role.admin)
-        experiment = experiments.create_experiment(
-            session=session,
-            data=ExperimentCreate.model_validate(
-                tiny_experiment_fields(assets, name="fast-start", num_rounds=1)
-            ),
-        )
-    headers = {"Authorization": f"Bearer {secret}"}
+    fields = tiny_experiment_fields(assets, name="fast-start", num_rounds=1)
+    seeded = seed_database(settings, fields)
+    engine, headers = seeded.engine, seeded.headers
     worker_name = f"{settings.gpu_queue}@bench"
     worker_log = workdir / mode / "worker.log"
     worker = start_local_worker(settings, worker_name, str(worker_log))
@@ -94,7 +83,8 @@ def measure(mode: str, runs: int, assets: Path, workdir: Path) -> dict[str, Any]
         with TestClient(create_app(settings)) as client:
             for _ in range(runs):
                 load = load_average()
-                answer = client.post(f"/api/v1/experiments/{experiment.id}/runs", headers=headers)
+                runs_url = f"/api/v1/experiments/{seeded.experiment_id}/runs"
+                answer = client.post(runs_url, headers=headers)
                 answer.raise_for_status()
                 run_id = answer.json()["id"]
                 wait_until(lambda id=run_id: _final(engine, id), RUN_TIMEOUT_S, f"run {run_id}")
