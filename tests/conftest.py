@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlmodel import Session
 
 from app.core.config import Settings
 from app.core.migrate import upgrade_database
+from app.main import create_app
 
 POSTGRES_URL = os.environ.get(
     "FEDVLA_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -100,3 +103,16 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
         redis_url="",
     )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[FastAPI]:
+    application = create_app(settings)
+    yield application
+    application.state.engine.dispose()
+
+
+@pytest.fixture
+def session(app: FastAPI) -> Iterator[Session]:
+    with Session(app.state.engine) as db_session:
+        yield db_session

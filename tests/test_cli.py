@@ -185,6 +185,7 @@ def _fedvla(*args: str, env: dict[str, str], cwd: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_serve_really_serves(tmp_path: Path) -> None:
     env = _serve_env(tmp_path)
     _fedvla("db", "upgrade", env=env, cwd=tmp_path)

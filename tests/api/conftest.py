@@ -18,15 +18,23 @@ from app.services.tokens import create_token
 from tests.factories import deployment_body, make_experiment, make_site, make_token
 
 
-@pytest.fixture
-def app(settings: Settings) -> Iterator[FastAPI]:
-    application = create_app(settings)
-    yield application
-    application.state.engine.dispose()
+@pytest.fixture(scope="session")
+def openapi_document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The OpenAPI document, built once: it depends on the code, not on the settings, and
+    building it takes seconds."""
+    folder = tmp_path_factory.mktemp("openapi")
+    settings = Settings(
+        environment="test",
+        data_dir=folder,
+        database_url=f"sqlite:///{folder / 'unused.db'}",
+        broker_url=f"sqla+sqlite:///{folder / 'broker.db'}",
+        redis_url="",
+    )
+    return create_app(settings).openapi()
 
 
 @pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
+def client(app: FastAPI, openapi_document: dict[str, Any]) -> Iterator[TestClient]:
     """Every answer a test receives must be one the OpenAPI document declares for its route."""
     answered: list[tuple[str, str, int]] = []
 
@@ -37,11 +45,10 @@ def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         test_client.event_hooks["response"].append(record)
         yield test_client
-    document = app.openapi()
     undeclared = [
         (method, path, status)
         for method, path, status in answered
-        if status not in declared_statuses(document, method, path)
+        if status not in declared_statuses(openapi_document, method, path)
     ]
     assert not undeclared, f"answers the OpenAPI document does not declare: {undeclared}"
 
@@ -54,12 +61,6 @@ def declared_statuses(document: dict[str, Any], method: str, path: str) -> set[i
         if re.match(pattern, path) and method.lower() in operations:
             return {int(code) for code in operations[method.lower()]["responses"]} | {405}
     return set(range(100, 600)) if not path.startswith("/api/v1/") else {404, 405}
-
-
-@pytest.fixture
-def session(app: FastAPI) -> Iterator[Session]:
-    with Session(app.state.engine) as db_session:
-        yield db_session
 
 
 @dataclass

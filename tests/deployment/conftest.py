@@ -1,5 +1,5 @@
-"""The API fixtures of tests/api (an app per test on SQLite and PostgreSQL, actors)."""
+"""The API fixtures of tests/api (a client whose answers the OpenAPI document declares, actors)."""
 
-from tests.api.conftest import app, client, session, world
+from tests.api.conftest import client, openapi_document, world
 
-__all__ = ["app", "client", "session", "world"]
+__all__ = ["client", "openapi_document", "world"]

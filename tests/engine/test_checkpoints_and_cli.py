@@ -74,6 +74,7 @@ def test_cli_refuses_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
     assert "num_rounds" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_names_the_mismatched_client(
     images_dataset: DatasetRef, make_dataset, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

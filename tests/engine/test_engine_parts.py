@@ -256,6 +256,7 @@ def test_updates_pickle_their_bytes_out_of_band_for_ray(dtype: str) -> None:
     assert older["w"].data == record["w"].data
 
 
+@pytest.mark.slow
 def test_arrays_go_out_of_band_only_where_ray_carries_them() -> None:
     import ray
 

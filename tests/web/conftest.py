@@ -10,23 +10,8 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.main import create_app
 from app.models import Role
 from tests.factories import make_site, make_token
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[FastAPI]:
-    application = create_app(settings)
-    yield application
-    application.state.engine.dispose()
-
-
-@pytest.fixture
-def session(app: FastAPI) -> Iterator[Session]:
-    with Session(app.state.engine) as db_session:
-        yield db_session
 
 
 def html(response: Response) -> BeautifulSoup:
