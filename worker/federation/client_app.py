@@ -16,6 +16,7 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from worker.data.partition import client_label
 from worker.deployment.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
 from worker.deployment.camera_map import parse_camera_map
 from worker.deployment.renamed_cameras import apply_camera_map
@@ -69,8 +70,6 @@ def client_dataset(instructions: Instructions, context: Context) -> tuple[str, D
         root = node.get("dataset-root")
         ref = DatasetRef(repo_id=str(node["dataset-repo-id"]), root=str(root) if root else None)
         return str(node.get("site-label", f"node-{context.node_id}")), ref
-    from worker.data.partition import client_label
-
     partition_id = int(node["partition-id"])
     return client_label(partition_id), instructions.plan.clients[partition_id]
 
