@@ -38,10 +38,11 @@ from common import (
     markdown_table,
     median,
 )
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from worker.federation.config import DatasetRef, FederationConfig, Partition
+from worker.federation.protocol import TrainMetrics, train_reply
 from worker.federation.strategy import make_strategy
 
 COMMAND = ".venv/bin/python bench/aggregation.py"
@@ -84,24 +85,19 @@ def client_reply(index: int, shapes: dict[str, tuple[int, ...]], samples: int) -
     for key, shape in shapes.items():
         arrays[key] = Array(rng.standard_normal(shape, dtype=np.float32))
     record = ArrayRecord(arrays)
-    metrics = MetricRecord(
-        {
-            "train-loss": 1.0,
-            "num-examples": samples,
-            "steps": 10,
-            "episodes": 5,
-            "seconds": 1.0,
-            "load-seconds": 0.0,
-            "skipped-frames": 0,
-            "bytes-received": record.count_bytes(),
-            "bytes-sent": record.count_bytes(),
-        }
+    metrics = TrainMetrics(
+        train_loss=1.0,
+        num_examples=samples,
+        steps=10,
+        episodes=5,
+        seconds=1.0,
+        load_seconds=0.0,
+        skipped_frames=0,
+        bytes_received=record.count_bytes(),
+        bytes_sent=record.count_bytes(),
     )
     instruction = Message(RecordDict(), dst_node_id=index + 1, message_type="train")
-    content = RecordDict(
-        {"arrays": record, "metrics": metrics, "config": ConfigRecord({"label": f"c{index}"})}
-    )
-    return Message(content, reply_to=instruction)
+    return Message(train_reply(record, metrics, f"c{index}"), reply_to=instruction)
 
 
 def float_views(reply: Message) -> list[np.ndarray]:

@@ -1,5 +1,6 @@
 """The GPU paths of the engine, checked on a CUDA machine: training in bf16 autocast, evaluation,
-checkpoints that lerobot loads on the GPU, and a training step of smolvla_base's shape.
+checkpoints that lerobot loads on the GPU, and the engine's training step on a policy of
+smolvla_base's shape (steady_step_seconds: the mean of the steps after the first).
 
     HF_HUB_OFFLINE=1 python bench/gpu_check.py [--device cuda] [--base-steps 5]
 
@@ -13,7 +14,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from worker.data.loader import frames_to_float
 from worker.data.synthetic import SyntheticSpec, generate_dataset
 from worker.federation.checkpoints import save_checkpoint
 from worker.federation.config import TINY_POLICY, DatasetRef
-from worker.federation.task import build_bundle, evaluate, open_dataset, train
+from worker.federation.task import build_bundle, evaluate, open_dataset, ready_to_train, train
 from worker.policy.loading import resolve_policy_source
 from worker.policy.tiny import tiny_smolvla_config
 
@@ -88,61 +88,47 @@ def tiny_on_device(scratch: Path, device: str, steps: int) -> dict[str, Any]:
 
 
 def base_shape_step(scratch: Path, device: str, steps: int, batch_size: int) -> dict[str, Any]:
-    """Training steps of smolvla_base's shape (random weights) in bf16 autocast."""
-    from lerobot.policies.smolvla import SmolVLAPolicy, make_smolvla_pre_post_processors
+    """The engine's training step (task.train) on a policy of smolvla_base's shape (random
+    weights) fed by a synthetic dataset with its three 256x256 cameras."""
+    from lerobot.policies.smolvla import SmolVLAPolicy
 
     sys.path.insert(0, str(Path(__file__).parent))
     from comm_bytes import smolvla_base_config, smolvlm2_folder
 
     config = smolvla_base_config(smolvlm2_folder(scratch / "smolvlm2"))
     config.device = device
+    spec = SyntheticSpec(
+        cameras=tuple(key.rsplit(".", 1)[1] for key in config.image_features),
+        image_shape=(256, 256),
+        episodes=2,
+        frames_per_episode=max(batch_size, 10),
+    )
+    root = generate_dataset(scratch / "base-dataset", spec)
+    data = open_dataset(
+        DatasetRef(repo_id=spec.repo_id, root=str(root)),
+        chunk_size=config.chunk_size,
+        owner="gpu-check",
+    )
     with torch.device(device):
         policy = SmolVLAPolicy(config)
-    policy.train()
-    stats = {
-        key: {
-            "mean": torch.zeros(6),
-            "std": torch.ones(6),
-            "min": -torch.ones(6),
-            "max": torch.ones(6),
-        }
-        for key in ("observation.state", "action")
-    }
-    preprocessor, _ = make_smolvla_pre_post_processors(config, dataset_stats=stats)
-    raw = {
-        "observation.state": torch.randn(batch_size, 6),
-        "action": torch.randn(batch_size, config.chunk_size, 6),
-        "task": ["pick the cube"] * batch_size,
-        **{key: torch.rand(batch_size, 3, 256, 256) for key in config.image_features},
-    }
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    times = []
-    losses = []
+    bundle = ready_to_train(policy, data.stats, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(steps):
-        started = time.perf_counter()
-        batch = preprocessor(dict(raw))
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, _ = policy.forward(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-        losses.append(float(loss.detach()))
+    first = train(bundle, data, steps=1, batch_size=batch_size, learning_rate=1e-4, seed=0)
+    rest = (
+        train(bundle, data, steps=steps - 1, batch_size=batch_size, learning_rate=1e-4, seed=1)
+        if steps > 1
+        else None
+    )
+    data.close()
+    losses = first.losses + (rest.losses if rest else [])
     return {
         "params_total": sum(p.numel() for p in policy.parameters()),
-        "params_trainable": sum(p.numel() for p in trainable),
+        "params_trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
         "batch_size": batch_size,
         "steps": steps,
-        "first_step_seconds": round(times[0], 3),
-        "steady_step_seconds": round(sorted(times[1:])[len(times[1:]) // 2], 4)
-        if len(times) > 1
-        else None,
+        "first_step_seconds": round(first.seconds, 3),
+        "steady_step_seconds": round(rest.seconds / rest.steps, 4) if rest else None,
         "losses_finite": all(math.isfinite(v) for v in losses),
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if device == "cuda"

@@ -1,17 +1,15 @@
 """The engine's weighted average: Flower's result, bit for bit, and a sum in a fixed order."""
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
-from flwr.supercore.task_identity import TaskIdentity
 
 from worker.federation import aggregation
 from worker.federation.aggregation import AggregationError, weighted_average
 from worker.federation.config import DatasetRef, FederationConfig, Partition
+from worker.federation.protocol import TrainMetrics, train_reply
 from worker.federation.strategy import make_strategy
 
 
@@ -82,32 +80,20 @@ def test_weights_must_sum_above_zero() -> None:
         weighted_average([update, update], [0, 0])
 
 
-@pytest.fixture
-def task_identity() -> Iterator[None]:
-    """Messages take their run id from the process's task identity, set by Flower's runtime."""
-    names = ("_task_id", "_run_id", "_node_id")
-    saved = [getattr(TaskIdentity, name) for name in names]
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    for name, value in zip(names, saved, strict=True):
-        setattr(TaskIdentity, name, value)
-
-
 def _reply(node: int, update: ArrayRecord, samples: int) -> Message:
-    metrics = {
-        "train-loss": 1.0,
-        "num-examples": samples,
-        "episodes": 1,
-        "seconds": 0.1,
-        "load-seconds": 0.0,
-        "skipped-frames": 0,
-        "bytes-received": 0,
-    }
-    instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
-    content = RecordDict(
-        {"arrays": update, "metrics": MetricRecord(metrics), "config": ConfigRecord({})}
+    metrics = TrainMetrics(
+        train_loss=1.0,
+        num_examples=samples,
+        steps=1,
+        episodes=1,
+        seconds=0.1,
+        load_seconds=0.0,
+        skipped_frames=0,
+        bytes_received=0,
+        bytes_sent=update.count_bytes(),
     )
-    return Message(content, reply_to=instruction)
+    instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
+    return Message(train_reply(update, metrics, f"client-{node}"), reply_to=instruction)
 
 
 def _strategy(name: str, clients: int):  # type: ignore[no-untyped-def]

@@ -8,8 +8,10 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from tests.engine.helpers import tiny_bundle
+from worker.data.partition import plan_data
 from worker.federation import client_app, task
 from worker.federation.config import DatasetRef, FederationConfig
+from worker.federation.protocol import Instructions, instructions_record
 from worker.federation.transport import decode_arrays, encode_arrays, stats_to_record
 from worker.policy.loading import trainable_state
 
@@ -48,15 +50,14 @@ def _context(dataset: DatasetRef, data_dir: Path) -> Context:
     return Context(run_id=7, node_id=11, node_config=node_config, state=RecordDict(), run_config={})
 
 
+def _instructions(config: FederationConfig, data_dir: str = "unused") -> Instructions:
+    return Instructions(config, data_dir, plan_data(config))
+
+
 def _message(config: FederationConfig, kind: str, **records: object) -> Message:
-    content = RecordDict(
-        {
-            "config": ConfigRecord(
-                {"federation": config.model_dump_json(), "data-dir": "unused", "server-round": 1}
-            ),
-            **records,  # type: ignore[dict-item]
-        }
-    )
+    settings = instructions_record(_instructions(config))
+    settings["server-round"] = 1  # as FedAvg's configure_train adds it
+    content = RecordDict({"config": settings, **records})  # type: ignore[dict-item]
     return Message(content, dst_node_id=11, message_type=kind)
 
 
@@ -105,16 +106,6 @@ def test_train_uses_federated_stats_and_replies_trainable_weights_only(
     assert any(not np.allclose(trained[k].numpy(), weights[k].numpy(), atol=1e-2) for k in weights)  # type: ignore[attr-defined]
 
 
-def test_evaluate_reports_loss_on_the_site_data(images_dataset: DatasetRef, data_dir: Path) -> None:
-    config = _config(images_dataset)
-    arrays = encode_arrays(_global_weights(data_dir, images_dataset), "bfloat16")  # type: ignore[arg-type]
-    reply = client_app.app(
-        _message(config, MessageType.EVALUATE, arrays=arrays), _context(images_dataset, data_dir)
-    )
-    metrics = reply.content["metrics"]
-    assert metrics["eval-loss"] > 0 and metrics["num-examples"] == 4  # type: ignore[index,operator]
-
-
 def test_weights_that_do_not_train_are_refused(images_dataset: DatasetRef, data_dir: Path) -> None:
     config = _config(images_dataset)
     weights = _global_weights(data_dir, images_dataset)
@@ -128,8 +119,7 @@ def test_one_process_keeps_every_client_of_the_run_shares_one_policy_and_frees_e
     images_dataset: DatasetRef, data_dir: Path
 ) -> None:
     """Ray hands one actor several clients in turn: none of them is rebuilt each round."""
-    config = _config(images_dataset)
-    record = ConfigRecord({"data-dir": str(data_dir)})
+    instructions = _instructions(_config(images_dataset), str(data_dir))
 
     def context(run_id: int, label: str) -> Context:
         base = _context(images_dataset, data_dir)
@@ -138,16 +128,16 @@ def test_one_process_keeps_every_client_of_the_run_shares_one_policy_and_frees_e
             run_id=run_id, node_id=11, node_config=node_config, state=RecordDict(), run_config={}
         )
 
-    first = client_app.client_state(config, record, context(7, "site-a"))
-    second = client_app.client_state(config, record, context(7, "site-b"))
-    assert client_app.client_state(config, record, context(7, "site-a")) is first
-    assert client_app.client_state(config, record, context(7, "site-b")) is second
+    first = client_app.client_state(instructions, context(7, "site-a"))
+    second = client_app.client_state(instructions, context(7, "site-b"))
+    assert client_app.client_state(instructions, context(7, "site-a")) is first
+    assert client_app.client_state(instructions, context(7, "site-b")) is second
     assert len(client_app._cache) == 2
     # One policy for both (its memory does not grow with clients); processors of their own.
     assert first.bundle.policy is second.bundle.policy
     assert first.bundle.preprocessor is not second.bundle.preprocessor
     assert second.bundle.load_seconds == 0.0 < first.bundle.load_seconds
 
-    later = client_app.client_state(config, record, context(8, "site-a"))
+    later = client_app.client_state(instructions, context(8, "site-a"))
     assert len(client_app._cache) == 1
     assert len(client_app._policies) == 1 and later.bundle.policy is not first.bundle.policy

@@ -20,7 +20,9 @@ def client_label(partition_id: int) -> str:
 
 
 def plan_data(config: FederationConfig) -> DataPlan:
-    """Client datasets and the server's held-out data for a simulation."""
+    """Client datasets and the server's held-out data (deployment: sites bring their own)."""
+    if config.mode == "deployment":
+        return DataPlan([], list(config.eval_datasets))
     if config.partition is None:
         return DataPlan(list(config.client_datasets), list(config.eval_datasets))
     clients, holdout = split_partition(config.partition, seed=config.seed)

@@ -1,5 +1,5 @@
-"""The ServerApp of deployment runs: B's federation (worker.federation.server_app.run_server)
-reporting into our database, exactly as a simulation run does.
+"""The ServerApp of deployment runs: the engine's federation (worker.federation.server_app)
+on the experiment's sites only, reporting into our database, exactly as a simulation run does.
 
 It runs in a ``flwr-serverapp`` process that the SuperLink's SuperExec starts. That process
 inherits the SuperLink's environment, where the FEDVLA_* settings are (``fedvla superlink``
@@ -7,11 +7,13 @@ runs with the server's settings): the database URL never travels in the run conf
 SuperNodes can read. The run config names only our run id (``fedvla-run-id``).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 from sqlmodel import Session, col, select
 
 from app.core.config import Settings
@@ -21,11 +23,9 @@ from worker.db_reporter import DbReporter
 from worker.deployment.experiment_grid import ExperimentGrid, experiment_node_ids
 from worker.federation.reporter import RoundReport
 from worker.federation.run_config import federation_config_from_run_config
-from worker.federation.server_app import run_server
+from worker.federation.server_app import ServerRun, federation_server_app
 
 RUN_ID_KEY = "fedvla-run-id"
-
-app = ServerApp()
 
 
 class SiteReporter(DbReporter):
@@ -45,8 +45,8 @@ class SiteReporter(DbReporter):
         super().round_finished(replace(report, clients=clients))
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
+@contextmanager
+def _on_superlink(grid: Grid, context: Context) -> Iterator[ServerRun]:
     run_id = int(context.run_config[RUN_ID_KEY])
     config = federation_config_from_run_config(
         {k: v for k, v in context.run_config.items() if k != RUN_ID_KEY}
@@ -58,7 +58,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         reporter.log(f"ServerApp on the SuperLink: Flower run {context.run_id}")
         allowed = experiment_node_ids(settings, config.site_ids)
-        run_server(
+        yield ServerRun(
             ExperimentGrid(grid, allowed),
             config,
             reporter,
@@ -67,3 +67,6 @@ def main(grid: Grid, context: Context) -> None:
         )
     finally:
         reporter.close()
+
+
+app = federation_server_app(_on_superlink)

@@ -1,8 +1,9 @@
 """The Flower ClientApp: turn messages into calls of `task` and replies.
 
-Every message carries the frozen experiment ("federation", JSON) so a client needs no other
-configuration. Its dataset comes from the partition (simulation: node_config "partition-id")
-or from its node config (deployment: "dataset-repo-id", optional "dataset-root").
+Every message carries the server's instructions (protocol.Instructions: the frozen experiment
+and the data plan), so a client needs no other configuration. Its dataset is the plan's entry
+for its node_config "partition-id" (simulation) or comes from its node config (deployment:
+"dataset-repo-id", optional "dataset-root").
 """
 
 import json
@@ -12,31 +13,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from worker.data.partition import client_label
 from worker.deployment.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
 from worker.deployment.camera_map import parse_camera_map
 from worker.deployment.renamed_cameras import apply_camera_map
 from worker.federation import task
-from worker.federation.config import DatasetRef, FederationConfig
+from worker.federation.config import DatasetRef
+from worker.federation.protocol import (
+    ClientInfo,
+    Instructions,
+    TrainMetrics,
+    describe_reply,
+    read_instructions,
+    read_train_message,
+    train_reply,
+)
 from worker.federation.transport import (
-    as_float,
-    as_int,
     decode_arrays,
     encode_arrays,
     out_of_band,
     ray_carries_messages,
-    stats_from_record,
-    stats_to_record,
 )
 from worker.policy.loading import resolve_policy_source
 
 app = ClientApp()
-
-CONFIG_KEY = "config"
-ARRAYS_KEY = "arrays"
-STATS_KEY = "norm-stats"
 
 
 @dataclass
@@ -54,33 +57,26 @@ class ClientState:
 _cache: dict[tuple[str, ...], ClientState] = {}
 _policies: dict[tuple[str, ...], task.PolicyBundle] = {}
 """One policy per process and run, whichever of its clients a message is for: the frozen VLM is
-the same for all of them, and every train or evaluate message assigns the weights that train
-before the policy is used, so a process's memory does not grow with its clients."""
+the same for all of them, and every train message assigns the weights that train before the
+policy is used, so a process's memory does not grow with its clients."""
 MAX_LIVE_FEEDS = 4
 """Clients per process whose loader worker processes stay alive between rounds."""
 
 
-def message_config(msg: Message) -> tuple[FederationConfig, ConfigRecord]:
-    record = msg.content[CONFIG_KEY]
-    assert isinstance(record, ConfigRecord)
-    return FederationConfig.model_validate_json(str(record["federation"])), record
-
-
-def client_dataset(config: FederationConfig, context: Context) -> tuple[str, DatasetRef]:
+def client_dataset(instructions: Instructions, context: Context) -> tuple[str, DatasetRef]:
     """This client's label and dataset."""
     node = context.node_config
     if "dataset-repo-id" in node:
         root = node.get("dataset-root")
         ref = DatasetRef(repo_id=str(node["dataset-repo-id"]), root=str(root) if root else None)
         return str(node.get("site-label", f"node-{context.node_id}")), ref
-    from worker.data.partition import client_label, plan_data
-
     partition_id = int(node["partition-id"])
-    return client_label(partition_id), plan_data(config).clients[partition_id]
+    return client_label(partition_id), instructions.plan.clients[partition_id]
 
 
-def client_state(config: FederationConfig, record: ConfigRecord, context: Context) -> ClientState:
+def client_state(instructions: Instructions, context: Context) -> ClientState:
     """This client's policy and dataset: built on the first message, then kept in the process."""
+    config = instructions.federation
     key = (
         str(context.run_id),
         json.dumps(context.node_config, sort_keys=True),
@@ -90,8 +86,8 @@ def client_state(config: FederationConfig, record: ConfigRecord, context: Contex
     )
     state = _cache.get(key)
     if state is None:
-        label, ref = client_dataset(config, context)
-        data_dir = Path(str(context.node_config.get("data-dir", record["data-dir"])))
+        label, ref = client_dataset(instructions, context)
+        data_dir = Path(str(context.node_config.get("data-dir", instructions.data_dir)))
         torch.set_num_threads(max(1, int(config.client_num_cpus)))
         source = resolve_policy_source(config.policy)
         chunk = _chunk_size(source, data_dir)
@@ -151,41 +147,31 @@ def _take_load_seconds(state: ClientState) -> float:
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
     """Before training: who this client is, its dataset's features and statistics."""
-    config, record = message_config(msg)
-    state = client_state(config, record, context)
-    reply = RecordDict(
-        {
-            CONFIG_KEY: ConfigRecord(
-                {
-                    "label": state.label,
-                    "site-id": int(context.node_config.get("site-id", -1)),
-                    "dataset": state.data.ref.model_dump_json(),
-                    "features": json.dumps(state.data.features),
-                    "fps": int(state.data.dataset.dataset.meta.fps),
-                }
-            ),
-            STATS_KEY: stats_to_record(state.data.stats),
-            "metrics": MetricRecord({"num-examples": len(state.data.dataset)}),
-        }
+    state = client_state(read_instructions(msg), context)
+    site_id = int(context.node_config.get("site-id", -1))
+    info = ClientInfo(
+        label=state.label,
+        site_id=site_id if site_id >= 0 else None,
+        dataset=state.data.ref,
+        features=state.data.features,
+        fps=int(state.data.dataset.dataset.meta.fps),
+        stats=state.data.stats,
+        frames=len(state.data.dataset),
     )
-    return Message(reply, reply_to=msg)
+    return Message(describe_reply(info), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    config, record = message_config(msg)
+    instructions = read_instructions(msg)
+    config = instructions.federation
     started = time.perf_counter()
-    state = client_state(config, record, context)
-    received = msg.content[ARRAYS_KEY]
-    assert isinstance(received, ArrayRecord)
-    task.load_trainable(state.bundle, decode_arrays(received, config.transport_dtype))
-    if STATS_KEY in msg.content and state.bundle.stats is state.data.stats:
-        stats = msg.content[STATS_KEY]
-        assert isinstance(stats, ArrayRecord)
-        task.set_stats(state.bundle, stats_from_record(stats))
+    order = read_train_message(msg)
+    state = client_state(instructions, context)
+    task.load_trainable(state.bundle, decode_arrays(order.arrays, config.transport_dtype))
+    if order.stats is not None and state.bundle.stats is state.data.stats:
+        task.set_stats(state.bundle, order.stats)
     load_seconds = _take_load_seconds(state) + (time.perf_counter() - started)
-    server_round = as_int(record["server-round"])
-    mu = as_float(record.get("proximal-mu", 0.0))
     _keep_feeds_bounded(state)
     result = task.train(
         state.bundle,
@@ -193,45 +179,21 @@ def train(msg: Message, context: Context) -> Message:
         steps=config.local_steps,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
-        seed=task.round_seed(config.seed, server_round, state.label),
-        proximal_mu=mu,
+        seed=task.round_seed(config.seed, order.server_round, state.label),
+        proximal_mu=order.proximal_mu,
     )
     arrays = encode_arrays(task.trainable_arrays(state.bundle), config.transport_dtype)
     if ray_carries_messages():
         arrays = out_of_band(arrays)
-    metrics = MetricRecord(
-        {
-            "train-loss": result.loss,
-            "num-examples": result.samples,
-            "steps": result.steps,
-            "episodes": state.data.episodes,
-            "seconds": result.seconds,
-            "load-seconds": load_seconds,
-            "skipped-frames": result.skipped_frames,
-            "bytes-received": received.count_bytes(),
-            "bytes-sent": arrays.count_bytes(),
-        }
+    metrics = TrainMetrics(
+        train_loss=result.loss,
+        num_examples=result.samples,
+        steps=result.steps,
+        episodes=state.data.episodes,
+        seconds=result.seconds,
+        load_seconds=load_seconds,
+        skipped_frames=result.skipped_frames,
+        bytes_received=order.arrays.count_bytes(),
+        bytes_sent=arrays.count_bytes(),
     )
-    content = RecordDict(
-        {ARRAYS_KEY: arrays, "metrics": metrics, CONFIG_KEY: ConfigRecord({"label": state.label})}
-    )
-    return Message(content, reply_to=msg)
-
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    """Loss of the received policy on this client's own data."""
-    config, record = message_config(msg)
-    state = client_state(config, record, context)
-    received = msg.content[ARRAYS_KEY]
-    assert isinstance(received, ArrayRecord)
-    task.load_trainable(state.bundle, decode_arrays(received, config.transport_dtype))
-    loss, samples = task.evaluate(
-        state.bundle,
-        state.data,
-        batches=config.eval_batches,
-        batch_size=config.batch_size,
-        seed=config.seed,
-    )
-    metrics = MetricRecord({"eval-loss": loss, "num-examples": samples})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(train_reply(arrays, metrics, state.label), reply_to=msg)

@@ -13,7 +13,8 @@ from typing import Protocol
 @dataclass(frozen=True)
 class ClientReport:
     client: str
-    """Node id in deployment, partition label ("client-0") in simulation."""
+    """The client's label: its site's name in deployment (the node config's "site-label", else
+    "node-<node id>"), its partition's ("client-0") in simulation."""
     site_id: int | None
     ok: bool
     train_loss: float | None = None

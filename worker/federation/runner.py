@@ -1,11 +1,14 @@
-"""The one entry point of the engine: run a federation with Flower's simulation engine.
+"""Run a simulated federation in this process with Flower's simulation engine.
 
-The Celery worker calls `run_federation` in a child process. Ray makes that process the leader
-of its own process group (or keeps it so if it was started with start_new_session=True) and
-starts its GCS, raylet and actors inside that group, so `os.killpg(child_pid, SIGTERM)`, then
-SIGKILL after a grace period, ends the whole federation. Before anything starts, every client's
-dataset is checked against the experiment; a bad one raises DatasetError naming the client, the
-dataset and the mismatch.
+Its callers: the Celery worker's federation process (worker.run_child), the standalone
+command (python -m worker.federation) and the benchmarks. `flwr run .` and deployment runs
+(worker.deployment.federation, on a SuperLink) start their ServerApps without it.
+
+Ray makes this process the leader of its own process group (or keeps it so if it was started
+with start_new_session=True) and starts its GCS, raylet and actors inside that group, so
+`os.killpg(child_pid, SIGTERM)`, then SIGKILL after a grace period, ends the whole federation.
+Before anything starts, every client's dataset is checked against the experiment; a bad one
+raises DatasetError naming the client, the dataset and the mismatch.
 """
 
 import contextlib
@@ -17,10 +20,10 @@ from typing import Literal
 
 from flwr.app import Context
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 
 from worker.data.features import DatasetFeatures, check_dataset
-from worker.data.partition import client_label, plan_data
+from worker.data.partition import DataPlan, client_label, plan_data
 from worker.federation.config import FederationConfig
 from worker.federation.reporter import Reporter
 
@@ -38,8 +41,9 @@ ENGINE_ENV = {
 """Set (unless already set) before Ray starts: its workers inherit them."""
 
 
-def check_inputs(config: FederationConfig) -> None:
-    """Every client's and the server's datasets exist, read, and agree on features; else raise."""
+def check_inputs(config: FederationConfig) -> DataPlan:
+    """The run's data plan, once every client's and the server's datasets exist, read, and
+    agree on features; else raise."""
     from worker.federation.task import open_dataset
 
     plan = plan_data(config)
@@ -50,6 +54,7 @@ def check_inputs(config: FederationConfig) -> None:
         found = check_dataset(ref, owner, expected)
         expected = expected or found
         open_dataset(ref, chunk_size=1, owner=owner)  # the frames' tables load, not just metadata
+    return plan
 
 
 def run_federation(
@@ -73,7 +78,7 @@ def run_federation(
     from flwr.superlink.grid import InMemoryGrid
 
     from worker.federation.client_app import app as client_app
-    from worker.federation.server_app import run_server
+    from worker.federation.server_app import ServerRun, federation_server_app
 
     if config.mode != "simulation":
         raise NotImplementedError("deployment runs go through a SuperLink (flwr run)")
@@ -81,19 +86,18 @@ def run_federation(
         os.environ.setdefault(key, value)
     output_dir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
-    check_inputs(config)
+    plan = check_inputs(config)
     reporter.log(f"starting {config.strategy} over {config.num_clients} simulated clients")
 
     failure: list[BaseException] = []
-    server_app = ServerApp()
 
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
+    @contextlib.contextmanager
+    def in_this_process(grid: Grid, context: Context) -> Iterator[ServerRun]:
         if isinstance(grid, InMemoryGrid):
             grid.pull_interval = REPLY_PULL_INTERVAL_S
         try:
-            run_server(grid, config, reporter, output_dir=output_dir, data_dir=data_dir)
-        except BaseException as error:
+            yield ServerRun(grid, config, reporter, output_dir, data_dir, plan)
+        except BaseException as error:  # run_simulation may raise its own error instead of it
             failure.append(error)
             raise
 
@@ -116,7 +120,7 @@ def run_federation(
     try:
         with engine:
             run_simulation(
-                server_app=server_app,
+                server_app=federation_server_app(in_this_process),
                 client_app=client_app,
                 num_supernodes=config.num_clients,
                 backend_config=backend_config,  # type: ignore[arg-type]

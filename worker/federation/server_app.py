@@ -2,42 +2,37 @@
 
 After each round (and before the first) the evaluate_fn hook evaluates the aggregated policy
 on the server's held-out data at the configured cadence, writes checkpoints and calls the
-reporter.
+reporter. Every ServerApp of the engine (`flwr run .`, the simulation runner, the SuperLink's)
+is made by federation_server_app: they differ only in how they set up a ServerRun.
 """
 
-import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from worker.data.features import DatasetError, DatasetFeatures, check_dataset
+from worker.data.partition import DataPlan, plan_data
 from worker.federation import checkpoints, task
 from worker.federation.config import FederationConfig
+from worker.federation.protocol import (
+    ClientInfo,
+    Instructions,
+    instructions_record,
+    query_message,
+    read_client_info,
+)
 from worker.federation.reporter import JsonLinesReporter, Reporter, RoundReport
 from worker.federation.run_config import federation_config_from_run_config
 from worker.federation.strategy import RoundLog, TrackedStrategy, make_strategy
-from worker.federation.transport import (
-    as_int,
-    decode_arrays,
-    encode_arrays,
-    stats_from_record,
-    stats_to_record,
-)
+from worker.federation.transport import decode_arrays, encode_arrays, stats_to_record
 from worker.policy.loading import resolve_policy_source
 
-CONFIG_KEY = "config"
-STATS_KEY = "norm-stats"
 QUERY_TIMEOUT_S = 3600.0
 
 
@@ -45,33 +40,55 @@ class FederationError(RuntimeError):
     """The federation cannot go on (bad input found by the clients, too few clients)."""
 
 
-def run_server(
-    grid: Grid,
-    config: FederationConfig,
-    reporter: Reporter,
-    *,
-    output_dir: Path,
-    data_dir: Path,
-) -> None:
-    base_config = ConfigRecord(
-        {"federation": config.model_dump_json(), "data-dir": str(data_dir.resolve())}
-    )
+@dataclass(frozen=True)
+class ServerRun:
+    """What a ServerApp settles before its federation starts."""
+
+    grid: Grid
+    config: FederationConfig
+    reporter: Reporter
+    output_dir: Path
+    data_dir: Path
+    plan: DataPlan | None = None
+    """The data plan if the caller has made it already; else run_server makes it."""
+
+
+RunSetup = Callable[[Grid, Context], AbstractContextManager[ServerRun]]
+"""Sets up a run from Flower's grid and context, and cleans up when the federation ends."""
+
+
+def federation_server_app(setup: RunSetup) -> ServerApp:
+    """A ServerApp whose main runs the federation that `setup` describes."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        with setup(grid, context) as run:
+            run_server(run)
+
+    return app
+
+
+def run_server(run: ServerRun) -> None:
+    config, reporter = run.config, run.reporter
+    plan = run.plan if run.plan is not None else plan_data(config)
+    instructions = Instructions(config, str(run.data_dir.resolve()), plan)
     source = resolve_policy_source(config.policy)
-    clients = _describe_clients(grid, config, base_config)
+    clients = _describe_clients(run.grid, config, instructions)
     reporter.log(
-        "clients: " + ", ".join(f"{c['label']} ({c['frames']} frames)" for c in clients.values())
+        "clients: " + ", ".join(f"{c.label} ({c.frames} frames)" for c in clients.values())
     )
-    merged = task.merge_stats([c["stats"] for c in clients.values()])
+    merged = task.merge_stats([c.stats for c in clients.values()])
     first = next(iter(clients.values()))
     bundle = task.build_bundle(
         source,
-        first["features"],
+        first.features,
         stats=merged,
-        data_dir=data_dir,
+        data_dir=run.data_dir,
         seed=config.seed,
         device=task.pick_device(config.device),
     )
-    holdout = _holdout_data(config, bundle, first["expected"])
+    holdout = _holdout_data(plan, bundle, first.dataset_features)
     offset = 0
     if config.resume_from is not None:
         offset = config.resume_from.round
@@ -81,69 +98,50 @@ def run_server(
             )
         resumed = _resume(config, bundle)
     strategy = make_strategy(config, round_offset=offset)
-    strategy.labels = {node: c["label"] for node, c in clients.items()}
-    strategy.site_ids = {node: c["site_id"] for node, c in clients.items() if c["site_id"] >= 0}
+    strategy.labels = {node: c.label for node, c in clients.items()}
+    strategy.site_ids = {node: c.site_id for node, c in clients.items() if c.site_id is not None}
     if config.resume_from is not None:
         strategy.restore_server_state(resumed)
-    train_config = ConfigRecord(dict(base_config))
-    hooks = _RoundHooks(config, reporter, strategy, bundle, holdout, output_dir, offset)
+    hooks = _RoundHooks(config, reporter, strategy, bundle, holdout, run.output_dir, offset)
     initial = encode_arrays(task.trainable_arrays(bundle), "float32")
     if config.normalization == "federated":
         # Every client normalises with the merged statistics, sent on purpose with each round.
         strategy.norm_stats = stats_to_record(merged)
     strategy.start(
-        grid=grid,
+        grid=run.grid,
         initial_arrays=initial,
         num_rounds=config.num_rounds - offset,
-        train_config=train_config,
+        train_config=instructions_record(instructions),
         evaluate_fn=hooks,
     )
     reporter.log(f"federation finished after round {config.num_rounds}")
 
 
 def _describe_clients(
-    grid: Grid, config: FederationConfig, base_config: ConfigRecord
-) -> dict[int, dict[str, Any]]:
+    grid: Grid, config: FederationConfig, instructions: Instructions
+) -> dict[int, ClientInfo]:
     """Query every client; check that their datasets agree; fail naming the odd one out."""
     nodes = _wait_for_nodes(
         grid, config.num_clients if config.mode == "simulation" else config.min_clients
     )
-    messages = [
-        Message(
-            RecordDict({CONFIG_KEY: base_config}), dst_node_id=node, message_type=MessageType.QUERY
-        )
-        for node in nodes
-    ]
+    messages = [query_message(node, instructions) for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S))
     errors = [r.error.reason or "" for r in replies if r.has_error()]
     if errors:
         raise DatasetError("; ".join(_short(e) for e in errors))
-    clients: dict[int, dict[str, Any]] = {}
+    described = [(r.metadata.src_node_id, read_client_info(r.content)) for r in replies]
+    clients: dict[int, ClientInfo] = {}
     expected: DatasetFeatures | None = None
-    for reply in sorted(replies, key=lambda r: str(r.content[CONFIG_KEY]["label"])):
-        info = reply.content[CONFIG_KEY]
-        stats = reply.content[STATS_KEY]
-        metrics = reply.content["metrics"]
-        assert isinstance(info, ConfigRecord) and isinstance(stats, ArrayRecord)
-        assert isinstance(metrics, MetricRecord)
-        features = json.loads(str(info["features"]))
-        found = _features(features, as_int(info["fps"]))
-        label = str(info["label"])
+    for node, info in sorted(described, key=lambda pair: pair[1].label):
+        found = info.dataset_features
         if expected is None:
             expected = found
         elif mismatches := expected.mismatches(found):
             raise DatasetError(
-                f"{label}: dataset {info['dataset']!s} does not match the experiment: "
-                + "; ".join(mismatches)
+                f"{info.label}: dataset {info.dataset.model_dump_json()} does not match the "
+                "experiment: " + "; ".join(mismatches)
             )
-        clients[reply.metadata.src_node_id] = {
-            "label": label,
-            "site_id": as_int(info.get("site-id", -1)),
-            "features": features,
-            "expected": expected,
-            "stats": stats_from_record(stats),
-            "frames": as_int(metrics["num-examples"]),
-        }
+        clients[node] = info
     return clients
 
 
@@ -151,16 +149,6 @@ def _short(reason: str) -> str:
     """The last line of a client's traceback: the error itself."""
     lines = [line for line in reason.strip().splitlines() if line.strip()]
     return lines[-1] if lines else reason
-
-
-def _features(features: dict[str, Any], fps: int) -> DatasetFeatures:
-    cameras = sorted(k for k, f in features.items() if f.get("dtype") in ("image", "video"))
-    return DatasetFeatures(
-        state_dim=int(features["observation.state"]["shape"][0]),
-        action_dim=int(features["action"]["shape"][0]),
-        cameras=tuple(cameras),
-        fps=fps,
-    )
 
 
 def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
@@ -173,13 +161,10 @@ def _wait_for_nodes(grid: Grid, count: int) -> list[int]:
 
 
 def _holdout_data(
-    config: FederationConfig, bundle: task.PolicyBundle, expected: DatasetFeatures
+    plan: DataPlan, bundle: task.PolicyBundle, expected: DatasetFeatures
 ) -> list[task.ClientData]:
-    from worker.data.partition import plan_data
-
-    refs = plan_data(config).holdout if config.mode == "simulation" else config.eval_datasets
     data = []
-    for ref in refs:
+    for ref in plan.holdout:
         check_dataset(ref, "server evaluation", expected)
         data.append(
             task.open_dataset(
@@ -310,14 +295,14 @@ class _RoundHooks:
         checkpoints.apply_retention(self.output_dir, self.config.keep_checkpoints, self.reporter)
 
 
-app = ServerApp()
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
+@contextmanager
+def _standalone(grid: Grid, context: Context) -> Iterator[ServerRun]:
     """`flwr run .`: the experiment from the run config; events to <output-dir>/events.jsonl."""
     config = federation_config_from_run_config(context.run_config)
     output_dir = Path(str(context.run_config.get("output-dir", "outputs"))).resolve()
     data_dir = Path(str(context.run_config.get("data-dir", output_dir / "data"))).resolve()
     reporter = JsonLinesReporter(output_dir / "events.jsonl")
-    run_server(grid, config, reporter, output_dir=output_dir, data_dir=data_dir)
+    yield ServerRun(grid, config, reporter, output_dir=output_dir, data_dir=data_dir)
+
+
+app = federation_server_app(_standalone)

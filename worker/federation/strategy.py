@@ -17,18 +17,15 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from worker.federation.aggregation import weighted_average
 from worker.federation.config import FederationConfig
+from worker.federation.protocol import ARRAYS_KEY, add_train_payload, read_train_reply
 from worker.federation.reporter import ClientReport
 from worker.federation.transport import (
     as_float,
-    as_int,
     encode_arrays,
     out_of_band,
     ray_carries_messages,
     to_float32_record,
 )
-
-ARRAYS_KEY = "arrays"
-STATS_KEY = "norm-stats"
 
 
 @dataclass
@@ -42,7 +39,8 @@ class RoundLog:
 
 
 class TrackedStrategy(FedAvg):
-    """Mixin for a Flower strategy; must come before it in the bases."""
+    """Our hooks on FedAvg. Each concrete strategy below lists it first in its bases, so its
+    configure_train and aggregate_train wrap those of the Flower strategy listed next."""
 
     round_offset: int = 0
     transport_dtype: str = "float32"
@@ -73,9 +71,7 @@ class TrackedStrategy(FedAvg):
         if ray_carries_messages():
             payload = out_of_band(payload)
         for message in messages:
-            message.content[ARRAYS_KEY] = payload
-            if self.norm_stats is not None:
-                message.content[STATS_KEY] = self.norm_stats
+            add_train_payload(message.content, payload, self.norm_stats)
             self.log.sampled.append(message.metadata.dst_node_id)
             self.log.bytes_sent += payload.count_bytes()
         return messages
@@ -100,23 +96,20 @@ class TrackedStrategy(FedAvg):
                     )
                 )
                 continue
-            metrics = reply.content["metrics"]
-            assert isinstance(metrics, MetricRecord)
-            payload = reply.content[ARRAYS_KEY]
-            assert isinstance(payload, ArrayRecord)
+            payload, metrics = read_train_reply(reply.content)
             self.log.clients.append(
                 ClientReport(
                     client=label,
                     site_id=self.site_ids.get(node),
                     ok=True,
-                    train_loss=as_float(metrics["train-loss"]),
-                    samples=as_int(metrics["num-examples"]),
-                    episodes=as_int(metrics["episodes"]),
-                    seconds=as_float(metrics["seconds"]),
-                    load_seconds=as_float(metrics["load-seconds"]),
+                    train_loss=metrics.train_loss,
+                    samples=metrics.num_examples,
+                    episodes=metrics.episodes,
+                    seconds=metrics.seconds,
+                    load_seconds=metrics.load_seconds,
                     bytes_sent=payload.count_bytes(),
-                    bytes_received=as_int(metrics["bytes-received"]),
-                    skipped_frames=as_int(metrics["skipped-frames"]),
+                    bytes_received=metrics.bytes_received,
+                    skipped_frames=metrics.skipped_frames,
                 )
             )
             reply.content[ARRAYS_KEY] = to_float32_record(payload, self.transport_dtype)

@@ -193,11 +193,16 @@ def build_bundle(
         seed=seed,
         device=device,
     )
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        hold_frozen_in_bf16(loaded.policy)
-    bundle = bundle_for(loaded.policy, stats, device)
+    bundle = ready_to_train(loaded.policy, stats, device)
     bundle.load_seconds = loaded.seconds
     return bundle
+
+
+def ready_to_train(policy: "SmolVLAPolicy", stats: Stats, device: str) -> PolicyBundle:
+    """A newly built policy on `device`, its frozen weights held in bf16 where the GPU has it."""
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        hold_frozen_in_bf16(policy)
+    return bundle_for(policy, stats, device)
 
 
 def bundle_for(policy: "SmolVLAPolicy", stats: Stats, device: str) -> PolicyBundle:

@@ -1,0 +1,258 @@
+"""The message protocol: builders and parsers agree, Flower's strategies read what clients send,
+and a message that lacks something is refused naming what it lacks."""
+
+from collections.abc import Iterable
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from worker.data.partition import DataPlan
+from worker.federation.config import DatasetRef, FederationConfig, Partition
+from worker.federation.protocol import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES,
+    STATS_KEY,
+    ClientInfo,
+    Instructions,
+    ProtocolError,
+    TrainMetrics,
+    add_train_payload,
+    describe_reply,
+    instructions_record,
+    query_message,
+    read_client_info,
+    read_instructions,
+    read_train_message,
+    read_train_reply,
+    train_reply,
+)
+from worker.federation.strategy import make_strategy
+
+DATASET = DatasetRef(repo_id="synthetic/so100", root="/data/so100")
+FEATURES = {
+    "observation.state": {"dtype": "float32", "shape": [6]},
+    "action": {"dtype": "float32", "shape": [6]},
+    "observation.images.wrist": {"dtype": "video", "shape": [480, 640, 3]},
+    "observation.images.front": {"dtype": "image", "shape": [480, 640, 3]},
+}
+STATS = {
+    "observation.state": {"mean": np.arange(6.0), "std": np.ones(6)},
+    "action": {"mean": np.zeros(6), "std": np.full(6, 2.0)},
+}
+METRICS = TrainMetrics(
+    train_loss=0.5,
+    num_examples=32,
+    steps=4,
+    episodes=3,
+    seconds=1.25,
+    load_seconds=0.5,
+    skipped_frames=1,
+    bytes_received=1000,
+    bytes_sent=2000,
+)
+
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def _config(strategy: str = "fedavg") -> FederationConfig:
+    return FederationConfig(
+        policy="tiny",
+        strategy=strategy,  # type: ignore[arg-type]
+        proximal_mu=0.25 if strategy == "fedprox" else 0.0,
+        min_clients=2,
+        partition=Partition(dataset=DATASET, num_clients=2),
+    )
+
+
+def _plan() -> DataPlan:
+    shares = [DATASET.model_copy(update={"episodes": e}) for e in ([0, 2], [1, 3])]
+    return DataPlan(shares, [DATASET.model_copy(update={"episodes": [4]})])
+
+
+def _info(site_id: int | None = 4) -> ClientInfo:
+    return ClientInfo(
+        label="site-arm",
+        site_id=site_id,
+        dataset=DATASET,
+        features=FEATURES,
+        fps=30,
+        stats=STATS,
+        frames=144,
+    )
+
+
+def _weights() -> ArrayRecord:
+    return ArrayRecord({"expert.weight": Array(np.ones((2, 3), dtype=np.float32))})
+
+
+class _Grid(Grid):
+    """The nodes, which is all that a strategy's configure steps ask of a grid."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.nodes
+
+    def set_run(self, run: Run) -> None:
+        raise AssertionError("not used by configure steps")
+
+    @property
+    def run(self) -> Run:
+        raise AssertionError("not used by configure steps")
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        raise AssertionError("not used by configure steps")
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise AssertionError("not used by configure steps")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise AssertionError("not used by configure steps")
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        raise AssertionError("not used by configure steps")
+
+
+def test_instructions_survive_the_query_message() -> None:
+    # Prepare
+    instructions = Instructions(_config(), "/srv/data", _plan())
+
+    # Execute
+    message = query_message(7, instructions)
+
+    # Assert
+    assert message.metadata.message_type == MessageType.QUERY
+    assert message.metadata.dst_node_id == 7
+    assert read_instructions(message) == instructions
+
+
+def test_client_info_survives_the_query_reply() -> None:
+    for site_id in (4, None):
+        info = read_client_info(describe_reply(_info(site_id)))
+        assert (info.label, info.site_id, info.dataset, info.fps, info.frames) == (
+            "site-arm",
+            site_id,
+            DATASET,
+            30,
+            144,
+        )
+        assert info.features == FEATURES
+        assert info.stats.keys() == STATS.keys()
+        for feature, values in STATS.items():
+            for name, value in values.items():
+                np.testing.assert_array_equal(info.stats[feature][name], value)
+
+
+def test_dataset_features_are_what_the_experiment_compares() -> None:
+    features = _info().dataset_features
+    assert (features.state_dim, features.action_dim, features.fps) == (6, 6, 30)
+    assert features.cameras == ("observation.images.front", "observation.images.wrist")
+
+
+@pytest.mark.parametrize(("strategy", "mu"), [("fedavg", 0.0), ("fedprox", 0.25)])
+def test_the_strategy_train_message_reads_back(strategy: str, mu: float) -> None:
+    # Prepare
+    config = _config(strategy)
+    tracked = make_strategy(config, round_offset=2)
+    instructions = Instructions(config, "/srv/data", _plan())
+    tracked.norm_stats = describe_reply(_info())[STATS_KEY]  # type: ignore[assignment]
+
+    # Execute
+    messages = list(
+        tracked.configure_train(1, _weights(), instructions_record(instructions), _Grid([1, 2]))
+    )
+
+    # Assert
+    assert len(messages) == 2
+    for message in messages:
+        order = read_train_message(message)
+        assert order.server_round == 3  # the round offset of a resumed run
+        assert order.proximal_mu == mu
+        assert list(order.arrays.keys()) == ["expert.weight"]
+        assert order.stats is not None
+        np.testing.assert_array_equal(order.stats["action"]["std"], STATS["action"]["std"])
+        assert read_instructions(message) == instructions
+
+
+def test_train_message_without_federated_stats() -> None:
+    content = RecordDict({CONFIG_KEY: ConfigRecord({"server-round": 1})})
+    add_train_payload(content, _weights(), None)
+    order = read_train_message(Message(content, dst_node_id=1, message_type=MessageType.TRAIN))
+    assert order.stats is None and order.proximal_mu == 0.0
+
+
+def test_train_reply_round_trip_and_flower_reads_its_weight() -> None:
+    arrays, metrics = read_train_reply(train_reply(_weights(), METRICS, "site-arm"))
+    assert metrics == METRICS
+    assert list(arrays.keys()) == ["expert.weight"]
+    reply = train_reply(_weights(), METRICS, "site-arm")
+    strategy = make_strategy(_config(), round_offset=0)
+    assert (strategy.arrayrecord_key, strategy.configrecord_key) == (ARRAYS_KEY, CONFIG_KEY)
+    assert strategy.weighted_by_key == NUM_EXAMPLES
+    assert reply[METRICS_KEY][NUM_EXAMPLES] == 32  # type: ignore[index]
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam"])
+def test_no_strategy_sends_evaluate_messages(strategy: str) -> None:
+    """The ClientApp has no evaluate handler: the server evaluates on held-out data."""
+    tracked = make_strategy(_config(strategy), round_offset=0)
+    assert list(tracked.configure_evaluate(1, _weights(), ConfigRecord(), _Grid([1, 2]))) == []
+
+
+def test_a_reply_without_a_metric_is_refused_naming_it() -> None:
+    reply = train_reply(_weights(), METRICS, "site-arm")
+    del reply[METRICS_KEY]["train-loss"]  # type: ignore[attr-defined]
+    with pytest.raises(ProtocolError, match="train reply's 'metrics' lacks 'train-loss'"):
+        read_train_reply(reply)
+
+
+def test_a_reply_without_a_record_is_refused_naming_it() -> None:
+    reply = train_reply(_weights(), METRICS, "site-arm")
+    del reply[ARRAYS_KEY]
+    with pytest.raises(ProtocolError, match="train reply lacks the ArrayRecord 'arrays'"):
+        read_train_reply(reply)
+    described = describe_reply(_info())
+    del described[STATS_KEY]
+    with pytest.raises(ProtocolError, match="query reply lacks the ArrayRecord 'norm-stats'"):
+        read_client_info(described)
+
+
+def test_a_query_reply_without_a_field_is_refused_naming_it() -> None:
+    described = describe_reply(_info())
+    del described[CONFIG_KEY]["fps"]  # type: ignore[attr-defined]
+    with pytest.raises(ProtocolError, match="query reply's 'config' lacks 'fps'"):
+        read_client_info(described)
+
+
+def test_a_record_of_the_wrong_kind_is_refused() -> None:
+    reply = train_reply(_weights(), METRICS, "site-arm")
+    reply[METRICS_KEY] = ConfigRecord({"train-loss": 1.0})
+    with pytest.raises(ProtocolError, match="'metrics' is a ConfigRecord, not a MetricRecord"):
+        read_train_reply(reply)
+
+
+def test_a_message_without_instructions_is_refused() -> None:
+    message = Message(RecordDict(), dst_node_id=1, message_type=MessageType.QUERY)
+    with pytest.raises(ProtocolError, match="message lacks the ConfigRecord 'config'"):
+        read_instructions(message)
+    record = instructions_record(Instructions(_config(), "/srv/data", _plan()))
+    del record["data-plan"]
+    message = Message(RecordDict({CONFIG_KEY: record}), dst_node_id=1, message_type="query")
+    with pytest.raises(ProtocolError, match="message's 'config' lacks 'data-plan'"):
+        read_instructions(message)
