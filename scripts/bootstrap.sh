@@ -32,7 +32,7 @@ find_uv() {
 }
 
 uv="$(find_uv)"
-if ! "$uv" python find 3.12 >/dev/null 2>&1; then
+if ! "$uv" python find "${UV_PYTHON:-3.12}" >/dev/null 2>&1; then
   echo "fedvla needs Python 3.12 and uv finds none: install one (your system's python3.12," \
     "pyenv, or 'uv python install 3.12' where uv can download it), or set UV_PYTHON" >&2
   exit 1
