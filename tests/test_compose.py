@@ -1,4 +1,4 @@
-"""docker-compose.yml and the Dockerfile, checked without a Docker engine.
+"""docker-compose.yml and the two Dockerfiles, checked without a Docker engine.
 
 The compose file is validated against the Compose Specification's JSON schema, as vendored (for
 offline use) by the check-jsonschema package.
@@ -97,11 +97,46 @@ def test_environment_names_are_settings(compose: dict[str, Any]) -> None:
         assert names <= fields, names - fields
 
 
-def test_dockerfile_builds_on_python_312_slim_with_ffmpeg() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
+def _dockerfile(name: str) -> str:
+    return (ROOT / name).read_text()
+
+
+def test_services_build_the_web_image_or_the_worker_image(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+
+    for name, dockerfile in (("migrate", "Dockerfile.web"), ("web", "Dockerfile.web")):
+        assert services[name]["build"] == {"context": ".", "dockerfile": dockerfile}, name
+    assert services["worker"]["build"] == {"context": ".", "dockerfile": "Dockerfile.worker"}
+    assert services["web"]["image"] != services["worker"]["image"]
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.web", "Dockerfile.worker"])
+def test_images_install_from_the_lock_on_python_312_slim(name: str) -> None:
+    dockerfile = _dockerfile(name)
 
     assert re.search(r"^FROM python:3\.12-slim$", dockerfile, re.MULTILINE)
-    assert "ffmpeg" in dockerfile
-    assert "pip install -e ." in dockerfile
+    assert re.search(r"^COPY pyproject\.toml uv\.lock \./$", dockerfile, re.MULTILINE)
+    syncs = re.findall(r"^RUN uv sync (.*)$", dockerfile, re.MULTILINE)
+    assert syncs and all(s.startswith("--frozen") for s in syncs), syncs
+    assert "pip install" not in dockerfile
     for copied in ("app", "worker", "migrations", "alembic.ini", "templates", "static"):
         assert re.search(rf"^COPY .*\b{re.escape(copied)}\b", dockerfile, re.MULTILINE), copied
+
+
+def test_only_the_worker_image_has_the_engine_and_ffmpeg() -> None:
+    web, worker = _dockerfile("Dockerfile.web"), _dockerfile("Dockerfile.worker")
+
+    assert all("--extra" not in line for line in web.splitlines() if "uv sync" in line)
+    assert "ffmpeg" not in web
+    assert all("--extra worker" in line for line in worker.splitlines() if "RUN uv sync" in line)
+    assert "ffmpeg" in worker
+
+
+def test_images_and_bootstrap_use_one_uv_version() -> None:
+    bootstrap = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    pinned = re.search(r"^UV_VERSION=(\S+)$", bootstrap, re.MULTILINE)
+
+    assert pinned is not None
+    for name in ("Dockerfile.web", "Dockerfile.worker"):
+        copied = re.findall(r"ghcr\.io/astral-sh/uv:(\S+)", _dockerfile(name))
+        assert copied == [pinned.group(1)], name

@@ -32,7 +32,7 @@ CONTAINER_KIT = "/kit"
 CONTAINER_DATASET = "/dataset"
 CONTAINER_KEY = "/keys/" + PRIVATE_KEY_FILE
 CONTAINER_WORK = "/data"
-IMAGE = "fedvla:latest"
+IMAGE = "fedvla-worker:latest"
 
 
 def dataset_node_config(dataset: str) -> dict[str, str]:
@@ -177,7 +177,7 @@ def _compose(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
     volumes.append("supernode-data:/data")
     lines = [
         f"# Site {site.name!r}: its Flower SuperNode as a service ('docker compose up -d').",
-        "# The image is fedvla's (Dockerfile of the fedvla repository, tagged fedvla:latest).",
+        "# The image is fedvla's worker image (Dockerfile.worker of the fedvla repository).",
         "services:",
         "  supernode:",
         f"    image: {IMAGE}",
@@ -277,7 +277,8 @@ def _readme(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
 The coordinator's SuperLink is at `{settings.superlink_address}` (TLS; `ca.crt` verifies it).
 Your node is admitted only with the key pair whose public key the coordinator approved.
 
-1. Install fedvla on the robot's machine (`pip install fedvla`, or build its Docker image).
+1. Install fedvla with its engine on the robot's machine (`bash scripts/bootstrap.sh --extra
+   worker` in a clone of the fedvla repository, or build its image from `Dockerfile.worker`).
 2. Generate the node's key pair HERE, once: `fedvla site keygen keys`. It writes
    `keys/{PRIVATE_KEY_FILE}` (private: never send it anywhere) and prints the public key.
    Paste the public key into your site's page (or PATCH /api/v1/sites/{site.id}); the
