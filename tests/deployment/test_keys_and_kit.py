@@ -15,11 +15,11 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.core.public_keys import parse_public_key
 from app.models import Site, SiteStatus
 from app.services import sites as site_service
 from tests.api.conftest import World
 from tests.factories import bearer, deployment_body, make_experiment, make_site, site_body
-from worker.deployment.keys import parse_public_key
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
