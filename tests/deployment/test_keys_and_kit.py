@@ -132,6 +132,7 @@ def test_startup_kit_only_for_admins_and_the_own_operator_of_an_approved_site(
     pending = client.get(url, headers=bearer(world.secrets["admin"] or ""))
     assert pending.status_code == 409
     assert "approved sites" in pending.json()["detail"]
+    assert pending.json()["errors"] == [{"field": "status", "reason": "pending, not approved"}]
     own = session.get(Site, world.own_site_id)
     assert own is not None
     site_service.set_status(
