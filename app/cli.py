@@ -12,14 +12,12 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from app.cli_deployment import site_cli, superlink_command
+from app.cli_support import cli_errors, load_settings
 from app.core.config import Settings
 from app.core.db import make_engine
-from app.core.errors import ApiError
 from app.models import Role
 from app.services import tokens as token_service
 
@@ -42,41 +40,11 @@ cli.add_typer(site_cli, name="site")
 cli.command("superlink")(superlink_command)
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(code=2)
-
-
-@contextmanager
-def _cli_errors() -> Iterator[None]:
-    """Turns what users can cause (bad settings, bad arguments, no database) into messages."""
-    try:
-        yield
-    except ApiError as error:
-        reasons = "; ".join(f"{p.field}: {p.reason}" for p in error.errors)
-        raise _fail(f"{error.detail}{f' ({reasons})' if reasons else ''}") from None
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
-        )
-        raise _fail(f"invalid settings: {problems}") from None
-    except SQLAlchemyError as error:
-        first_line = str(error).splitlines()[0]
-        raise _fail(f"database: {first_line} (did you run 'fedvla db upgrade'?)") from None
-    except OSError as error:
-        raise _fail(str(error)) from None
-
-
-def _settings() -> Settings:
-    with _cli_errors():
-        return Settings()
-
-
 @contextmanager
 def _session(settings: Settings) -> Iterator[Session]:
     engine = make_engine(settings.database_url)
     try:
-        with _cli_errors(), Session(engine) as session:
+        with cli_errors(), Session(engine) as session:
             yield session
     finally:
         engine.dispose()
@@ -113,8 +81,8 @@ def serve(
 
     from app.main import create_app
 
-    settings = _settings()
-    with _cli_errors():
+    settings = load_settings()
+    with cli_errors():
         application = create_app(settings)
     local_worker = None
     # uvicorn stops on SIGTERM, then raises it again once it has restored this handler: make
@@ -160,8 +128,8 @@ def worker_command(
     """Run a GPU worker that takes federation runs from the broker's queue."""
     from worker.main import run_worker
 
-    settings = _settings()
-    with _cli_errors():
+    settings = load_settings()
+    with cli_errors():
         run_worker(settings, name=name)
 
 
@@ -172,8 +140,8 @@ def db_upgrade(
     """Create or migrate the database schema."""
     from app.core.migrate import upgrade_database
 
-    settings = _settings()
-    with _cli_errors():
+    settings = load_settings()
+    with cli_errors():
         upgrade_database(settings.database_url, revision)
     typer.echo(f"Database upgraded to {revision}.")
 
@@ -191,7 +159,7 @@ def token_create(
     ] = None,
 ) -> None:
     """Create a token; the secret is printed on stdout, once."""
-    with _session(_settings()) as session:
+    with _session(load_settings()) as session:
         token, secret = token_service.create_token(
             session=session, name=name, role=role, site_id=site
         )
@@ -204,7 +172,7 @@ def token_create(
 @token_cli.command("list")
 def token_list() -> None:
     """List tokens (never their secrets)."""
-    with _session(_settings()) as session:
+    with _session(load_settings()) as session:
         tokens, _count = token_service.list_tokens(session=session, limit=10_000)
     typer.echo(f"{'ID':>4}  {'NAME':<24} {'ROLE':<9} {'SITE':>4}  {'PREFIX':<13} STATE  LAST USED")
     for token in tokens:
@@ -220,7 +188,7 @@ def token_list() -> None:
 @token_cli.command("revoke")
 def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")]) -> None:
     """Revoke a token: requests with it are refused from now on."""
-    with _session(_settings()) as session:
+    with _session(load_settings()) as session:
         token = token_service.get_token_by_name(session=session, name=name)
         token_service.revoke_token(session=session, token=token)
     typer.echo(f"Revoked token '{name}'.")
@@ -229,7 +197,7 @@ def token_revoke(name: Annotated[str, typer.Argument(help="The token's name.")])
 @token_cli.command("ensure-admin")
 def token_ensure_admin() -> None:
     """Create an admin token if there is no live one, and print it (once)."""
-    with _session(_settings()) as session:
+    with _session(load_settings()) as session:
         secret = token_service.ensure_admin(session=session)
     if secret is None:
         typer.echo("An admin token exists already (see 'fedvla token list').")

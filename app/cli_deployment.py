@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from app.cli_support import fail, load_settings
+
 site_cli = typer.Typer(
     help="At a robot site: the node's key pair, and the dataset checked before joining.",
     no_args_is_help=True,
@@ -29,13 +31,12 @@ def site_keygen(
 
     The private key stays in DIRECTORY (mode 0600); only the public key goes to the server.
     """
-    from app.cli import _fail
     from worker.deployment.keys import generate_node_keys
 
     try:
         files = generate_node_keys(directory, overwrite=force)
     except (FileExistsError, OSError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     typer.echo(f"Private key (keep it here, never send it): {files.private_key}", err=True)
     typer.echo("Public key (paste it into your site's page, or PATCH public_key):", err=True)
     typer.echo(files.public_pem.read_text(), nl=False)
@@ -49,14 +50,13 @@ def site_check(
     ] = Path("kit.json"),
 ) -> None:
     """Check the local dataset against the startup kit's experiments; report what it holds."""
-    from app.cli import _fail
     from worker.data.features import DatasetError
     from worker.deployment.site_check import KitError, check_site_dataset, describe, read_kit
 
     try:
         result = check_site_dataset(dataset, read_kit(experiment_config))
     except (KitError, DatasetError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     typer.echo(describe(result))
     if not result.ok:
         typer.echo("The dataset cannot train in this experiment: fix the errors above.", err=True)
@@ -76,12 +76,11 @@ def superlink_command(
     """
     from sqlmodel import Session
 
-    from app.cli import _fail, _settings
     from app.core.db import make_engine
     from worker.deployment.node_registry import sync_registrations
     from worker.deployment.superlink import SuperLinkError, SuperLinkProcess
 
-    settings = _settings()
+    settings = load_settings()
     process = SuperLinkProcess(settings)
     stop: list[int] = []
 
@@ -113,7 +112,7 @@ def superlink_command(
                     typer.echo(f"unregistered node {node_id}")
             time.sleep(sync_every)
     except SuperLinkError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     finally:
         process.stop()
         engine.dispose()

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.api.errors import BodySizeLimit, document_input_errors, install_error_handlers
 from app.api.routes import (
     checkpoints,
     deployment,
@@ -22,7 +23,6 @@ from app.api.routes import (
 )
 from app.core.config import Settings
 from app.core.db import make_engine
-from app.core.errors import BodySizeLimit, document_input_errors, install_error_handlers
 from app.services import runs as run_service
 from app.services.event_feed import EventHub
 from app.web.mount import install_web

@@ -1,7 +1,9 @@
-"""The database tables, and the API's request and response models for each entity.
+"""The database tables, their enums, and the field sets that app.schemas' request and response
+models build on.
 
-Families follow one shape: ``XBase`` (shared fields) -> ``XCreate`` / ``XUpdate`` (requests)
--> ``X(table=True)`` -> ``XPublic`` / ``XsPublic`` (responses).
+Families follow one shape: ``XFields`` (the stored fields) -> ``X(table=True)``, whose JSON
+columns are plain dicts; ``XBase`` is ``XFields`` with those columns as models, and app.schemas
+derives ``XCreate`` (requests) and ``XPublic`` (responses) from it.
 """
 
 import uuid

@@ -78,6 +78,7 @@ def prepare(data_dir: Path, redis_url: str, rounds: int, checkpoints: int) -> tu
     from app.services import experiments, runs, tokens
     from app.services.events import EventPublisher
     from worker.db_reporter import DbReporter
+    from worker.dispatch import run_sender
     from worker.federation.reporter import CheckpointReport, ClientReport, RoundReport
 
     settings = Settings()
@@ -98,7 +99,11 @@ def prepare(data_dir: Path, redis_url: str, rounds: int, checkpoints: int) -> tu
             ),
         )
         run = runs.launch_run(
-            session, settings, quiet, experiment_id=int(experiment.id or 0), actor="bench"
+            session,
+            run_sender(settings),
+            quiet,
+            experiment_id=int(experiment.id or 0),
+            actor="bench",
         )
         run_id = int(run.id or 0)
         runs.claim_run(session, quiet, run_id, "bench-worker")

@@ -1,4 +1,8 @@
-"""The Celery application, built from Settings.
+"""The Celery application, built from Settings, without its tasks.
+
+The web app sends the run task by its name (``RUN_TASK``, worker.dispatch) through this app; only
+the worker registers the task itself (worker.tasks.make_worker_celery), so sending a run imports
+nothing of the worker's task, supervisor or engine.
 
 No result backend: the database is the source of truth for what a run did. Tasks are acknowledged
 late and rejected (so redelivered) when their worker dies; a redelivered run task finds its run no
@@ -69,7 +73,4 @@ def make_celery(settings: Settings) -> FedvlaCelery:
         result_backend=None,
         enable_utc=True,
     )
-    from worker.tasks import register_tasks
-
-    register_tasks(app)
     return app

@@ -16,9 +16,9 @@ from celery.utils.nodenames import default_nodename
 from app.core.config import Settings
 from app.core.db import make_engine
 from worker import warm
-from worker.celery_app import make_celery
 from worker.registry import HeartbeatThread, default_worker_name, register_worker
 from worker.supervisor import child_env
+from worker.tasks import make_worker_celery
 
 
 def run_worker(settings: Settings, name: str | None = None, loglevel: str = "INFO") -> None:
@@ -31,7 +31,7 @@ def run_worker(settings: Settings, name: str | None = None, loglevel: str = "INF
     heartbeats.start()
     if settings.warm_start:
         warm.warm_up_in_background()
-    app = make_celery(settings)
+    app = make_worker_celery(settings)
     try:
         app.worker_main(
             [

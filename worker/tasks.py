@@ -3,15 +3,16 @@
 import logging
 from typing import Any
 
-from celery import Celery, Task
+from celery import Task
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from app.core.config import Settings
 from app.core.db import make_engine
 from app.models import RunStatus
 from app.services import runs, workers
 from app.services.events import EventPublisher
-from worker.celery_app import RUN_TASK
+from worker.celery_app import RUN_TASK, FedvlaCelery, make_celery
 from worker.supervisor import supervise
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ def run_federation(task: Task, run_id: int) -> str:
         publisher.close()
 
 
-def register_tasks(app: Celery) -> None:
+def make_worker_celery(settings: Settings) -> FedvlaCelery:
+    """The worker's Celery app: worker.celery_app's, with the run task registered by its name."""
+    app = make_celery(settings)
     options: dict[str, Any] = {
         "name": RUN_TASK,
         "bind": True,
@@ -75,3 +78,4 @@ def register_tasks(app: Celery) -> None:
         "max_retries": MISSING_RUN_RETRIES,
     }
     app.task(**options)(run_federation)
+    return app

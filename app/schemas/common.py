@@ -3,8 +3,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Path, Query
-from pydantic import AfterValidator, BaseModel, Field, PlainSerializer, TypeAdapter
+from pydantic import AfterValidator, Field, PlainSerializer, TypeAdapter
 
 from app.models import as_utc
 
@@ -30,23 +29,3 @@ MAX_ID = 2**31 - 1
 
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 """A row id inside a request body."""
-
-IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
-"""A row id in the URL: ``def get_x(x_id: IdPath)``."""
-
-RoundPath = Annotated[int, Path(ge=0, le=MAX_ID)]
-"""A round number in the URL (round 0 is the initial policy)."""
-
-
-class Page(BaseModel):
-    """Pagination query parameters: ``?offset=0&limit=50``."""
-
-    offset: int = 0
-    limit: int = 50
-
-
-def page_params(
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Rows to return.")] = 50,
-) -> Page:
-    return Page(offset=offset, limit=limit)

@@ -6,10 +6,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel.main import SQLModelConfig
 
 from app.core.names import Name
+from app.core.public_keys import normalise_public_key
 from app.models import RobotType, SiteBase, SiteFeatures, SiteStatus
 from app.schemas.common import UtcDatetime
 from app.services.compatibility import CompatibilityReport
-from worker.deployment.keys import normalise_public_key
 
 SITE_EXAMPLE: dict[str, Any] = {
     "name": "lab-a",

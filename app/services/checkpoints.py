@@ -22,7 +22,7 @@ from typing import IO
 
 from sqlmodel import Session, col, select
 
-from app.core.errors import ApiError, NotFound
+from app.core.errors import Gone, NotFound
 from app.models import Checkpoint, RunEvent
 from app.services.events import EventPublisher, append_event
 
@@ -37,15 +37,15 @@ class Download:
     filename: str
 
 
-class CheckpointFilesGone(ApiError):
+class CheckpointFilesGone(Gone):
     def __init__(self, path: Path) -> None:
-        super().__init__(410, f"The checkpoint's files are no longer on disk ({path.name})")
+        super().__init__(f"The checkpoint's files are no longer on disk ({path.name})")
 
 
-class CheckpointCorrupt(ApiError):
+class CheckpointCorrupt(Gone):
     def __init__(self) -> None:
         super().__init__(
-            410, f"The checkpoint's {WEIGHTS_FILE} no longer matches its recorded sha256 (corrupt)"
+            f"The checkpoint's {WEIGHTS_FILE} no longer matches its recorded sha256 (corrupt)"
         )
 
 

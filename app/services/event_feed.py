@@ -22,12 +22,12 @@ import threading
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
+from anyio import to_thread
 from redis import asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 
 from app.models import RunEvent
 from app.services.events import channel, events_after
@@ -67,8 +67,6 @@ class RunFeed:
         self.closed = False
         """The task ended: done, failed, or stopped."""
         self.followers = 0
-        self.reads = 0
-        """Queries of the table by the feed's own task."""
         self._ids: list[int] = []
         self._events: list[RunEvent] = []
         self._changed = asyncio.Condition()
@@ -93,8 +91,7 @@ class RunFeed:
         try:
             subscription = await _subscribe(self.hub.redis_url, self.run_id)
             while True:
-                events, done = await run_in_threadpool(self.hub.read, self.run_id, self.head)
-                self.reads += 1
+                events, done = await to_thread.run_sync(self.hub.read, self.run_id, self.head)
                 self._append(events)
                 self.done = done
                 if done:
@@ -137,7 +134,7 @@ class RunFeed:
         while True:
             if last < self.base:  # further back than the buffer: read the table up to it
                 base = self.base
-                events = await run_in_threadpool(self.hub.read_page, self.run_id, last)
+                events = await to_thread.run_sync(self.hub.read_page, self.run_id, last)
                 for event in events:
                     assert event.id is not None
                     last = event.id

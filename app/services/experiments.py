@@ -107,7 +107,9 @@ def _save(*, session: Session, experiment: Experiment, site_ids: list[int] | Non
     except IntegrityError:
         session.rollback()
         raise Conflict(
-            f"An experiment named '{experiment.name}' already exists", field="name"
+            f"An experiment named '{experiment.name}' already exists",
+            field="name",
+            reason="already in use",
         ) from None
     session.refresh(experiment)
     return experiment
@@ -117,7 +119,9 @@ def _refuse_duplicate_name(*, session: Session, name: str, own_id: int | None = 
     query = select(Experiment.id).where(Experiment.name == name)
     existing = session.exec(query).first()
     if existing is not None and existing != own_id:
-        raise Conflict(f"An experiment named '{name}' already exists", field="name")
+        raise Conflict(
+            f"An experiment named '{name}' already exists", field="name", reason="already in use"
+        )
 
 
 def create_experiment(*, session: Session, data: ExperimentCreate) -> Experiment:

@@ -8,20 +8,20 @@ in the same transaction.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from anyio import to_thread
 from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
-from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings
-from app.core.errors import ApiError, Conflict, FieldProblem, Forbidden, NotFound
+from app.core.errors import Conflict, FieldProblem, Forbidden, NotFound, Unavailable
 from app.models import (
     ApiToken,
     Checkpoint,
@@ -37,7 +37,7 @@ from app.models import (
     SiteStatus,
     utcnow,
 )
-from app.services import compatibility, dispatch, experiments
+from app.services import compatibility, experiments
 from app.services.events import EventPublisher, append_event, events_after, publisher_for
 from worker.federation.config import FederationConfig, ResumePoint
 
@@ -46,13 +46,17 @@ log = logging.getLogger(__name__)
 LOST_RUN_ERROR = "worker lost: no heartbeat for {seconds:.0f} s"
 
 
-class BrokerDown(ApiError):
+class BrokerDown(Unavailable):
     def __init__(self, reason: str) -> None:
         super().__init__(
-            503,
             "The task broker is unreachable; the run was not created. Try again later.",
             [FieldProblem(field="broker", reason=reason)],
         )
+
+
+RunSender = Callable[[int], str]
+"""Queues a run on the GPU queue and returns its task id; raises BrokerDown when the broker does
+not take it (worker.dispatch.run_sender builds the one the app uses)."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +111,15 @@ def _deployment_problems(experiment: Experiment, sites: Sequence[Site]) -> list[
 def _resume_point(session: Session, experiment: Experiment, resume: ResumeFrom) -> ResumePoint:
     source = session.get(Run, resume.run_id)
     if source is None:
-        raise Conflict(f"Run {resume.run_id} does not exist", field="resume_from.run_id")
+        raise Conflict(
+            f"Run {resume.run_id} does not exist", field="resume_from.run_id", reason="no such run"
+        )
     if source.experiment_id != experiment.id:
         raise Conflict(
             f"Run {resume.run_id} belongs to experiment {source.experiment_id}, "
             f"not {experiment.id}",
             field="resume_from.run_id",
+            reason=f"a run of experiment {source.experiment_id}",
         )
     checkpoint = session.exec(
         select(Checkpoint).where(
@@ -125,10 +132,12 @@ def _resume_point(session: Session, experiment: Experiment, resume: ResumeFrom) 
             .where(Checkpoint.run_id == resume.run_id)
             .order_by(col(Checkpoint.round))
         ).all()
+        kept_rounds = list(kept) or "none"
         raise Conflict(
             f"Run {resume.run_id} has no checkpoint of round {resume.round} "
-            f"(kept rounds: {list(kept) or 'none'})",
+            f"(kept rounds: {kept_rounds})",
             field="resume_from.round",
+            reason=f"no checkpoint of this round (kept rounds: {kept_rounds})",
         )
     return ResumePoint(checkpoint_dir=str(Path(checkpoint.path).parent), round=resume.round)
 
@@ -136,7 +145,7 @@ def _resume_point(session: Session, experiment: Experiment, resume: ResumeFrom) 
 def freeze_config(
     session: Session, experiment: Experiment, resume: ResumeFrom | None = None
 ) -> FederationConfig:
-    """The experiment as the engine will run it; 409 with the reasons when it cannot run now."""
+    """The experiment as the engine will run it; Conflict, with reasons, if it cannot run now."""
     config = experiments.config_of(session=session, experiment=experiment)
     if config.mode == "deployment":
         sites = session.exec(
@@ -144,7 +153,7 @@ def freeze_config(
         ).all()
         problems = _deployment_problems(experiment, sites)
         if problems:
-            raise ApiError(409, "The experiment's sites cannot run together", problems)
+            raise Conflict("The experiment's sites cannot run together", problems)
     if resume is not None:
         config = FederationConfig.model_validate(
             {**config.model_dump(), "resume_from": _resume_point(session, experiment, resume)}
@@ -154,7 +163,7 @@ def freeze_config(
 
 def launch_run(
     session: Session,
-    settings: Settings,
+    send: RunSender,
     publisher: EventPublisher,
     *,
     experiment_id: int,
@@ -164,7 +173,7 @@ def launch_run(
     """Freezes the experiment into a queued run and sends it to the GPU queue.
 
     The task is sent before the run is committed: a broker that is down leaves no run behind
-    (503). A worker that receives the task before the commit retries until the run appears.
+    (BrokerDown). A worker that receives the task before the commit retries until the run appears.
     """
     experiment = experiments.get_experiment(session=session, experiment_id=experiment_id)
     config = freeze_config(session, experiment, resume)
@@ -183,10 +192,10 @@ def launch_run(
         session, run.id, "status", f"queued by {actor}{source}", {"status": "queued"}
     )
     try:
-        run.task_id = dispatch.send_run(settings, run.id)
-    except dispatch.BrokerUnavailable as error:
+        run.task_id = send(run.id)
+    except BrokerDown:
         session.rollback()
-        raise BrokerDown(str(error)) from error
+        raise
     _commit(session, publisher, event)
     session.refresh(run)
     return run
@@ -196,7 +205,7 @@ def launch_run(
 
 
 def get_run(session: Session, run_id: int, token: ApiToken | None = None) -> Run:
-    """The run, 404 if unknown, 403 for an operator whose site is not in its experiment."""
+    """The run; NotFound if unknown, Forbidden if an operator's site is not in its experiment."""
     run = session.get(Run, run_id)
     if run is None:
         raise NotFound("Run")
@@ -263,7 +272,7 @@ def run_events(
 
 
 def cancel_run(session: Session, publisher: EventPublisher, run_id: int, *, actor: str) -> Run:
-    """Cancels a queued or running run; its worker then stops the federation. 409 if final."""
+    """Cancels a queued or running run; its worker then stops the federation. Conflict if final."""
     run = get_run(session, run_id)
     event = _set_status(
         session,
@@ -274,7 +283,11 @@ def cancel_run(session: Session, publisher: EventPublisher, run_id: int, *, acto
     )
     if event is None:
         session.refresh(run)
-        raise Conflict(f"Run {run_id} already finished ({run.status})", field="status")
+        raise Conflict(
+            f"Run {run_id} already finished ({run.status})",
+            field="status",
+            reason=f"already {run.status}",
+        )
     _commit(session, publisher, event)
     session.refresh(run)
     return run
@@ -403,7 +416,7 @@ async def reaper(engine: Engine, settings: Settings) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
             try:
-                await run_in_threadpool(reap)
+                await to_thread.run_sync(reap)
             except Exception:  # the database may be briefly away; try again next time
                 log.exception("reaping lost runs failed")
             await asyncio.sleep(min(settings.lost_after_s / 4, 15.0))

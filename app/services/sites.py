@@ -15,7 +15,9 @@ def _save(*, session: Session, site: Site) -> Site:
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise Conflict(f"A site named '{site.name}' already exists", field="name") from None
+        raise Conflict(
+            f"A site named '{site.name}' already exists", field="name", reason="already in use"
+        ) from None
     session.refresh(site)
     return site
 
@@ -23,7 +25,9 @@ def _save(*, session: Session, site: Site) -> Site:
 def _refuse_duplicate_name(*, session: Session, name: str, own_id: int | None = None) -> None:
     existing = session.exec(select(Site.id).where(Site.name == name)).first()
     if existing is not None and existing != own_id:
-        raise Conflict(f"A site named '{name}' already exists", field="name")
+        raise Conflict(
+            f"A site named '{name}' already exists", field="name", reason="already in use"
+        )
 
 
 def _audit(*, session: Session, site: Site, action: str, actor: str, reason: str) -> None:

@@ -304,6 +304,7 @@ def build_kit(session: Session, settings: Settings, site: Site) -> bytes:
         raise Conflict(
             f"Site {site.name!r} is {site.status}: a startup kit is for approved sites",
             field="status",
+            reason=f"{site.status}, not approved",
         )
     tls = ensure_tls(settings.superlink_dir / "tls", tls_hosts(settings.superlink_address))
     ca_pem = tls.ca_certificate.read_text()

@@ -3,7 +3,7 @@
 from pydantic import BaseModel, Field
 
 from app.core.config import Settings
-from app.core.errors import ApiError
+from app.core.errors import Unavailable
 from app.models import Site
 from app.schemas.common import UtcDatetime
 from worker.deployment import node_registry
@@ -29,8 +29,8 @@ def site_node(settings: Settings, site: Site) -> SiteNode:
     try:
         node = node_registry.node_of(settings, site)
     except SuperLinkError as error:
-        raise ApiError(
-            503, f"The SuperLink at {settings.superlink_address} does not answer: {error}"
+        raise Unavailable(
+            f"The SuperLink at {settings.superlink_address} does not answer: {error}"
         ) from None
     if node is None:
         return SiteNode(

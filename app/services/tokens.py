@@ -43,7 +43,9 @@ def create_token(
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise Conflict(f"A token named '{name}' already exists", field="name") from None
+        raise Conflict(
+            f"A token named '{name}' already exists", field="name", reason="already in use"
+        ) from None
     session.refresh(token)
     return token, secret
 

@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 
 from app.api.deps import SessionDep
-from app.core.errors import ApiError, Forbidden
+from app.core.errors import Forbidden, Unauthorized
 from app.models import ApiToken
 from app.services import web_sessions as web_session_service
 from app.web import session as web_session
@@ -20,11 +20,11 @@ from app.web.permissions import admin_check, site_editor_check, site_registrar_c
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-class SignInRequired(ApiError):
+class SignInRequired(Unauthorized):
     """No live session: pages redirect to the sign-in form."""
 
     def __init__(self) -> None:
-        super().__init__(401, "Sign in to continue")
+        super().__init__("Sign in to continue")
 
 
 def session_token(request: Request, session: Session) -> ApiToken | None:

@@ -1,8 +1,9 @@
 """Errors on pages: the same exceptions as the API, shown as HTML instead of JSON.
 
 Pages use ``HtmlRoute`` as their route class. It turns ``SignInRequired`` into a redirect to the
-sign-in form and any other HTTP error (the services' ApiError included) into ``error.html`` with
-the API's status code, detail and field problems.
+sign-in form and any other error the API would answer (the services' domain errors, mapped by
+app.api.errors, and FastAPI's own) into ``error.html`` with the API's status code, detail and field
+problems.
 """
 
 from collections.abc import Callable, Coroutine
@@ -17,7 +18,8 @@ from sqlmodel import Session
 from starlette.exceptions import HTTPException
 from starlette.responses import RedirectResponse, Response
 
-from app.core.errors import ApiError, FieldProblem, problems_from_pydantic
+from app.api.errors import http_status, problems_from_pydantic
+from app.core.errors import DomainError, FieldProblem
 from app.web.contexts import ErrorPage
 from app.web.deps import SignInRequired, session_token
 from app.web.templating import is_fragment_request, render
@@ -58,8 +60,9 @@ class HtmlRoute(APIRoute):
             except (RequestValidationError, ValidationError) as exc:
                 problems = problems_from_pydantic(list(exc.errors()))
                 return error_page(request, 422, "Validation failed", problems)
+            except DomainError as exc:
+                return error_page(request, http_status(exc), exc.detail, exc.errors)
             except HTTPException as exc:
-                errors = exc.errors if isinstance(exc, ApiError) else []
-                return error_page(request, exc.status_code, str(exc.detail), errors)
+                return error_page(request, exc.status_code, str(exc.detail), [])
 
         return html_errors

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.errors import ApiError, FieldProblem, problems_from_pydantic
+from app.api.errors import http_status, problems_from_pydantic
+from app.core.errors import DomainError, FieldProblem
 from app.schemas.experiments import ExperimentPublic
 from app.schemas.sites import SitePublic
 from app.web.contexts import FormState
@@ -65,9 +66,9 @@ def attempt[T](save: Callable[[], T]) -> Outcome[T]:
         return Outcome(save(), [], 200)
     except ValidationError as error:
         return Outcome(None, problems_of(error), 422)
-    except ApiError as error:
-        problems = error.errors or [FieldProblem(field=FORM_WIDE, reason=str(error.detail))]
-        return Outcome(None, list(problems), error.status_code)
+    except DomainError as error:
+        problems = error.errors or [FieldProblem(field=FORM_WIDE, reason=error.detail)]
+        return Outcome(None, list(problems), http_status(error))
 
 
 def problems_of(error: ValidationError) -> list[FieldProblem]:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.api.deps import AdminToken, SiteEditorToken, SiteRegistrarToken, ensure_site_access
-from app.core.errors import ApiError
+from app.core.errors import DomainError
 from app.models import ApiToken
 
 
@@ -28,7 +28,7 @@ site_registrar_check = _checker(SiteRegistrarToken)
 def _passes(check: Callable[[], object]) -> bool:
     try:
         check()
-    except ApiError:
+    except DomainError:
         return False
     return True
 

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+from app.api.errors import http_status
 from app.core.config import Settings
 from app.core.errors import Conflict
 from app.main import create_app
@@ -120,7 +121,7 @@ def test_a_constraint_violation_at_commit_rolls_back_everything(
     with pytest.raises(Conflict) as caught:
         experiment_service._save(session=session, experiment=clash, site_ids=[world.other_site_id])
 
-    assert caught.value.status_code == 409
+    assert http_status(caught.value) == 409
     names = session.exec(select(Experiment.name)).all()
     assert names == [existing.name]
     links = session.exec(select(ExperimentSite)).all()

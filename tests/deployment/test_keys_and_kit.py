@@ -15,11 +15,11 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.core.public_keys import parse_public_key
 from app.models import Site, SiteStatus
 from app.services import sites as site_service
 from tests.api.conftest import World
 from tests.factories import bearer, deployment_body, make_experiment, make_site, site_body
-from worker.deployment.keys import parse_public_key
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -132,6 +132,7 @@ def test_startup_kit_only_for_admins_and_the_own_operator_of_an_approved_site(
     pending = client.get(url, headers=bearer(world.secrets["admin"] or ""))
     assert pending.status_code == 409
     assert "approved sites" in pending.json()["detail"]
+    assert pending.json()["errors"] == [{"field": "status", "reason": "pending, not approved"}]
     own = session.get(Site, world.own_site_id)
     assert own is not None
     site_service.set_status(

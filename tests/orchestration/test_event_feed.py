@@ -15,6 +15,7 @@ from app.services import event_feed, runs
 from app.services.event_feed import EventHub
 from app.services.events import EventPublisher, events_after
 from worker.db_reporter import DbReporter
+from worker.dispatch import run_sender
 
 NO_REDIS = EventPublisher("")
 
@@ -42,7 +43,11 @@ class CountingHub(EventHub):
 def _running_run(engine: Engine, settings: Settings, make_experiment) -> int:
     with Session(engine) as session:
         run = runs.launch_run(
-            session, settings, NO_REDIS, experiment_id=make_experiment().id, actor="tests"
+            session,
+            run_sender(settings),
+            NO_REDIS,
+            experiment_id=make_experiment().id,
+            actor="tests",
         )
         assert run.id is not None and runs.claim_run(session, NO_REDIS, run.id, "test-worker")
         return run.id

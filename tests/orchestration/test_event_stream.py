@@ -21,6 +21,7 @@ from app.services.events import EventPublisher, channel, events_after
 from tests.conftest import REDIS_URL, _unavailable
 from tests.orchestration.conftest import LiveServer, read_sse
 from worker.db_reporter import DbReporter
+from worker.dispatch import run_sender
 
 NO_REDIS = EventPublisher("")
 
@@ -40,7 +41,7 @@ def _running_run(engine: Engine, make_experiment, settings: Settings) -> int:
     experiment = make_experiment()
     with Session(engine) as session:
         run = runs.launch_run(
-            session, settings, NO_REDIS, experiment_id=experiment.id, actor="tests"
+            session, run_sender(settings), NO_REDIS, experiment_id=experiment.id, actor="tests"
         )
         assert run.id is not None
         run_id = run.id

@@ -9,7 +9,9 @@ from app.core.config import Settings
 from app.models import Run, RunStatus
 from app.services import runs
 from app.services.events import EventPublisher, events_after
-from worker.celery_app import RUN_TASK, make_celery
+from worker.celery_app import RUN_TASK
+from worker.dispatch import run_sender
+from worker.tasks import make_worker_celery
 
 NO_REDIS = EventPublisher("")
 
@@ -17,14 +19,14 @@ NO_REDIS = EventPublisher("")
 def _queued_run(engine: Engine, settings: Settings, experiment_id: int) -> int:
     with Session(engine) as session:
         run = runs.launch_run(
-            session, settings, NO_REDIS, experiment_id=experiment_id, actor="tests"
+            session, run_sender(settings), NO_REDIS, experiment_id=experiment_id, actor="tests"
         )
         assert run.id is not None
         return run.id
 
 
 def test_a_task_for_a_run_that_never_appears_gives_up(fast_settings: Settings) -> None:
-    task = make_celery(fast_settings).tasks[RUN_TASK]
+    task = make_worker_celery(fast_settings).tasks[RUN_TASK]
 
     result = task.apply(args=[999])
 
@@ -38,7 +40,7 @@ def test_a_cancelled_run_is_not_started(
     with Session(engine) as session:
         runs.cancel_run(session, NO_REDIS, run_id, actor="alice")
 
-    result = make_celery(fast_settings).tasks[RUN_TASK].apply(args=[run_id])
+    result = make_worker_celery(fast_settings).tasks[RUN_TASK].apply(args=[run_id])
 
     assert result.get() == "cancelled"
     with Session(engine) as session:
@@ -58,7 +60,7 @@ def test_a_missing_dataset_fails_the_run_with_the_engines_reason(
     """The real engine refuses the dataset before training; the run says which and why."""
     run_id = _queued_run(engine, fast_settings, make_experiment().id)
 
-    result = make_celery(fast_settings).tasks[RUN_TASK].apply(args=[run_id])
+    result = make_worker_celery(fast_settings).tasks[RUN_TASK].apply(args=[run_id])
 
     assert result.get() == "failed"
     with Session(engine) as session:

@@ -214,6 +214,7 @@ def test_cancel_and_cancelling_a_finished_run(
     again = client.post(f"/api/v1/runs/{run['id']}/cancel", headers=admin)
     assert again.status_code == 409
     assert again.json()["detail"] == f"Run {run['id']} already finished (cancelled)"
+    assert again.json()["errors"] == [{"field": "status", "reason": "already cancelled"}]
     assert client.post("/api/v1/runs/999/cancel", headers=admin).status_code == 404
 
 
@@ -305,9 +306,12 @@ def test_resume_points_are_checked(
     assert (
         no_round.json()["detail"] == f"Run {source} has no checkpoint of round 1 (kept rounds: [2])"
     )
-    assert no_round.json()["errors"][0]["field"] == "resume_from.round"
+    assert no_round.json()["errors"] == [
+        {"field": "resume_from.round", "reason": "no checkpoint of this round (kept rounds: [2])"}
+    ]
     no_run = client.post(url, headers=admin, json={"resume_from": {"run_id": 999, "round": 1}})
     assert (no_run.status_code, no_run.json()["detail"]) == (409, "Run 999 does not exist")
+    assert no_run.json()["errors"] == [{"field": "resume_from.run_id", "reason": "no such run"}]
     other = make_experiment()
     elsewhere = client.post(
         f"/api/v1/experiments/{other.id}/runs",
@@ -315,6 +319,9 @@ def test_resume_points_are_checked(
         json={"resume_from": {"run_id": source, "round": 2}},
     )
     assert elsewhere.status_code == 409
+    assert elsewhere.json()["errors"] == [
+        {"field": "resume_from.run_id", "reason": f"a run of experiment {experiment.id}"}
+    ]
 
     resumed = client.post(url, headers=admin, json={"resume_from": {"run_id": source, "round": 2}})
 

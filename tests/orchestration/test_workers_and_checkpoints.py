@@ -20,6 +20,7 @@ from app.services import run_files, runs
 from app.services.events import EventPublisher
 from tests.orchestration.conftest import wait_for
 from worker.db_reporter import DbReporter
+from worker.dispatch import run_sender
 from worker.federation.reporter import CheckpointReport, RoundReport
 from worker.registry import HeartbeatThread, detect_gpus, register_worker
 
@@ -59,7 +60,7 @@ def test_the_heartbeat_loop_fails_runs_of_lost_workers(
     experiment = make_experiment()
     with Session(engine) as session:
         run = runs.launch_run(
-            session, fast_settings, NO_REDIS, experiment_id=experiment.id, actor="t"
+            session, run_sender(fast_settings), NO_REDIS, experiment_id=experiment.id, actor="t"
         )
         run_id = run.id
         assert run_id is not None

@@ -15,12 +15,13 @@ from app.services.events import publisher_for
 from tests.factories import make_experiment, simulation_body
 from tests.web.conftest import Browser, Secrets, html
 from worker.db_reporter import DbReporter
+from worker.dispatch import run_sender
 from worker.federation.reporter import CheckpointReport, ClientReport, RoundReport
 
 
 def launch(session: Session, settings: Settings, experiment_id: int) -> Run:
     return run_service.launch_run(
-        session, settings, publisher_for(""), experiment_id=experiment_id, actor="tests"
+        session, run_sender(settings), publisher_for(""), experiment_id=experiment_id, actor="tests"
     )
 
 

@@ -19,6 +19,7 @@ from tests.factories import (
 )
 from tests.web.conftest import Browser, Secrets, html
 from worker.db_reporter import DbReporter
+from worker.dispatch import run_sender
 from worker.federation.reporter import ClientReport, RoundReport
 
 SITE_FORM = {
@@ -166,7 +167,7 @@ def test_site_contribution_across_runs(
     experiment = make_experiment(session, simulation_body())
     assert experiment.id is not None and site.id is not None
     run = run_service.launch_run(
-        session, settings, publisher_for(""), experiment_id=experiment.id, actor="tests"
+        session, run_sender(settings), publisher_for(""), experiment_id=experiment.id, actor="tests"
     )
     assert run.id is not None
     reporter = DbReporter(settings.database_url, "", run.id)
@@ -196,7 +197,7 @@ def test_workers_page_lists_workers_and_the_queue(
     experiment = make_experiment(session, simulation_body())
     assert experiment.id is not None
     run = run_service.launch_run(
-        session, settings, publisher_for(""), experiment_id=experiment.id, actor="tests"
+        session, run_sender(settings), publisher_for(""), experiment_id=experiment.id, actor="tests"
     )
     page = browser(secrets.viewer).get("/workers")
     soup = html(page)

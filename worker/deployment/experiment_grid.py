@@ -14,8 +14,8 @@ from sqlmodel import Session, col, select
 
 from app.core.config import Settings
 from app.core.db import make_engine
+from app.core.public_keys import InvalidPublicKey, normalise_public_key
 from app.models import Site
-from worker.deployment.keys import InvalidPublicKey, normalise_public_key
 from worker.deployment.node_registry import live_nodes_by_key
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from sqlmodel import Session, select
 
 from app.core.config import Settings
+from app.core.public_keys import InvalidPublicKey, normalise_public_key
 from app.models import Site, SiteStatus
-from worker.deployment.keys import InvalidPublicKey, normalise_public_key
 from worker.deployment.superlink import (
     NodeStatus,
     list_nodes,

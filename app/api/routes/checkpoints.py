@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from app.api.deps import ReaderToken, SessionDep, SettingsDep, in_threadpool
-from app.core.errors import error_responses
-from app.schemas.common import IdPath, RoundPath
+from app.api.errors import error_responses
+from app.api.params import IdPath, RoundPath
 from app.schemas.runs import CheckpointPublic, CheckpointsPublic
 from app.services import checkpoints as service
 from app.services import runs

@@ -5,8 +5,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import ReaderToken, SessionDep, SettingsDep, SiteEditorToken, ensure_site_access
-from app.core.errors import error_responses
-from app.schemas.common import IdPath, RowId
+from app.api.errors import error_responses
+from app.api.params import IdPath
+from app.schemas.common import RowId
 from app.services import compatibility, experiments, startup_kit, superlink_admin
 from app.services import sites as site_service
 from app.services.compatibility import CompatibilityReport

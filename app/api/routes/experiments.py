@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from app.api.deps import AdminToken, ReaderToken, SessionDep, SettingsDep
-from app.core.errors import error_responses
-from app.schemas.common import IdPath, Page, page_params
+from app.api.errors import error_responses
+from app.api.params import IdPath, Page, page_params
 from app.schemas.experiments import (
     ExperimentCreate,
     ExperimentPublic,

@@ -21,9 +21,11 @@ from app.api.deps import (
     authenticate_request,
     in_threadpool,
 )
-from app.core.errors import ApiError, error_responses
+from app.api.errors import error_responses
+from app.api.params import IdPath, Page, page_params
+from app.core.errors import DomainError
 from app.models import ApiToken, RunStatus
-from app.schemas.common import MAX_ID, IdPath, Page, RowId, page_params
+from app.schemas.common import MAX_ID, RowId
 from app.schemas.runs import (
     ClientMetricPublic,
     ClientMetricsPublic,
@@ -40,6 +42,7 @@ from app.services import runs as service
 from app.services.event_feed import EventHub, while_permitted
 from app.services.events import event_json, publisher_for
 from app.services.redaction import for_reader, model_for_reader
+from worker.dispatch import run_sender
 
 router = APIRouter(tags=["runs"])
 
@@ -66,7 +69,7 @@ def _launch(
     resume = body.resume_from
     run = service.launch_run(
         session,
-        settings,
+        run_sender(settings),
         publisher_for(settings.redis_url),
         experiment_id=experiment_id,
         resume=service.ResumeFrom(resume.run_id, resume.round) if resume else None,
@@ -221,7 +224,7 @@ async def stream_events(
     async def still_permitted() -> bool:
         try:
             await run_in_threadpool(_check_stream_access, engine, request, credentials, run_id)
-        except ApiError:
+        except DomainError:
             return False
         return True
 

@@ -12,9 +12,9 @@ from app.api.deps import (
     SiteRegistrarToken,
     ensure_site_access,
 )
-from app.core.errors import error_responses
+from app.api.errors import error_responses
+from app.api.params import IdPath, Page, page_params
 from app.models import SiteStatus
-from app.schemas.common import IdPath, Page, page_params
 from app.schemas.sites import (
     SiteAuditPublic,
     SiteCreate,

@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, status
 
 from app.api.deps import AdminToken, SessionDep
-from app.core.errors import error_responses
-from app.schemas.common import IdPath, Page, page_params
+from app.api.errors import error_responses
+from app.api.params import IdPath, Page, page_params
 from app.schemas.tokens import TokenCreate, TokenCreated, TokenPublic, TokensPublic
 from app.services import tokens as service
 

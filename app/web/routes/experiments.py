@@ -19,6 +19,7 @@ from app.web.contexts import ExperimentFormPage, ExperimentPage, ExperimentRow, 
 from app.web.deps import WebAdmin, WebToken
 from app.web.errors import HtmlRoute
 from app.web.templating import render
+from worker.dispatch import run_sender
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
 
@@ -212,7 +213,7 @@ def launch(
 ) -> Response:
     run = run_service.launch_run(
         session,
-        settings,
+        run_sender(settings),
         publisher_for(settings.redis_url),
         experiment_id=experiment_id,
         actor=token.name,

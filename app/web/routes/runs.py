@@ -19,6 +19,7 @@ from app.web.contexts import ComparePage, Progress, RunPage, RunsPage
 from app.web.deps import WebAdmin, WebToken
 from app.web.errors import HtmlRoute
 from app.web.templating import render
+from worker.dispatch import run_sender
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
 
@@ -182,7 +183,7 @@ def resume_run(
     source = service.get_run(session, run_id, token)
     run = service.launch_run(
         session,
-        settings,
+        run_sender(settings),
         publisher_for(settings.redis_url),
         experiment_id=source.experiment_id,
         resume=service.ResumeFrom(run_id, round),

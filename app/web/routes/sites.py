@@ -6,7 +6,7 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
 from app.api.deps import SessionDep, SettingsDep, ensure_site_access
-from app.core.errors import ApiError, FieldProblem
+from app.core.errors import DomainError, FieldProblem
 from app.models import RobotType, Site, SiteStatus
 from app.schemas.sites import SiteCreate, SitePublic, SiteUpdate, StatusChange
 from app.services import compatibility, contributions, superlink_admin
@@ -125,8 +125,8 @@ def site_node(
         page = SiteNodePage(
             site_id=site_id, node=superlink_admin.site_node(settings, site), error=None
         )
-    except ApiError as error:
-        page = SiteNodePage(site_id=site_id, node=None, error=str(error.detail))
+    except DomainError as error:
+        page = SiteNodePage(site_id=site_id, node=None, error=error.detail)
     return render(
         request, "_site_node.html", page, token=token, alternate=f"/api/v1/sites/{site_id}/node"
     )

@@ -1,10 +1,12 @@
-"""Sending a run to the GPU workers through the Celery broker."""
+"""Sending a run to the GPU workers through the Celery broker, by the task's name."""
 
 import threading
+from functools import partial
 
 from celery import Celery
 
 from app.core.config import Settings
+from app.services.runs import BrokerDown, RunSender
 from worker.celery_app import RUN_TASK, make_celery
 
 _PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
@@ -12,10 +14,6 @@ _PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "
 
 _senders: dict[tuple[str, str], Celery] = {}
 _lock = threading.Lock()
-
-
-class BrokerUnavailable(RuntimeError):
-    """The broker did not accept the task; nothing was queued."""
 
 
 def _sender(settings: Settings) -> Celery:
@@ -27,7 +25,8 @@ def _sender(settings: Settings) -> Celery:
 
 
 def send_run(settings: Settings, run_id: int) -> str:
-    """Queues run ``run_id`` on the GPU queue and returns the Celery task id."""
+    """Queues run ``run_id`` on the GPU queue and returns the Celery task id; BrokerDown when the
+    broker does not take it (nothing was queued)."""
     try:
         result = _sender(settings).send_task(
             RUN_TASK,
@@ -37,5 +36,10 @@ def send_run(settings: Settings, run_id: int) -> str:
             retry_policy=_PUBLISH_RETRY,
         )
     except Exception as error:  # kombu, redis, socket and SQLAlchemy errors all mean the same
-        raise BrokerUnavailable(f"{type(error).__name__}: {error}") from error
+        raise BrokerDown(f"{type(error).__name__}: {error}") from error
     return str(result.id)
+
+
+def run_sender(settings: Settings) -> RunSender:
+    """What app.services.runs.launch_run sends its run with: settings' broker and GPU queue."""
+    return partial(send_run, settings)

@@ -1,0 +1,212 @@
+"""The import graph of app/ and worker/ has the architecture's shape (issue 14, item 1).
+
+Every module belongs to one component of the layout the code is moving to. Until the move, a
+component spans folders of today's layout; ``COMPONENTS`` is the map, and the move makes each
+component one package. The graph counts every import, at module level or inside a function.
+
+- No circle between components.
+- The core (models, run state machine, event log, services) imports neither FastAPI nor Celery,
+  and nothing outside the core.
+- The web side sends runs by the task's name: nothing it imports, however indirectly, loads the
+  worker's task module.
+"""
+
+import ast
+import itertools
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("app", "worker")
+
+COMPONENTS: tuple[tuple[str, str], ...] = (
+    # The most specific prefix comes first; a module takes the first that names it.
+    ("app.services.health", "web"),  # the web server's readiness probe: it dials the broker
+    ("app.services.startup_kit", "sites"),
+    ("app.services.superlink_admin", "sites"),
+    ("worker.deployment.camera_map", "engine"),
+    ("worker.deployment.renamed_cameras", "engine"),
+    ("worker.deployment.server_app", "orchestration"),
+    ("worker.deployment.experiment_grid", "orchestration"),
+    ("worker.deployment.federation", "orchestration"),
+    ("worker.deployment.local_nodes", "orchestration"),
+    ("worker.deployment", "sites"),
+    ("worker.federation", "engine"),
+    ("worker.data", "engine"),
+    ("worker.policy", "engine"),
+    ("worker", "orchestration"),
+    ("app.cli", "cli"),
+    ("app.cli_deployment", "cli"),
+    ("app.cli_support", "cli"),
+    ("app.main", "web"),
+    ("app.api", "web"),
+    ("app.web", "web"),
+    ("app.core", "core"),
+    ("app.models", "core"),
+    ("app.schemas", "core"),
+    ("app.services", "core"),
+    ("app", "core"),
+)
+
+KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        # Issue 14 item 2 moves FederationConfig and its parts into the core as the single
+        # definition of an experiment; until then the core reads them from the engine.
+        ("core", "worker.federation.config"),
+    }
+)
+"""(importing component, imported module) pairs the rules below let pass."""
+
+CORE_MAY_NOT_IMPORT = ("fastapi", "starlette", "sse_starlette", "celery", "kombu")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_names(module: str, path: Path) -> Iterable[str]:
+    """Every dotted name the module imports, relative imports resolved, ``from x import y`` as
+    ``x.y`` (y may be a module) and ``x``."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parents = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parents, base] if base else parents)
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Imports between our modules, and each module's third-party top-level packages."""
+    paths = {_module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+
+    def ours(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    internal: dict[str, set[str]] = {module: set() for module in paths}
+    external: dict[str, set[str]] = {module: set() for module in paths}
+    for module, path in paths.items():
+        for name in _imported_names(module, path):
+            target = ours(name)
+            if target is None:
+                external[module].add(name.partition(".")[0])
+            elif target != module:
+                internal[module].add(target)
+    return internal, external
+
+
+def component_of(module: str) -> str:
+    for prefix, component in COMPONENTS:
+        if module == prefix or module.startswith(prefix + "."):
+            return component
+    raise LookupError(f"{module} belongs to no component: add it to COMPONENTS")
+
+
+def component_edges(graph: Mapping[str, set[str]]) -> dict[tuple[str, str], list[str]]:
+    """(from, to) between different components -> the module imports that make the edge."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for module, targets in graph.items():
+        source = component_of(module)
+        for target in sorted(targets):
+            if (source, target) in KNOWN_EXCEPTIONS:
+                continue
+            if component_of(target) != source:
+                edges.setdefault((source, component_of(target)), []).append(f"{module} -> {target}")
+    return edges
+
+
+def find_cycle(edges: Iterable[tuple[str, str]]) -> list[str] | None:
+    """One circle in the directed graph, as its nodes with the first repeated at the end."""
+    successors: dict[str, set[str]] = {}
+    for source, target in edges:
+        successors.setdefault(source, set()).add(target)
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        for successor in sorted(successors.get(node, ())):
+            cycle = visit(successor, [*path, node])
+            if cycle:
+                return cycle
+        done.add(node)
+        return None
+
+    for start in sorted(successors):
+        cycle = visit(start, [])
+        if cycle:
+            return cycle
+    return None
+
+
+def reachable(graph: Mapping[str, set[str]], starts: Iterable[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(starts)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph[module])
+    return seen
+
+
+def test_the_cycle_finder_finds_a_circle_and_only_a_circle() -> None:
+    assert find_cycle([("web", "core"), ("core", "engine")]) is None
+    assert find_cycle([("web", "core"), ("core", "orchestration"), ("orchestration", "web")]) == [
+        "core",
+        "orchestration",
+        "web",
+        "core",
+    ]
+
+
+def test_every_module_belongs_to_a_component() -> None:
+    internal, _ = import_graph()
+    assert len(internal) > 100
+    for module in internal:
+        component_of(module)
+
+
+def test_no_circle_between_components() -> None:
+    internal, _ = import_graph()
+    edges = component_edges(internal)
+    cycle = find_cycle(edges)
+    if cycle is not None:
+        steps = itertools.pairwise(cycle)
+        because = "\n".join(f"{a} -> {b}: {', '.join(edges[(a, b)])}" for a, b in steps)
+        raise AssertionError(f"circle {' -> '.join(cycle)}\n{because}")
+
+
+def test_the_core_imports_only_itself_and_neither_fastapi_nor_celery() -> None:
+    internal, external = import_graph()
+    core = [module for module in internal if component_of(module) == "core"]
+    outward = {
+        f"{module} -> {target}"
+        for module in core
+        for target in internal[module]
+        if component_of(target) != "core" and ("core", target) not in KNOWN_EXCEPTIONS
+    }
+    assert outward == set()
+    frameworks = {
+        f"{module} imports {package}"
+        for module in core
+        for package in external[module] & set(CORE_MAY_NOT_IMPORT)
+    }
+    assert frameworks == set()
+
+
+def test_the_web_side_never_loads_the_worker_task() -> None:
+    internal, _ = import_graph()
+    web = [module for module in internal if component_of(module) == "web"]
+    loaded = reachable(internal, web)
+    assert "worker.dispatch" in loaded  # it sends runs, by the task's name
+    assert {"worker.tasks", "worker.supervisor", "worker.run_child"} & loaded == set()
