@@ -11,8 +11,7 @@ from sqlmodel import Session, func, select
 
 from app.core.config import Settings
 from app.models import Run
-from app.services import dispatch
-from worker import embedded_broker
+from worker import dispatch, embedded_broker
 
 
 def _broker_file(settings: Settings) -> Path:
