@@ -1,10 +1,10 @@
 """Shapes shared by every resource."""
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, BaseModel, Field, PlainSerializer, TypeAdapter
+from pydantic import AfterValidator, BaseModel, Field, PlainSerializer, TypeAdapter, create_model
 
 from app.models import as_utc
 
@@ -50,3 +50,19 @@ def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Rows to return.")] = 50,
 ) -> Page:
     return Page(offset=offset, limit=limit)
+
+
+def all_optional(model: type[BaseModel]) -> type[BaseModel]:
+    """A model with each of ``model``'s fields, optional (None: not given); a given value meets
+    the field's bounds and validators, which apply to it and not to None."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        given: Any = info.annotation
+        if info.metadata:
+            given = Annotated[(given, *info.metadata)]
+        fields[name] = (
+            given | None,
+            Field(None, description=info.description, examples=info.examples),
+        )
+    optional: type[BaseModel] = create_model(f"{model.__name__}Fields", **fields)
+    return optional

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings
 from app.core.errors import ApiError, Conflict, FieldProblem, Forbidden, NotFound
+from app.core.experiment_config import FederationConfig, ResumePoint
 from app.models import (
     ApiToken,
     Checkpoint,
@@ -39,7 +40,6 @@ from app.models import (
 )
 from app.services import compatibility, dispatch, experiments
 from app.services.events import EventPublisher, append_event, events_after, publisher_for
-from worker.federation.config import FederationConfig, ResumePoint
 
 log = logging.getLogger(__name__)
 
