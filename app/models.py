@@ -1,9 +1,7 @@
-"""The database tables, their enums, and the field sets that app.schemas' request and response
-models build on.
+"""The database tables, with the field sets a site's requests and responses share.
 
-Families follow one shape: ``XFields`` (the stored fields) -> ``X(table=True)``, whose JSON
-columns are plain dicts; ``XBase`` is ``XFields`` with those columns as models, and app.schemas
-derives ``XCreate`` (requests) and ``XPublic`` (responses) from it.
+An experiment's settings are defined once, in app.core.experiment_config, and stored in
+``Experiment.config`` as one JSON document; the request and response models are in app.schemas.
 """
 
 import uuid
@@ -12,11 +10,15 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy.engine import Dialect
 from sqlmodel import JSON, Field, SQLModel
 from sqlmodel.main import SQLModelConfig
 
-from app.core.names import Name
-from worker.federation.config import DatasetRef, Partition
+from app.core.experiment_config import ExperimentConfig, Mode
+from app.core.names import MAX_NAME_LENGTH, Name
+
+MAX_DESCRIPTION_LENGTH = 2000
 
 
 def utcnow() -> datetime:
@@ -44,21 +46,27 @@ def _timestamp(nullable: bool = True) -> Any:
     return Field(default=None, sa_type=sa.DateTime(timezone=True), nullable=nullable)
 
 
+class ValidatedJSON(sa.types.TypeDecorator[BaseModel]):
+    """A pydantic model stored as JSON: validated on the way in and on the way out."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        super().__init__()
+        self.model = model
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else self.model.model_validate(value).model_dump(mode="json")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> BaseModel | None:
+        return None if value is None else self.model.model_validate(value)
+
+
 class Role(StrEnum):
     admin = "admin"
     operator = "operator"
     viewer = "viewer"
-
-
-class Strategy(StrEnum):
-    fedavg = "fedavg"
-    fedprox = "fedprox"
-    fedadam = "fedadam"
-
-
-class Mode(StrEnum):
-    simulation = "simulation"
-    deployment = "deployment"
 
 
 class RobotType(StrEnum):
@@ -95,56 +103,18 @@ class ExperimentSite(SQLModel, table=True):
     site_id: int = Field(foreign_key="site.id", primary_key=True, ondelete="CASCADE")
 
 
-class ExperimentFields(SQLModel):
-    """An experiment's definition. Field names match worker.federation.config.FederationConfig."""
+class Experiment(SQLModel, table=True):
+    """An experiment: its name and description, and its settings as one validated document."""
 
-    name: Name = Field(schema_extra={"examples": ["so100-pick-fedavg"]})
-    description: str = Field(default="", max_length=2000)
-    policy: str = Field(
-        default="lerobot/smolvla_base",
-        min_length=1,
-        max_length=500,
-        description="Hub id from the local HF cache, a local pretrained_model folder, or 'tiny'.",
-    )
-    strategy: Strategy = Field(default=Strategy.fedavg, sa_type=_enum(Strategy))
-    proximal_mu: float = Field(default=0.0, ge=0.0, le=1e6, description="FedProx's mu.")
-    server_learning_rate: float = Field(default=0.01, gt=0.0, le=1e3, description="FedAdam's eta.")
-    num_rounds: int = Field(default=3, ge=1, le=10_000)
-    fraction_train: float = Field(default=1.0, gt=0.0, le=1.0)
-    min_clients: int = Field(default=2, ge=1, le=10_000)
-    local_steps: int = Field(default=10, ge=1, le=10_000_000)
-    batch_size: int = Field(default=8, ge=1, le=65_536)
-    learning_rate: float = Field(default=1e-4, gt=0.0, le=1e3)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    eval_every: int = Field(default=1, ge=0, le=10_000)
-    eval_batches: int = Field(default=4, ge=1, le=1_000_000)
-    checkpoint_every: int = Field(default=1, ge=0, le=10_000)
-    keep_checkpoints: int = Field(default=3, ge=1, le=10_000)
-    mode: Mode = Field(default=Mode.simulation, sa_type=_enum(Mode))
-    normalization: str = Field(default="local", max_length=20)
-    transport_dtype: str = Field(default="float32", max_length=20)
-    client_num_cpus: float = Field(default=1.0, gt=0.0, le=1024)
-    client_num_gpus: float = Field(default=0.0, ge=0.0, le=64)
-    device: str = Field(default="auto", max_length=10)
-
-
-class ExperimentBase(ExperimentFields):
-    """The definition with its datasets as models (requests and responses)."""
-
-    client_datasets: list[DatasetRef] = Field(default_factory=list)
-    partition: Partition | None = None
-    eval_datasets: list[DatasetRef] = Field(default_factory=list)
-
-
-class Experiment(ExperimentFields, table=True):
     __table_args__ = {"sqlite_autoincrement": True}  # a deleted experiment's id is never reused
 
     id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(max_length=100, unique=True, index=True)
-    # Plain JSON: the services store model_dump(mode="json") of ExperimentBase's models.
-    client_datasets: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
-    partition: dict[str, Any] | None = Field(default=None, sa_type=JSON)
-    eval_datasets: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    name: str = Field(max_length=MAX_NAME_LENGTH, unique=True, index=True)
+    description: str = Field(default="", max_length=MAX_DESCRIPTION_LENGTH)
+    config: ExperimentConfig = Field(sa_type=ValidatedJSON(ExperimentConfig))
+    mode: Mode = Field(
+        sa_type=_enum(Mode), description="config.mode, as a column that queries filter on."
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))
 

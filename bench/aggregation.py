@@ -41,7 +41,7 @@ from common import (
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from worker.federation.config import DatasetRef, FederationConfig, Partition
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from worker.federation.protocol import TrainMetrics, train_reply
 from worker.federation.strategy import make_strategy
 

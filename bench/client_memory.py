@@ -35,8 +35,8 @@ import psutil
 from common import ROOT, Recorder, bench_parser, markdown_table
 from federation_overhead import write_medium_policy
 
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from worker.data.synthetic import SyntheticSpec, generate_dataset
-from worker.federation.config import DatasetRef, FederationConfig, Partition
 
 NAME = "client_memory"
 COMMAND = ".venv/bin/python bench/client_memory.py"
@@ -47,7 +47,7 @@ RUN_TIMEOUT_S = 900
 CHILD = """
 import json, sys
 from pathlib import Path
-from worker.federation.config import FederationConfig
+from app.core.experiment_config import FederationConfig
 from worker.federation.runner import run_federation
 
 class Rounds:

@@ -36,8 +36,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from common import Recorder, bench_parser, markdown_table, median
 from learning_parity import Recording
 
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from worker.data.synthetic import SyntheticSpec, generate_dataset
-from worker.federation.config import DatasetRef, FederationConfig, Partition
 
 COMMAND = ".venv/bin/python bench/federation_overhead.py"
 TARGET_MEDIUM_OVERHEAD = 0.10

@@ -38,10 +38,10 @@ import torch
 from common import Recorder, bench_parser, markdown_table
 from torch.utils.data import DataLoader
 
+from app.core.experiment_config import DatasetRef
 from worker.data.loader import LOADER_WORKERS_ENV, default_loader_workers, frames_to_float
 from worker.data.synthetic import SyntheticSpec, generate_dataset
 from worker.federation import task
-from worker.federation.config import DatasetRef
 from worker.policy.speed import flow_loss, hold_frozen_in_bf16
 
 NAME = "gpu_throughput"

@@ -25,9 +25,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from common import Recorder, bench_parser, markdown_table
 
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from worker.data.partition import plan_data
 from worker.data.synthetic import SyntheticSpec, generate_dataset
-from worker.federation.config import DatasetRef, FederationConfig, Partition
 from worker.federation.reporter import CheckpointReport, RoundReport
 
 TARGET_FEDAVG_IID_RATIO = 1.10

@@ -48,15 +48,6 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("app", "core"),
 )
 
-KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset(
-    {
-        # Issue 14 item 2 moves FederationConfig and its parts into the core as the single
-        # definition of an experiment; until then the core reads them from the engine.
-        ("core", "worker.federation.config"),
-    }
-)
-"""(importing component, imported module) pairs the rules below let pass."""
-
 CORE_MAY_NOT_IMPORT = ("fastapi", "starlette", "sse_starlette", "celery", "kombu")
 
 
@@ -115,8 +106,6 @@ def component_edges(graph: Mapping[str, set[str]]) -> dict[tuple[str, str], list
     for module, targets in graph.items():
         source = component_of(module)
         for target in sorted(targets):
-            if (source, target) in KNOWN_EXCEPTIONS:
-                continue
             if component_of(target) != source:
                 edges.setdefault((source, component_of(target)), []).append(f"{module} -> {target}")
     return edges
@@ -193,7 +182,7 @@ def test_the_core_imports_only_itself_and_neither_fastapi_nor_celery() -> None:
         f"{module} -> {target}"
         for module in core
         for target in internal[module]
-        if component_of(target) != "core" and ("core", target) not in KNOWN_EXCEPTIONS
+        if component_of(target) != "core"
     }
     assert outward == set()
     frameworks = {

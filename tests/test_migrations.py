@@ -1,20 +1,24 @@
 """The schema is Alembic's: it applies to an empty database and matches app.models exactly."""
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import make_url
-from sqlmodel import SQLModel
+from sqlalchemy import MetaData, Table, insert, inspect, text
+from sqlalchemy.engine import Connection, make_url
+from sqlmodel import Session, SQLModel, col, select
 
-from app import models  # noqa: F401  (registers the tables)
 from app.core.db import make_engine
-from app.core.migrate import alembic_config, upgrade_database
+from app.core.experiment_config import ExperimentConfig
+from app.core.migrate import alembic_config, migration_connection, upgrade_database
+from app.models import Experiment, Run, utcnow
 from tests.conftest import POSTGRES_URL, _postgres_admin_engine, _unavailable
 
 
@@ -125,14 +129,9 @@ def test_upgrade_keeps_every_row_and_ids_are_never_reused(empty_database_url: st
         with engine.begin() as connection:
             connection.execute(
                 text(
-                    "INSERT INTO experiment (name, description, policy, strategy, proximal_mu,"
-                    " server_learning_rate, num_rounds, fraction_train, min_clients, local_steps,"
-                    " batch_size, learning_rate, seed, eval_every, eval_batches,"
-                    " checkpoint_every, keep_checkpoints, mode, client_datasets, eval_datasets,"
-                    " normalization, transport_dtype, client_num_cpus, client_num_gpus, device,"
-                    " created_at, updated_at) VALUES ('f', '', 'tiny', 'fedavg', 0, 0.01, 2, 1,"
-                    " 1, 1, 1, 0.1, 0, 1, 1, 1, 1, 'simulation', '[]', '[]', 'local',"
-                    " 'float32', 1, 0, 'cpu', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                    "INSERT INTO experiment (name, description, mode, config, created_at,"
+                    " updated_at) VALUES ('f', '', 'simulation', '{}', CURRENT_TIMESTAMP,"
+                    " CURRENT_TIMESTAMP)"
                 )
             )
             experiment_id = connection.execute(text("SELECT max(id) FROM experiment")).scalar()
@@ -151,3 +150,144 @@ def test_upgrade_keeps_every_row_and_ids_are_never_reused(empty_database_url: st
     assert [row[0] for row in kept] == [1, 2]
     assert experiment_id == 2
     assert run_id == 3
+
+
+_BEFORE_ONE_DOCUMENT = "cd7b50709bc2"
+_OLD_SETTINGS: list[dict[str, Any]] = [
+    {
+        "name": "split",
+        "description": "two labs",
+        "policy": "tiny",
+        "strategy": "fedprox",
+        "proximal_mu": 0.5,
+        "server_learning_rate": 0.01,
+        "num_rounds": 7,
+        "fraction_train": 0.75,
+        "min_clients": 2,
+        "local_steps": 12,
+        "batch_size": 4,
+        "learning_rate": 3e-05,
+        "seed": 11,
+        "eval_every": 2,
+        "eval_batches": 3,
+        "checkpoint_every": 0,
+        "keep_checkpoints": 5,
+        "mode": "simulation",
+        "client_datasets": [],
+        "partition": {
+            "dataset": {"repo_id": "lab/so100", "root": "/data/so100", "episodes": [0, 3]},
+            "num_clients": 3,
+            "scheme": "task",
+            "holdout_episodes": 1,
+        },
+        "eval_datasets": [{"repo_id": "lab/held", "root": None, "episodes": None}],
+        "normalization": "federated",
+        "transport_dtype": "bfloat16",
+        "client_num_cpus": 1.5,
+        "client_num_gpus": 0.25,
+        "device": "cpu",
+    },
+    {
+        "name": "sites",
+        "description": "",
+        "policy": "lerobot/smolvla_base",
+        "strategy": "fedadam",
+        "proximal_mu": 0.0,
+        "server_learning_rate": 0.003,
+        "num_rounds": 3,
+        "fraction_train": 1.0,
+        "min_clients": 1,
+        "local_steps": 10,
+        "batch_size": 8,
+        "learning_rate": 0.0001,
+        "seed": 0,
+        "eval_every": 1,
+        "eval_batches": 4,
+        "checkpoint_every": 1,
+        "keep_checkpoints": 3,
+        "mode": "deployment",
+        "client_datasets": [],
+        "partition": None,
+        "eval_datasets": [],
+        "normalization": "local",
+        "transport_dtype": "float32",
+        "client_num_cpus": 1.0,
+        "client_num_gpus": 0.0,
+        "device": "auto",
+    },
+]
+
+
+def _migrate(database_url: str, action: Callable[[Config, str], None], revision: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with migration_connection(engine) as connection:
+            config = alembic_config(database_url)
+            config.attributes["connection"] = connection
+            action(config, revision)
+    finally:
+        engine.dispose()
+
+
+def _experiment_rows(connection: Connection) -> list[dict[str, Any]]:
+    table = Table("experiment", MetaData(), autoload_with=connection)
+    rows = connection.execute(select(table).order_by(table.c.id)).mappings()
+    return [dict(row) for row in rows]
+
+
+def test_experiment_settings_become_one_document_and_come_back_unchanged(
+    empty_database_url: str,
+) -> None:
+    """Every settings column of every row moves into experiment.config, which loads as the
+    ExperimentConfig it was; rows that refer to experiments stay, a deleted experiment's id is
+    still never reused, and the downgrade gives back each column's value."""
+    _migrate(empty_database_url, command.upgrade, _BEFORE_ONE_DOCUMENT)
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            table = Table("experiment", MetaData(), autoload_with=connection)
+            for settings in [*_OLD_SETTINGS, {**_OLD_SETTINGS[1], "name": "deleted"}]:
+                connection.execute(
+                    insert(table).values(**settings, created_at=utcnow(), updated_at=utcnow())
+                )
+            connection.execute(text("DELETE FROM experiment WHERE name = 'deleted'"))
+            connection.execute(
+                text(
+                    "INSERT INTO run (experiment_id, storage_key, config, status, created_at,"
+                    " current_round) VALUES (1, 'k', '{}', 'succeeded', CURRENT_TIMESTAMP, 2)"
+                )
+            )
+            before = _experiment_rows(connection)
+
+        _migrate(empty_database_url, command.upgrade, "head")
+        with Session(engine) as session:
+            stored = session.exec(select(Experiment).order_by(col(Experiment.id))).all()
+            loaded = [(e.id, e.name, e.description, e.mode, e.config) for e in stored]
+            runs = session.exec(select(Run.experiment_id)).all()
+            later = Experiment(name="later", config=stored[1].config, mode=stored[1].mode)
+            session.add(later)
+            session.commit()
+            later_id = later.id
+
+        _migrate(empty_database_url, command.downgrade, _BEFORE_ONE_DOCUMENT)
+        with engine.connect() as connection:
+            after = _experiment_rows(connection)
+    finally:
+        engine.dispose()
+
+    assert loaded == [
+        (
+            index + 1,
+            old["name"],
+            old["description"],
+            old["mode"],
+            ExperimentConfig.model_validate(
+                {k: v for k, v in old.items() if k not in ("name", "description")}
+            ),
+        )
+        for index, old in enumerate(_OLD_SETTINGS)
+    ]
+    assert runs == [1]
+    assert later_id == 4
+    assert after[:2] == before
+    assert [row["name"] for row in after] == ["split", "sites", "later"]

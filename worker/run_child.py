@@ -21,10 +21,10 @@ from sqlmodel import Session
 
 from app.core.config import Settings
 from app.core.db import make_engine
+from app.core.experiment_config import FederationConfig
 from app.models import Run
 from app.services import run_files
 from worker.db_reporter import DbReporter
-from worker.federation.config import FederationConfig
 
 
 def watch_parent(parent_pid: int, every_s: float = 1.0) -> threading.Thread:

@@ -1,9 +1,9 @@
 """Shapes shared by every resource."""
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, PlainSerializer, TypeAdapter
+from pydantic import AfterValidator, BaseModel, Field, PlainSerializer, TypeAdapter, create_model
 
 from app.models import as_utc
 
@@ -29,3 +29,19 @@ MAX_ID = 2**31 - 1
 
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 """A row id inside a request body."""
+
+
+def all_optional(model: type[BaseModel]) -> type[BaseModel]:
+    """A model with each of ``model``'s fields, optional (None: not given); a given value meets
+    the field's bounds and validators, which apply to it and not to None."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        given: Any = info.annotation
+        if info.metadata:
+            given = Annotated[(given, *info.metadata)]
+        fields[name] = (
+            given | None,
+            Field(None, description=info.description, examples=info.examples),
+        )
+    optional: type[BaseModel] = create_model(f"{model.__name__}Fields", **fields)
+    return optional

@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from app.core.errors import FieldProblem
-from app.models import Experiment, ExperimentSite, Mode, Site, SiteFeatures, SiteStatus
+from app.core.experiment_config import Mode
+from app.models import Experiment, ExperimentSite, Site, SiteFeatures, SiteStatus
 
 CAMERA_PREFIX = "observation.images."
 

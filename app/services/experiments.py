@@ -16,10 +16,10 @@ from app.core.errors import (
     NotFound,
     reject_nul_characters,
 )
+from app.core.experiment_config import ExperimentConfig, FederationConfig
 from app.models import ApiToken, Experiment, ExperimentSite, Role, Run, RunStatus, Site, utcnow
 from app.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentUpdate
 from app.services import run_files
-from worker.federation.config import FederationConfig
 
 _NOT_FEDERATION_FIELDS = {"name", "description"}
 _WORD = re.compile(r"[a-z_]+")
@@ -63,16 +63,38 @@ def site_ids_of(*, session: Session, experiment_id: int) -> list[int]:
 def config_of(*, session: Session, experiment: Experiment) -> FederationConfig:
     """The experiment as it would run now: what a launch freezes into Run.config."""
     assert experiment.id is not None
-    definition = experiment.model_dump(mode="json", exclude={"id", "created_at", "updated_at"})
+    definition = experiment.config.model_dump(mode="json")
     definition["site_ids"] = site_ids_of(session=session, experiment_id=experiment.id)
     return federation_config(definition)
 
 
 def to_public(*, session: Session, experiment: Experiment) -> ExperimentPublic:
     assert experiment.id is not None
-    data = experiment.model_dump()
-    data["site_ids"] = site_ids_of(session=session, experiment_id=experiment.id)
-    return ExperimentPublic.model_validate(data)
+    return ExperimentPublic.model_validate(
+        {
+            **experiment.config.model_dump(),
+            "id": experiment.id,
+            "name": experiment.name,
+            "description": experiment.description,
+            "site_ids": site_ids_of(session=session, experiment_id=experiment.id),
+            "created_at": experiment.created_at,
+            "updated_at": experiment.updated_at,
+        }
+    )
+
+
+def _columns(data: ExperimentCreate, config: FederationConfig) -> dict[str, Any]:
+    """The Experiment columns a valid definition sets: the settings as one document, and the
+    columns that queries filter on, copied from it."""
+    settings = ExperimentConfig.model_validate(
+        config.model_dump(include=set(ExperimentConfig.model_fields))
+    )
+    return {
+        "name": data.name,
+        "description": data.description,
+        "config": settings,
+        "mode": settings.mode,
+    }
 
 
 def _check_sites(*, session: Session, site_ids: list[int]) -> None:
@@ -125,12 +147,11 @@ def _refuse_duplicate_name(*, session: Session, name: str, own_id: int | None = 
 
 
 def create_experiment(*, session: Session, data: ExperimentCreate) -> Experiment:
-    definition = _definition(data)
-    federation_config(definition)
+    config = federation_config(_definition(data))
     _check_sites(session=session, site_ids=data.site_ids)
     _refuse_duplicate_name(session=session, name=data.name)
-    site_ids = definition.pop("site_ids")
-    return _save(session=session, experiment=Experiment(**definition), site_ids=site_ids)
+    experiment = Experiment(**_columns(data, config))
+    return _save(session=session, experiment=experiment, site_ids=data.site_ids)
 
 
 def update_experiment(
@@ -146,18 +167,16 @@ def update_experiment(
         merged = ExperimentCreate.model_validate({**current, **changes})
     except ValidationError as error:
         raise InvalidFields(_problems(error)) from None
-    definition = _definition(merged)
-    federation_config(definition)
+    config = federation_config(_definition(merged))
     _check_sites(session=session, site_ids=merged.site_ids)
     _refuse_duplicate_name(session=session, name=merged.name, own_id=experiment.id)
-    site_ids = definition.pop("site_ids")
-    for field, value in definition.items():
+    for field, value in _columns(merged, config).items():
         setattr(experiment, field, value)
     experiment.updated_at = utcnow()
     return _save(
         session=session,
         experiment=experiment,
-        site_ids=site_ids if "site_ids" in changes else None,
+        site_ids=merged.site_ids if "site_ids" in changes else None,
     )
 
 

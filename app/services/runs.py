@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from app.core.config import Settings
 from app.core.errors import Conflict, FieldProblem, Forbidden, NotFound, Unavailable
+from app.core.experiment_config import FederationConfig, ResumePoint
 from app.models import (
     ApiToken,
     Checkpoint,
@@ -39,7 +40,6 @@ from app.models import (
 )
 from app.services import compatibility, experiments
 from app.services.events import EventPublisher, append_event, events_after, publisher_for
-from worker.federation.config import FederationConfig, ResumePoint
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from sqlmodel import Session, col, select
 
 from app.core.config import Settings
 from app.core.errors import Conflict
-from app.models import Experiment, ExperimentSite, Mode, Site, SiteFeatures, SiteStatus
+from app.core.experiment_config import Mode
+from app.models import Experiment, ExperimentSite, Site, SiteFeatures, SiteStatus
 from app.services import compatibility
 from worker.deployment.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
 from worker.deployment.camera_map import format_camera_map

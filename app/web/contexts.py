@@ -63,6 +63,7 @@ class ExperimentFormPage:
     form: Annotated[FormState, "Values and errors."]
     sites: Annotated[list[SitePublic], "Sites that a deployment experiment can name."]
     choices: Annotated[dict[str, list[str]], "Allowed values of each select."]
+    bounds: Annotated[dict[str, str], "Each input's bound attributes (min, max, maxlength)."]
     cancel_url: Annotated[str, "Where Cancel leads."]
 
 

@@ -16,24 +16,10 @@ from app.core.errors import DomainError, FieldProblem
 from app.schemas.experiments import ExperimentPublic
 from app.schemas.sites import SitePublic
 from app.web.contexts import FormState
+from app.web.experiment_inputs import DATASET_LIST_FIELDS, EXPERIMENT_FIELDS, PARTITION_FIELDS
 
 FORM_WIDE = "__all__"
 """Errors that belong to no single input."""
-
-EXPERIMENT_FIELDS = (
-    "name", "description", "policy", "strategy", "proximal_mu", "server_learning_rate",
-    "num_rounds", "fraction_train", "min_clients", "local_steps", "batch_size", "learning_rate",
-    "seed", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "mode",
-    "normalization", "transport_dtype", "client_num_cpus", "client_num_gpus", "device",
-)  # fmt: skip
-PARTITION_FIELDS = {
-    "partition_repo_id": ("dataset", "repo_id"),
-    "partition_root": ("dataset", "root"),
-    "partition_num_clients": ("num_clients",),
-    "partition_scheme": ("scheme",),
-    "partition_holdout_episodes": ("holdout_episodes",),
-}
-DATASET_LIST_FIELDS = ("client_datasets", "eval_datasets")
 
 SITE_FIELDS = ("name", "organisation", "contact", "robot_type", "dataset", "hardware", "public_key")
 SITE_FEATURE_FIELDS = ("state_dim", "action_dim", "fps", "episodes", "frames")

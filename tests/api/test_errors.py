@@ -116,7 +116,7 @@ def test_a_constraint_violation_at_commit_rolls_back_everything(
     """The services check names first; this drives the commit-time path they rely on anyway."""
     existing = session.get(Experiment, world.experiment_id)
     assert existing is not None
-    clash = Experiment(name=existing.name, policy="tiny")
+    clash = Experiment(name=existing.name, config=existing.config, mode=existing.mode)
 
     with pytest.raises(Conflict) as caught:
         experiment_service._save(session=session, experiment=clash, site_ids=[world.other_site_id])

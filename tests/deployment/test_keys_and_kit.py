@@ -312,11 +312,11 @@ def test_kit_maps_the_sites_cameras_to_the_experiments(
 
 
 def test_renamed_cameras_on_a_real_dataset(datasets: dict[str, Path]) -> None:
+    from app.core.experiment_config import DatasetRef
     from worker.data.features import DatasetError
     from worker.deployment.camera_map import parse_camera_map
     from worker.deployment.renamed_cameras import apply_camera_map
     from worker.federation import task
-    from worker.federation.config import DatasetRef
 
     data = task.open_dataset(
         DatasetRef(repo_id="local/bad", root=str(datasets["bad"])), chunk_size=2, owner="t"

@@ -10,8 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from app.core.experiment_config import DatasetRef
 from worker.data.synthetic import SyntheticSpec, generate_dataset
-from worker.federation.config import DatasetRef
 from worker.policy.tiny import tiny_vlm_dir
 
 REPO_ID = "synthetic/so100"

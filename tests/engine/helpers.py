@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from app.core.experiment_config import DatasetRef
 from worker.federation import task
-from worker.federation.config import DatasetRef
 from worker.policy.loading import resolve_policy_source
 
 TINY_CHUNK = 4

@@ -6,9 +6,9 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from worker.federation import aggregation
 from worker.federation.aggregation import AggregationError, weighted_average
-from worker.federation.config import DatasetRef, FederationConfig, Partition
 from worker.federation.protocol import TrainMetrics, train_reply
 from worker.federation.strategy import make_strategy
 

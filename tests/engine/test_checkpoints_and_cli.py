@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.core.experiment_config import DatasetRef
 from tests.engine.helpers import tiny_bundle
 from worker.federation import checkpoints
-from worker.federation.config import DatasetRef
 from worker.federation.reporter import CheckpointReport, JsonLinesReporter, RoundReport
 from worker.policy.loading import resolve_policy_source
 

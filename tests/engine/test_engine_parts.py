@@ -10,11 +10,11 @@ import pytest
 import torch
 from flwr.app import Array
 
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from tests.engine.helpers import tiny_bundle
 from worker.data.features import DatasetError, check_dataset
 from worker.data.partition import split_partition
 from worker.federation import task
-from worker.federation.config import DatasetRef, FederationConfig, Partition
 from worker.federation.run_config import (
     federation_config_from_run_config,
     run_config_from_federation_config,

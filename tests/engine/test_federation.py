@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition, ResumePoint
 from tests.engine.helpers import tiny_bundle
 from worker.data.features import DatasetError
 from worker.federation import task
@@ -18,7 +19,6 @@ from worker.federation.checkpoints import (
     load_server_state,
     sha256_of,
 )
-from worker.federation.config import DatasetRef, FederationConfig, Partition, ResumePoint
 from worker.federation.reporter import CheckpointReport, RoundReport
 from worker.federation.runner import run_federation
 from worker.policy.loading import trainable_state

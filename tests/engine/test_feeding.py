@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from app.core.experiment_config import DatasetRef
 from tests.engine.helpers import TINY_CHUNK, tiny_bundle
 from worker.data.loader import (
     LOADER_WORKERS_ENV,
@@ -17,7 +18,6 @@ from worker.data.loader import (
     loader_workers,
 )
 from worker.federation import task
-from worker.federation.config import DatasetRef
 from worker.policy.speed import flow_loss, hold_frozen_in_bf16
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from worker.data.partition import plan_data
 from worker.federation import task
-from worker.federation.config import DatasetRef, FederationConfig, Partition
 from worker.federation.runner import run_federation
 from worker.policy.loading import resolve_policy_source
 

@@ -9,8 +9,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from worker.data.partition import DataPlan
-from worker.federation.config import DatasetRef, FederationConfig, Partition
 from worker.federation.protocol import (
     ARRAYS_KEY,
     CONFIG_KEY,

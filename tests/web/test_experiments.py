@@ -1,10 +1,13 @@
 """Experiment pages: list, create with inline errors, edit, clone, launch, roles."""
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlmodel import Session, select
 
+from app.core.experiment_config import DatasetRef, Partition
 from app.models import Experiment, Run, RunStatus
+from app.schemas.experiments import ExperimentCreate
 from tests.factories import make_experiment, simulation_body
 from tests.web.conftest import Browser, Secrets, html
 
@@ -108,7 +111,7 @@ def test_create_then_fix_then_detail(
     assert response.status_code == 303
     experiment = session.exec(select(Experiment)).one()
     assert response.headers["location"] == f"/experiments/{experiment.id}"
-    assert experiment.partition == {
+    assert experiment.config.partition.model_dump() == {
         "dataset": {"repo_id": "local/so100", "root": "/data/so100", "episodes": None},
         "num_clients": 2,
         "scheme": "iid",
@@ -146,11 +149,11 @@ def test_edit_keeps_fields_and_saves(
     response = b.post(f"/experiments/{experiment.id}/edit", {**values, "num_rounds": "7"})
     assert response.status_code == 303
     session.refresh(experiment)
-    assert experiment.num_rounds == 7
+    assert experiment.config.num_rounds == 7
     bad = b.post(f"/experiments/{experiment.id}/edit", {**values, "batch_size": "0"})
     assert bad.status_code == 422 and field_error(bad, "batch_size")
     session.refresh(experiment)
-    assert experiment.batch_size == 8
+    assert experiment.config.batch_size == 8
 
 
 def test_clone_prefills_the_create_form(
@@ -273,3 +276,59 @@ def test_deployment_experiment_names_its_sites(
     assert box is not None and box.has_attr("checked")
     operator = browser(secrets.operator)
     assert form["name"] in operator.get("/experiments").text  # its site takes part now
+
+
+def _enum(schema: dict[str, Any], defs: dict[str, Any]) -> list[str] | None:
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].rsplit("/", 1)[-1]]
+    return schema.get("enum")
+
+
+def _form_fields() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Each input of the experiment form that edits one setting: its JSON schema (the API's) and
+    the definitions the schema refers to."""
+    create = ExperimentCreate.model_json_schema()
+    partition = Partition.model_json_schema()
+    dataset = DatasetRef.model_json_schema()
+    fields = {
+        name: (schema, create["$defs"])
+        for name, schema in create["properties"].items()
+        if schema.get("type") != "array" and "anyOf" not in schema
+    }
+    for name, schema in partition["properties"].items():
+        if name != "dataset":
+            fields[f"partition_{name}"] = (schema, partition.get("$defs", {}))
+    fields["partition_repo_id"] = (dataset["properties"]["repo_id"], {})
+    return fields
+
+
+def test_the_form_has_every_setting_with_the_apis_default_bounds_and_choices(
+    browser: Callable[..., Browser], secrets: Secrets
+) -> None:
+    soup = html(browser(secrets.admin).get("/experiments/new"))
+    fields = _form_fields()
+    assert {"policy", "num_rounds", "device", "partition_scheme"} <= set(fields)
+
+    for name, (schema, defs) in fields.items():
+        tag = soup.find(attrs={"name": name, "id": f"f-{name}"})
+        assert tag is not None, f"no input for {name}"
+        choices = _enum(schema, defs)
+        if choices is not None:
+            assert [option["value"] for option in tag.find_all("option")] == choices, name
+            chosen = tag.find("option", selected=True)
+            assert chosen is not None and chosen["value"] == schema["default"], name
+            continue
+        assert tag.get("maxlength") == (str(schema["maxLength"]) if "maxLength" in schema else None)
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        high = schema.get("maximum")
+        assert (tag.get("min") and float(tag["min"])) == low, name
+        assert (tag.get("max") and float(tag["max"])) == high, name
+        value = tag.text if tag.name == "textarea" else str(tag.get("value"))
+        if name == "partition_num_clients":  # required; the form proposes the minimum
+            assert value == str(ExperimentCreate.model_fields["min_clients"].default)
+        elif "default" not in schema or schema["default"] is None:
+            assert value == "", name
+        elif schema.get("type") in ("integer", "number"):
+            assert float(value) == schema["default"], name
+        else:
+            assert value == schema["default"], name

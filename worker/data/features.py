@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from worker.federation.config import DatasetRef
+from app.core.experiment_config import DatasetRef
 
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata

@@ -3,8 +3,8 @@
 import random
 from dataclasses import dataclass
 
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from worker.data.features import DatasetError, describe, open_metadata
-from worker.federation.config import DatasetRef, FederationConfig, Partition
 
 
 @dataclass(frozen=True)

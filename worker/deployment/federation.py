@@ -24,10 +24,10 @@ from sqlmodel import Session
 
 from app.core.config import Settings
 from app.core.db import make_engine
+from app.core.experiment_config import FederationConfig
 from worker.deployment import node_registry
 from worker.deployment.server_app import RUN_ID_KEY
 from worker.deployment.superlink import SuperLinkError, _call, run_status, stop_run
-from worker.federation.config import FederationConfig
 from worker.federation.reporter import Reporter
 from worker.federation.run_config import run_config_from_federation_config
 

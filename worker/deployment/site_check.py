@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.core.experiment_config import DatasetRef
 from app.models import SiteFeatures
 from app.services.compatibility import Mismatch, camera_key, compare
 from worker.data.features import ACTION_KEY, STATE_KEY, DatasetError, features_of, open_metadata
-from worker.federation.config import DatasetRef
 
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata

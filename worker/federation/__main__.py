@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from worker.federation.config import FederationConfig
+from app.core.experiment_config import FederationConfig
 from worker.federation.reporter import JsonLinesReporter
 
 

@@ -16,12 +16,12 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from app.core.experiment_config import DatasetRef
 from worker.data.partition import client_label
 from worker.deployment.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
 from worker.deployment.camera_map import parse_camera_map
 from worker.deployment.renamed_cameras import apply_camera_map
 from worker.federation import task
-from worker.federation.config import DatasetRef
 from worker.federation.protocol import (
     ClientInfo,
     Instructions,

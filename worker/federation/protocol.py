@@ -18,9 +18,9 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from pydantic import TypeAdapter
 
+from app.core.experiment_config import DatasetRef, FederationConfig
 from worker.data.features import DatasetFeatures
 from worker.data.partition import DataPlan
-from worker.federation.config import DatasetRef, FederationConfig
 from worker.federation.task import Stats
 from worker.federation.transport import as_float, as_int, stats_from_record, stats_to_record
 

@@ -22,9 +22,9 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
+from app.core.experiment_config import FederationConfig
 from worker.data.features import DatasetFeatures, check_dataset
 from worker.data.partition import DataPlan, client_label, plan_data
-from worker.federation.config import FederationConfig
 from worker.federation.reporter import Reporter
 
 RAY_OBJECT_STORE_BYTES = 256 * 1024 * 1024

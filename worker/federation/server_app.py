@@ -16,10 +16,10 @@ from typing import Any
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from app.core.experiment_config import FederationConfig
 from worker.data.features import DatasetError, DatasetFeatures, check_dataset
 from worker.data.partition import DataPlan, plan_data
 from worker.federation import checkpoints, task
-from worker.federation.config import FederationConfig
 from worker.federation.protocol import (
     ClientInfo,
     Instructions,

@@ -7,16 +7,17 @@ result as Flower's, in one pass over memory, summed in a fixed client order.
 """
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
+from app.core.experiment_config import FederationConfig, Strategy
 from worker.federation.aggregation import weighted_average
-from worker.federation.config import FederationConfig
 from worker.federation.protocol import ARRAYS_KEY, add_train_payload, read_train_reply
 from worker.federation.reporter import ClientReport
 from worker.federation.transport import (
@@ -184,20 +185,29 @@ class TrackedFedAdam(TrackedStrategy, FedAdam, WeightedAverage):
         self.v_t = {k.split("|", 1)[1]: v for k, v in state.items() if k.startswith("v_t|")}
 
 
+StrategyFactory = Callable[[FederationConfig, dict[str, Any]], TrackedStrategy]
+"""Builds a strategy from the config and the arguments every strategy takes."""
+
+STRATEGIES: dict[Strategy, StrategyFactory] = {
+    Strategy.fedavg: lambda config, common: TrackedFedAvg(**common),
+    Strategy.fedprox: lambda config, common: TrackedFedProx(
+        proximal_mu=config.proximal_mu, **common
+    ),
+    Strategy.fedadam: lambda config, common: TrackedFedAdam(
+        eta=config.server_learning_rate, **common
+    ),
+}
+"""Every strategy an experiment may name (app.core.experiment_config.Strategy), by name."""
+
+
 def make_strategy(config: FederationConfig, *, round_offset: int) -> TrackedStrategy:
-    common = {
+    common: dict[str, Any] = {
         "fraction_train": config.fraction_train,
         "fraction_evaluate": 0.0,  # evaluation is server-side, on held-out data
         "min_train_nodes": config.min_clients,
         "min_available_nodes": config.min_clients,
         "min_evaluate_nodes": 0,
     }
-    strategy: TrackedStrategy
-    if config.strategy == "fedprox":
-        strategy = TrackedFedProx(proximal_mu=config.proximal_mu, **common)  # type: ignore[arg-type]
-    elif config.strategy == "fedadam":
-        strategy = TrackedFedAdam(eta=config.server_learning_rate, **common)  # type: ignore[arg-type]
-    else:
-        strategy = TrackedFedAvg(**common)  # type: ignore[arg-type]
+    strategy = STRATEGIES[config.strategy](config, common)
     strategy.setup_tracking(round_offset=round_offset, transport_dtype=config.transport_dtype)
     return strategy

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from app.core.experiment_config import DatasetRef
 from worker.data.features import ACTION_KEY, STATE_KEY, DatasetError, describe
 from worker.data.loader import Feed, frames_to_float, loader_workers
-from worker.federation.config import DatasetRef
 from worker.policy.loading import PolicySource, build_policy, trainable_state
 from worker.policy.speed import flow_loss, hold_frozen_in_bf16
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from worker.federation.config import TINY_POLICY
+from app.core.experiment_config import TINY_POLICY
 from worker.policy.tiny import tiny_smolvla_config
 
 if TYPE_CHECKING:

@@ -6,14 +6,13 @@ from starlette.responses import RedirectResponse, Response
 
 from app.api.deps import SessionDep, SettingsDep
 from app.core.errors import FieldProblem
-from app.models import Mode, Strategy
 from app.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentUpdate
 from app.schemas.sites import SitePublic
 from app.services import experiments as service
 from app.services import runs as run_service
 from app.services import sites as site_service
 from app.services.events import publisher_for
-from app.web import forms
+from app.web import experiment_inputs, forms
 from app.web import session as web_session
 from app.web.contexts import ExperimentFormPage, ExperimentPage, ExperimentRow, ExperimentsPage
 from app.web.deps import WebAdmin, WebToken
@@ -23,30 +22,9 @@ from worker.dispatch import run_sender
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
 
-CHOICES = {
-    "strategy": [s.value for s in Strategy],
-    "mode": [m.value for m in Mode],
-    "normalization": ["local", "federated"],
-    "transport_dtype": ["float32", "bfloat16", "float16"],
-    "device": ["auto", "cpu", "cuda"],
-    "partition_scheme": ["iid", "task"],
-}
-
 
 def _api(experiment_id: int | None = None) -> str:
     return "/api/v1/experiments" + (f"/{experiment_id}" if experiment_id is not None else "")
-
-
-def _defaults() -> dict[str, str]:
-    """A new experiment's form: the API's defaults."""
-    values = {}
-    for name in forms.EXPERIMENT_FIELDS:
-        default = ExperimentCreate.model_fields[name].get_default(call_default_factory=True)
-        values[name] = "" if default is None else str(getattr(default, "value", default))
-    values.update(client_datasets="", eval_datasets="", site_ids="", partition_repo_id="")
-    values.update(partition_root="", partition_num_clients="2", partition_scheme="iid")
-    values["partition_holdout_episodes"] = "0"
-    return values
 
 
 def _all_sites(session: SessionDep, token: WebToken) -> list[SitePublic]:
@@ -72,7 +50,8 @@ def _form_page(
         heading=heading,
         form=state,
         sites=_all_sites(session, token),
-        choices=CHOICES,
+        choices=experiment_inputs.CHOICES,
+        bounds=experiment_inputs.BOUNDS,
         cancel_url=cancel_url,
     )
     wide = "; ".join(state.errors.get(forms.FORM_WIDE, [])) or None
@@ -110,7 +89,7 @@ def list_experiments(request: Request, session: SessionDep, token: WebToken) -> 
 def new_experiment(request: Request, session: SessionDep, token: WebAdmin) -> Response:
     return _form_page(
         request, session, token, action="/experiments", heading="New experiment",
-        values=_defaults(), cancel_url="/experiments",
+        values=experiment_inputs.defaults(), cancel_url="/experiments",
     )  # fmt: skip
 
 
