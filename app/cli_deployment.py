@@ -71,8 +71,9 @@ def superlink_command(
 ) -> None:
     """Run the Flower SuperLink with TLS and SuperNode authentication, for approved sites only.
 
-    Its registered keys follow the approved sites' keys: a revoked site is refused within
-    --sync-every seconds.
+    The SuperLink binds FEDVLA_SUPERLINK_HOST (loopback); Caddy, its public front on
+    FEDVLA_FLEET_HOST:FEDVLA_FLEET_PORT, forwards the Fleet API alone. Its registered keys
+    follow the approved sites' keys: a revoked site is refused within --sync-every seconds.
     """
     from sqlmodel import Session
 
@@ -93,8 +94,13 @@ def superlink_command(
     try:
         process.start()
         process.wait_ready()
+        front = (
+            f"its front (Fleet API only) on {settings.fleet_host}:{settings.fleet_port}"
+            if settings.superlink_front
+            else "no front of ours (FEDVLA_SUPERLINK_FRONT=false)"
+        )
         typer.echo(
-            f"SuperLink on {settings.superlink_host}:{settings.superlink_port} "
+            f"SuperLink on {settings.superlink_host}:{settings.superlink_port}, {front} "
             f"(sites dial {settings.superlink_address}); log: {process.log_path}"
         )
         while not stop:

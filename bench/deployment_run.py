@@ -65,6 +65,7 @@ def main() -> int:
         database_url=database,
         redis_url="",
         superlink_port=free_port(),
+        fleet_port=free_port(),
     )
     tiny_vlm_dir(settings.data_dir)
     tiny_vlm_dir(root / "site-data")

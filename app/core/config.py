@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_SECRET_KEY_LENGTH = 32
+# Addresses that bind every interface.
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 
 
 class Settings(BaseSettings):
@@ -54,25 +56,41 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     superlink_host: str = Field(
-        "127.0.0.1", description="Interface the Flower SuperLink binds (0.0.0.0: every one)."
+        "127.0.0.1",
+        description="Interface the Flower SuperLink itself binds: loopback, or a private "
+        "interface (docker compose: its service name). Its port serves the Control and "
+        "ServerAppIo APIs too, so never a wildcard; sites reach the Fleet API through the front.",
     )
     superlink_port: int = Field(
-        9092,
+        9093,
         ge=1,
         le=65535,
-        description="The SuperLink's one HTTPS port (Fleet, Control and ServerAppIo APIs in "
-        "flwr 1.42); not 8000, Flower's default, nor the web app's port.",
+        description="The SuperLink's own HTTPS port (Fleet, Control and ServerAppIo APIs in "
+        "flwr 1.42), for the coordinator's processes and the front only.",
+    )
+    fleet_host: str = Field(
+        "127.0.0.1",
+        description="Interface the SuperLink's public front (Caddy) binds for sites "
+        "(0.0.0.0: every one); it forwards the Fleet API's routes only.",
+    )
+    fleet_port: int = Field(
+        9092, ge=1, le=65535, description="Port of the public front that sites dial (HTTPS)."
+    )
+    superlink_front: bool = Field(
+        True,
+        description="fedvla superlink starts Caddy as the public front; false where another "
+        "front forwards the Fleet API (docker compose's caddy service).",
     )
     superlink_public_address: str = Field(
         "",
         description="host:port SuperNodes dial, written into startup kits and the server "
-        "certificate; empty: superlink_host:superlink_port.",
+        "certificate; empty: fleet_host:fleet_port.",
     )
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Self:
         if not self.database_url:
-            self.database_url = f"sqlite:///{self.data_dir / 'fedvla.db'}"
+            self.database_url = self.embedded_database_url
         if not self.broker_url:
             self.broker_url = self.embedded_broker_url
         if self.database_url.startswith(("postgres://", "postgresql://")):
@@ -84,7 +102,23 @@ class Settings(BaseSettings):
                 f"FEDVLA_SECRET_KEY must be set in production ({MIN_SECRET_KEY_LENGTH} characters"
                 " or more)"
             )
+        if self.superlink_host in WILDCARD_HOSTS:
+            raise ValueError(
+                f"FEDVLA_SUPERLINK_HOST={self.superlink_host!r} would open the SuperLink's "
+                "Control API to the network: bind it to loopback or a private interface, and "
+                "let sites in through the front (FEDVLA_FLEET_HOST, FEDVLA_FLEET_PORT)"
+            )
+        if self.superlink_port == self.fleet_port:
+            raise ValueError(
+                f"FEDVLA_SUPERLINK_PORT and FEDVLA_FLEET_PORT are both {self.fleet_port}: the "
+                "SuperLink and its public front need a port each"
+            )
         return self
+
+    @property
+    def embedded_database_url(self) -> str:
+        """The database when none is set: SQLite in data_dir."""
+        return f"sqlite:///{self.data_dir / 'fedvla.db'}"
 
     @property
     def embedded_broker_url(self) -> str:
@@ -94,7 +128,7 @@ class Settings(BaseSettings):
     @property
     def superlink_address(self) -> str:
         """Where sites reach the SuperLink."""
-        return self.superlink_public_address or f"{self.superlink_host}:{self.superlink_port}"
+        return self.superlink_public_address or f"{self.fleet_host}:{self.fleet_port}"
 
     @property
     def superlink_dir(self) -> Path:

@@ -24,7 +24,7 @@ from app.models import Experiment, ExperimentSite, Site, SiteFeatures, SiteStatu
 from app.services import compatibility
 from worker.deployment.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
 from worker.deployment.camera_map import format_camera_map
-from worker.deployment.certificates import ensure_tls, tls_hosts
+from worker.deployment.certificates import ensure_tls, server_tls_hosts
 from worker.deployment.keys import PRIVATE_KEY_FILE
 
 KIT_ROOT = "fedvla-site"
@@ -307,7 +307,7 @@ def build_kit(session: Session, settings: Settings, site: Site) -> bytes:
             field="status",
             reason=f"{site.status}, not approved",
         )
-    tls = ensure_tls(settings.superlink_dir / "tls", tls_hosts(settings.superlink_address))
+    tls = ensure_tls(settings.superlink_dir / "tls", server_tls_hosts(settings))
     ca_pem = tls.ca_certificate.read_text()
     cameras = kit_camera_map(session, site)
     files = {

@@ -41,6 +41,7 @@ def test_superlink_command_registers_approved_keys_and_drops_revoked_ones(
         database_url=sqlite_url,
         redis_url="",
         superlink_port=free_port(),
+        fleet_port=free_port(),
     )
     engine = make_engine(sqlite_url)
     session = Session(engine)
@@ -114,7 +115,11 @@ def test_superlink_command_explains_a_port_in_use(sqlite_url: str, tmp_path: Pat
         taken.listen()
         port = taken.getsockname()[1]
         settings = Settings(
-            environment="test", data_dir=tmp_path, database_url=sqlite_url, superlink_port=port
+            environment="test",
+            data_dir=tmp_path,
+            database_url=sqlite_url,
+            superlink_port=port,
+            fleet_port=free_port(),
         )
         result = subprocess.run(
             [str(Path(sys.executable).parent / "fedvla"), "superlink"],

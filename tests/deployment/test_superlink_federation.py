@@ -104,6 +104,7 @@ def deployment(sqlite_url: str, tmp_path: Path) -> Iterator[Deployment]:
         broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
         redis_url="",
         superlink_port=free_port(),
+        fleet_port=free_port(),
     )
     tiny_vlm_dir(settings.data_dir)
     tiny_vlm_dir(tmp_path / "site-data")

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from app.core.config import Settings
+
 CA_VALID_DAYS = 3650
 SERVER_VALID_DAYS = 825
 
@@ -166,3 +168,10 @@ def tls_hosts(address: str) -> list[str]:
     """The names the SuperLink's certificate covers: the host sites dial, and loopback."""
     host = address.rsplit(":", 1)[0].strip("[]")
     return [host, "localhost", "127.0.0.1"]
+
+
+def server_tls_hosts(settings: Settings) -> list[str]:
+    """The names of the one server certificate: the front's (what sites dial, and loopback)
+    and the SuperLink's own host, which the front and the coordinator's processes dial."""
+    hosts = tls_hosts(settings.superlink_address)
+    return hosts if settings.superlink_host in hosts else [*hosts, settings.superlink_host]

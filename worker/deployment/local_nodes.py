@@ -12,7 +12,6 @@ from app.core.config import Settings
 from app.models import Site
 from app.services.startup_kit import supernode_args
 from worker.deployment.superlink import SuperLinkProcess, flwr_env
-from worker.supervisor import child_env
 
 
 def free_port() -> int:
@@ -55,9 +54,9 @@ def start_supernode(
 
 
 def start_superlink(settings: Settings) -> SuperLinkProcess:
-    """Our SuperLink with ``settings`` in its environment (its ServerApps read them), ready."""
+    """Our SuperLink and its front with ``settings`` (its ServerApps read them), ready."""
     process = SuperLinkProcess(settings)
-    process.start(env=child_env(settings))
+    process.start()
     try:
         process.wait_ready()
     except BaseException:

@@ -2,9 +2,9 @@
 on the experiment's sites only, reporting into our database, exactly as a simulation run does.
 
 It runs in a ``flwr-serverapp`` process that the SuperLink's SuperExec starts. That process
-inherits the SuperLink's environment, where the FEDVLA_* settings are (``fedvla superlink``
-runs with the server's settings): the database URL never travels in the run config, which
-SuperNodes can read. The run config names only our run id (``fedvla-run-id``).
+inherits the SuperLink's environment, which holds the FEDVLA_* settings it reads and no others
+(worker.deployment.superlink.SERVER_APP_SETTINGS): the database URL never travels in the run
+config, which SuperNodes can read. The run config names only our run id (``fedvla-run-id``).
 """
 
 from collections.abc import Iterator

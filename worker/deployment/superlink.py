@@ -1,11 +1,14 @@
-"""Our Flower 1.42 SuperLink: its process, and its Control API as we use it.
+"""Our Flower 1.42 SuperLink: its process, its public front, and its Control API as we use it.
 
 flwr 1.42's SuperLink serves the Fleet, Control and ServerAppIo APIs over one HTTPS port
-(``--host``/``--port``, 8000 by default: we use FEDVLA_SUPERLINK_PORT). We start it with
-TLS (certificates from worker.deployment.certificates), SuperNode authentication, its state in
-a database file, and without runtime dependency installation (no package index at sites or in
-CI). SuperNodes are admitted by their registered public keys (``flwr supernode register``'s
-Control API call, made here directly).
+(``--host``/``--port``). It binds FEDVLA_SUPERLINK_HOST (loopback or a private interface) on
+FEDVLA_SUPERLINK_PORT, where only the coordinator's processes and the front reach it; sites dial
+the front (worker.deployment.fleet_front: Caddy on FEDVLA_FLEET_HOST:FEDVLA_FLEET_PORT), which
+forwards the Fleet API alone. We start it with TLS (certificates from
+worker.deployment.certificates), SuperNode authentication, its state in a database file, and
+without runtime dependency installation (no package index at sites or in CI). SuperNodes are
+admitted by their registered public keys (``flwr supernode register``'s Control API call, made
+here directly).
 """
 
 import os
@@ -27,7 +30,8 @@ from flwr.proto.control_pb2 import (
 from flwr.supercore.control import ControlHttpClient
 
 from app.core.config import Settings
-from worker.deployment.certificates import TlsFiles, ensure_tls, tls_hosts
+from worker.deployment.certificates import TlsFiles, ensure_tls, server_tls_hosts
+from worker.deployment.fleet_front import FleetFront, FrontError, dial_host
 
 READY_TIMEOUT_S = 60.0
 
@@ -59,7 +63,7 @@ def tls_dir(settings: Settings) -> Path:
 
 def tls_files(settings: Settings) -> TlsFiles:
     """The SuperLink's CA and server certificate, made if missing."""
-    return ensure_tls(tls_dir(settings), tls_hosts(settings.superlink_address))
+    return ensure_tls(tls_dir(settings), server_tls_hosts(settings))
 
 
 def flwr_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -70,6 +74,32 @@ def flwr_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env["FLWR_HOME"] = str(settings.superlink_dir / "flwr-home")
     env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+# What our ServerApp (worker.deployment.server_app) reads: the database and Redis it reports
+# into, the data directory (run files, the CA its Control API client verifies with), the
+# SuperLink's own address (its node list), the loader's worker count (server evaluation).
+SERVER_APP_SETTINGS = (
+    "data_dir",
+    "database_url",
+    "redis_url",
+    "loader_workers",
+    "superlink_host",
+    "superlink_port",
+)
+
+
+def superlink_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The SuperLink's environment, which its SuperExec and ServerApps inherit: Flower's
+    (flwr_env) with FEDVLA_* cut down to SERVER_APP_SETTINGS: no session key, no broker."""
+    env = {k: v for k, v in flwr_env(settings, base).items() if not k.startswith("FEDVLA_")}
+    for name in SERVER_APP_SETTINGS:
+        value = getattr(settings, name)
+        # The SuperLink runs in its own directory: relative paths would point elsewhere.
+        env[f"FEDVLA_{name.upper()}"] = str(value.resolve() if isinstance(value, Path) else value)
+    if settings.database_url == settings.embedded_database_url:
+        del env["FEDVLA_DATABASE_URL"]  # the default SQLite file, found from the absolute dir
     return env
 
 
@@ -96,7 +126,7 @@ def superlink_command(settings: Settings) -> list[str]:
 
 def control_client(settings: Settings) -> ControlHttpClient:
     """A Control API client that verifies the SuperLink with our CA."""
-    address = f"{_dial_host(settings)}:{settings.superlink_port}"
+    address = f"{dial_host(settings.superlink_host)}:{settings.superlink_port}"
     return ControlHttpClient.from_server_address(
         address,
         insecure=False,
@@ -106,23 +136,27 @@ def control_client(settings: Settings) -> ControlHttpClient:
     )
 
 
-def _dial_host(settings: Settings) -> str:
-    host = settings.superlink_host
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-
-
 class SuperLinkProcess:
-    """flower-superlink as a child process, its output in <superlink_dir>/superlink.log."""
+    """flower-superlink as a child process, its output in <superlink_dir>/superlink.log, and
+    its public front (Caddy) beside it unless FEDVLA_SUPERLINK_FRONT is false."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.log_path = settings.superlink_dir / "superlink.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.front: FleetFront | None = None
         self._log: IO[bytes] | None = None
 
     def start(self, env: dict[str, str] | None = None) -> None:
+        """SuperLinkError, before anything starts, when the front is wanted and Caddy missing."""
         self.settings.superlink_dir.mkdir(parents=True, exist_ok=True)
         command = superlink_command(self.settings)
+        if self.settings.superlink_front:
+            self.front = FleetFront(self.settings, tls_files(self.settings))
+            try:
+                self.front.start(flwr_env(self.settings, env))
+            except FrontError as error:
+                raise SuperLinkError(str(error)) from None
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             command,
@@ -130,13 +164,22 @@ class SuperLinkProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=flwr_env(self.settings, env),
+            env=superlink_env(self.settings, env),
             start_new_session=True,
         )
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Until the Control API answers; SuperLinkError if the process exits or time runs out."""
+        """Until the Control API and the front answer; SuperLinkError if a process exits or
+        time runs out."""
         deadline = time.monotonic() + timeout_s
+        self._wait_control_api(deadline)
+        if self.front is not None:
+            try:
+                self.front.wait_ready(deadline)
+            except FrontError as error:
+                raise SuperLinkError(str(error)) from None
+
+    def _wait_control_api(self, deadline: float) -> None:
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise SuperLinkError(
@@ -151,7 +194,10 @@ class SuperLinkProcess:
                 time.sleep(0.5)
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM to the SuperLink's process group (its SuperExec and ServerApps), then KILL."""
+        """The front, then SIGTERM to the SuperLink's process group (its SuperExec and
+        ServerApps), then KILL."""
+        if self.front is not None:
+            self.front.stop(grace_s)
         if self.process is not None and self.process.poll() is None:
             pgid = os.getpgid(self.process.pid)
             os.killpg(pgid, 15)
