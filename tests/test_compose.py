@@ -6,6 +6,7 @@ offline use) by the check-jsonschema package.
 
 import json
 import re
+import subprocess
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,8 @@ def test_environment_names_are_settings(compose: dict[str, Any]) -> None:
     from app.core.config import Settings
 
     fields = {f"FEDVLA_{name.upper()}" for name in Settings.model_fields}
-    for service in ("web", "worker"):
-        names = set(compose["services"][service]["environment"])
+    for service in ("web", "worker", "superlink"):
+        names = set(compose["services"][service]["environment"]) - {"FORWARDED_ALLOW_IPS"}
         assert names <= fields, names - fields
 
 
@@ -140,3 +141,107 @@ def test_images_and_bootstrap_use_one_uv_version() -> None:
     for name in ("Dockerfile.web", "Dockerfile.worker"):
         copied = re.findall(r"ghcr\.io/astral-sh/uv:(\S+)", _dockerfile(name))
         assert copied == [pinned.group(1)], name
+
+
+def test_only_the_front_publishes_ports(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+
+    published = {name: s["ports"] for name, s in services.items() if "ports" in s}
+    assert published == {"caddy": ["80:80", "443:443", "9092:9092"]}
+    assert services["web"]["expose"] == ["8080"]
+    assert services["superlink"]["expose"] == ["9093"]
+
+
+def test_the_superlink_binds_its_private_name_and_sites_dial_the_front(
+    compose: dict[str, Any],
+) -> None:
+    from app.core.config import WILDCARD_HOSTS, Settings
+
+    superlink = compose["services"]["superlink"]
+    env = superlink["environment"]
+
+    assert superlink["command"] == ["fedvla", "superlink"]
+    assert superlink["image"] == compose["services"]["worker"]["image"]  # runs the engine
+    assert env["FEDVLA_SUPERLINK_FRONT"] == "false"  # the caddy service is its front
+    assert env["FEDVLA_SUPERLINK_HOST"] == "superlink" not in WILDCARD_HOSTS
+    assert env["FEDVLA_SUPERLINK_PUBLIC_ADDRESS"].endswith(":9092")
+    settings = Settings(
+        superlink_host=env["FEDVLA_SUPERLINK_HOST"],
+        superlink_port=int(env["FEDVLA_SUPERLINK_PORT"]),
+        superlink_front=False,
+    )
+    for name in ("web", "worker", "superlink"):  # one certificate, made where it is missing
+        assert "tls:/data/superlink/tls" in compose["services"][name]["volumes"], name
+        assert compose["services"][name]["environment"]["FEDVLA_SUPERLINK_HOST"] == "superlink"
+    assert "tls:/fedvla/tls:ro" in compose["services"]["caddy"]["volumes"]
+    assert settings.superlink_port == 9093
+
+
+def test_the_web_app_trusts_the_fronts_scheme_so_cookies_are_secure(
+    compose: dict[str, Any],
+) -> None:
+    web = compose["services"]["web"]
+
+    assert web["environment"]["FORWARDED_ALLOW_IPS"] == "*"  # read by uvicorn
+    assert "--host" in web["command"]  # inside its container; no published port
+
+
+def _caddy_json(env: dict[str, str]) -> dict[str, Any]:
+    result = subprocess.run(
+        [
+            "caddy",
+            "adapt",
+            "--adapter",
+            "caddyfile",
+            "--config",
+            str(ROOT / "deploy" / "Caddyfile"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin:/usr/local/bin", **env},
+    )
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+def test_the_front_serves_https_redirects_http_and_passes_only_the_fleet_api(
+    compose: dict[str, Any],
+) -> None:
+    config = _caddy_json({"FEDVLA_PUBLIC_HOST": "fl.example.org"})
+    servers = {tuple(s["listen"]): s for s in config["apps"]["http"]["servers"].values()}
+
+    assert config["admin"] == {"disabled": True}
+    assert set(servers) == {(":80",), (":443",), ("0.0.0.0:9092",)}
+    (redirect,) = servers[(":80",)]["routes"]
+    assert redirect["match"] == [{"host": ["fl.example.org"]}]
+    response = redirect["handle"][0]["routes"][0]["handle"][0]
+    assert response["status_code"] == 301
+    assert response["headers"]["Location"] == ["https://{http.request.host}{http.request.uri}"]
+    (dashboard,) = servers[(":443",)]["routes"]
+    assert dashboard["match"] == [{"host": ["fl.example.org"]}]
+    proxy = dashboard["handle"][0]["routes"][0]["handle"][0]
+    assert proxy["upstreams"] == [{"dial": "web:8080"}]
+    fleet, rest = servers[("0.0.0.0:9092",)]["routes"]
+    assert fleet["match"][0]["method"] == ["POST"]
+    assert all(p.startswith("/v1/fleet/") for p in fleet["match"][0]["path"])
+    upstream = fleet["handle"][0]["routes"][0]["handle"][0]["upstreams"]
+    assert upstream == [{"dial": "superlink:9093"}]
+    assert rest["handle"][0]["routes"][0]["handle"][0]["status_code"] == 404
+
+
+def test_the_fronts_fleet_block_is_the_embedded_ones() -> None:
+    from worker.deployment.fleet_front import fleet_site_block
+
+    tls = "/fedvla/tls"  # where the caddy service mounts the tls volume
+    block = fleet_site_block(
+        address="https://:9092",
+        bind="0.0.0.0",
+        certificate=f"{tls}/server.crt",
+        key=f"{tls}/server.key",
+        upstream="superlink:9093",
+        ca=f"{tls}/ca.crt",
+    )
+
+    assert (ROOT / "deploy" / "Caddyfile").read_text().endswith("\n" + block)
