@@ -131,3 +131,27 @@ def test_superlink_command_explains_a_port_in_use(sqlite_url: str, tmp_path: Pat
     assert result.returncode == 2
     assert "Error: flower-superlink exited with" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_superlink_command_without_caddy_says_how_to_install_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        environment="test", data_dir=tmp_path, database_url=sqlite_url, fleet_port=free_port()
+    )
+    env = child_env(settings)
+    env["PATH"] = str(tmp_path / "bin")  # no caddy, nor anything else, on PATH
+
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "fedvla"), "superlink"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 2
+    assert "Error: `caddy` is not on PATH" in result.stderr
+    assert "sudo apt-get install caddy" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "superlink" / "superlink.log").exists()  # nothing started
