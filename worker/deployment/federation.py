@@ -21,6 +21,7 @@ from flwr.cli.build import build_fab_from_files
 from flwr.common.serde import fab_to_proto
 from flwr.proto.control_pb2 import StartRunRequest
 from flwr.supercore.fab import Fab
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from app.core.config import Settings
@@ -137,9 +138,9 @@ class NodeWait:
         now = self.clock()
         try:
             online, missing = self.states()
-        except SuperLinkError as error:
+        except (SuperLinkError, SQLAlchemyError) as error:
             online, missing = self._last or ([], {})
-            self.reporter.log(f"SuperLink unreachable while waiting for site nodes: {error}")
+            self.reporter.log(f"cannot read the site nodes, retrying: {error}")
         waited = now - self.started
         if len(online) >= self.needed:
             self.done = True
