@@ -141,6 +141,19 @@ def _wait_online(settings: Settings, count: int, timeout_s: float = 120) -> None
         time.sleep(1)
 
 
+def _run_child(
+    settings: Settings, run_id: int, timeout_s: float
+) -> "subprocess.CompletedProcess[str]":
+    """The run's federation process, as a worker starts it, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.run_child", str(run_id)],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 def _refused(node: subprocess.Popen[bytes], log: Path) -> str:
     code = node.wait(NODE_EXIT_TIMEOUT_S)
     assert code != 0
@@ -227,14 +240,7 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     session.add(run)
     session.commit()
     assert run.id is not None
-
-    child = subprocess.run(
-        [sys.executable, "-m", "worker.run_child", str(run.id)],
-        env=child_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=800,
-    )
+    child = _run_child(settings, run.id, timeout_s=800)
     events = [e.message for e in session.exec(select(RunEvent).where(RunEvent.run_id == run.id))]
     assert child.returncode == 0, child.stderr[-3000:] + "\n".join(events)
 
@@ -279,13 +285,8 @@ def test_a_run_whose_site_nodes_stay_away_fails_naming_them(
     run = _queued_run(deployment, tmp_path, ["lab-e", "lab-f"])
 
     started = time.monotonic()
-    child = subprocess.run(
-        [sys.executable, "-m", "worker.run_child", str(run.id)],
-        env=child_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    assert run.id is not None
+    child = _run_child(settings, run.id, timeout_s=300)
     elapsed = time.monotonic() - started
 
     assert child.returncode == 1
