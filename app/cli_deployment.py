@@ -4,6 +4,7 @@ Registered on the ``fedvla`` command in app.cli. Errors are one message on stder
 ``site check`` exits 1 when the dataset cannot train in the experiment.
 """
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -46,13 +47,68 @@ def site_keygen(
 def site_check(
     dataset: Annotated[Path, typer.Option(help="The local LeRobot dataset folder.")],
     experiment_config: Annotated[
-        Path, typer.Option(help="kit.json from the site's startup kit.")
-    ] = Path("kit.json"),
+        Path | None,
+        typer.Option(
+            help="kit.json from the site's startup kit: check the dataset against its "
+            "experiments. Without it: print the site's registration body."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The site's name (default: the dataset folder's).")
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The public key file from 'fedvla site keygen' (default: "
+            "keys/supernode.pub.pem if it exists)."
+        ),
+    ] = None,
+    hardware: Annotated[str, typer.Option(help="The site's hardware, e.g. 'RTX 4090'.")] = "",
+    robot_type: Annotated[
+        str | None, typer.Option(help="so100, so101 or other (default: the dataset's).")
+    ] = None,
 ) -> None:
-    """Check the local dataset against the startup kit's experiments; report what it holds."""
-    from worker.data.features import DatasetError
-    from worker.deployment.site_check import KitError, check_site_dataset, describe, read_kit
+    """Read the local dataset (its meta/info.json and meta/): print the body that registers the
+    site (POST /api/v1/sites), or, with --experiment-config, check it against the kit."""
+    from pydantic import ValidationError
 
+    from worker.data.features import DatasetError
+    from worker.deployment.site_check import (
+        KitError,
+        check_site_dataset,
+        describe,
+        read_kit,
+        registration_body,
+    )
+
+    if experiment_config is None:
+        try:
+            body = registration_body(
+                dataset,
+                name=name,
+                public_key=_public_key(public_key),
+                hardware=hardware,
+                robot_type=robot_type,
+            )
+        except DatasetError as error:
+            raise fail(str(error)) from None
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
+            )
+            raise fail(f"the registration body is invalid: {problems}") from None
+        typer.echo(json.dumps(body, indent=2))
+        if "public_key" not in body:
+            typer.echo(
+                "No public key in the body: run 'fedvla site keygen keys' or pass --public-key.",
+                err=True,
+            )
+        typer.echo(
+            'Post it with your operator token: curl -X POST $API/sites -H "$AUTH" '
+            "-H 'Content-Type: application/json' -d @body.json (or paste it on the Sites page).",
+            err=True,
+        )
+        return
     try:
         result = check_site_dataset(dataset, read_kit(experiment_config))
     except (KitError, DatasetError) as error:
@@ -62,6 +118,21 @@ def site_check(
         typer.echo("The dataset cannot train in this experiment: fix the errors above.", err=True)
         raise typer.Exit(code=1)
     typer.echo("The dataset fits: start the node (README.md, step 4).")
+
+
+def _public_key(path: Path | None) -> str | None:
+    """The key file's text; keygen's default file if none is named and it exists."""
+    from worker.deployment.keys import PUBLIC_PEM_FILE
+
+    if path is None:
+        default = Path("keys") / PUBLIC_PEM_FILE
+        if not default.is_file():
+            return None
+        path = default
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise fail(f"cannot read the public key {path}: {error}") from None
 
 
 def superlink_command(

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(
         5.0, ge=0, description="After SIGTERM, seconds before a cancelled federation is killed."
     )
+    node_wait_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long a deployment run waits for its sites' nodes to come online "
+        "before it fails naming the missing sites.",
+    )
     loader_workers: int = Field(
         -1,
         ge=-1,

@@ -241,6 +241,56 @@ def test_site_check_explains_a_missing_dataset_or_kit(tmp_path: Path) -> None:
     assert "cannot read nope.json" in no_kit.output
 
 
+def test_site_check_prints_the_registration_body_the_api_accepts(
+    client: TestClient, world: World, tmp_path: Path, datasets: dict[str, Path]
+) -> None:
+    from worker.deployment.keys import generate_node_keys
+
+    keys = generate_node_keys(tmp_path / "keys")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "site",
+            "check",
+            "--dataset",
+            str(datasets["good"]),
+            "--name",
+            "lab-cli",
+            "--public-key",
+            str(keys.public_pem),
+            "--hardware",
+            "RTX 4090",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)  # the body alone on stdout: `> body.json` works
+    assert body["name"] == "lab-cli" and body["robot_type"] == "so100"  # so100_follower
+    assert body["dataset"] == str(datasets["good"].resolve())
+    assert body["features"]["camera_resolutions"] == {"observation.images.front": [24, 32, 3]}
+    assert (body["features"]["fps"], body["features"]["frames"]) == (30, 8)
+    assert len(body["features"]["tasks"]) == 2
+    operator = world.secrets["operator_unbound"]
+    assert operator is not None
+    answer = client.post("/api/v1/sites", json=body, headers=bearer(operator))
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["features"] == body["features"]
+
+
+def test_site_check_without_a_kit_explains_a_bad_dataset_or_key(tmp_path: Path) -> None:
+    def check(dataset: Path, *extra: str) -> str:
+        result = CliRunner().invoke(cli, ["site", "check", "--dataset", str(dataset), *extra])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    assert "is missing (no such folder)" in check(tmp_path / "nope")
+    assert "is not a LeRobot dataset: it has no meta/info.json" in check(tmp_path)
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "info.json").write_text("{")
+    assert "meta/info.json is unreadable or not JSON" in check(tmp_path)
+    assert "cannot read the public key" in check(tmp_path, "--public-key", str(tmp_path / "k"))
+
+
 def test_kit_files_are_what_their_tools_accept(
     client: TestClient, session: Session, world: World
 ) -> None:

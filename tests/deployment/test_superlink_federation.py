@@ -3,11 +3,13 @@ flower-supernode processes with their own synthetic datasets and keys, the tiny 
 rounds reported into the database; an unregistered and a revoked node refused."""
 
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from tests.factories import deployment_body, make_experiment, site_body
 from worker.deployment import node_registry
 from worker.deployment.keys import NodeKeyFiles, generate_node_keys
 from worker.deployment.local_nodes import free_port, start_superlink, start_supernode
-from worker.deployment.superlink import SuperLinkProcess, list_nodes
+from worker.deployment.superlink import SuperLinkProcess, list_nodes, run_status
 from worker.supervisor import child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -140,6 +142,19 @@ def _wait_online(settings: Settings, count: int, timeout_s: float = 120) -> None
         time.sleep(1)
 
 
+def _run_child(
+    settings: Settings, run_id: int, timeout_s: float
+) -> "subprocess.CompletedProcess[str]":
+    """The run's federation process, as a worker starts it, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.run_child", str(run_id)],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 def _refused(node: subprocess.Popen[bytes], log: Path) -> str:
     code = node.wait(NODE_EXIT_TIMEOUT_S)
     assert code != 0
@@ -183,6 +198,17 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     )
     assert "Failed to activate SuperNode" in _refused(refused, tmp_path / "lab-r" / "supernode.log")
     assert superlink_admin.site_node(settings, revoked).registered is False
+    # Approved again with the same key: Flower never admits an unregistered key again, and the
+    # site page says so, with the SuperLink's reason for refusing its node (from its log).
+    site_service.set_status(
+        session=session, site=revoked, status=SiteStatus.approved, actor="t", reason="back"
+    )
+    assert node_registry.sync_registrations(session, settings).needs_new_key == ["lab-r"]
+    shown = superlink_admin.site_node(settings, revoked)
+    assert (shown.status, shown.registered) == ("key needed", False)
+    assert shown.hint and "new key pair" in shown.hint
+    assert shown.refused == "No SuperNode found with the given public key."
+    assert shown.refused_at is not None
 
     assert first.id is not None and second.id is not None
     experiment = make_experiment(
@@ -205,7 +231,9 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     deployment.start_node(bystander, bystander_keys)  # approved, online, not in the experiment
     _wait_online(settings, 3)
     node = superlink_admin.site_node(settings, first)
-    assert node.registered and node.online and node.last_seen
+    assert node.registered and node.online and node.last_seen and node.refused is None
+    # The last heartbeat: within Flower's heartbeat interval of now, not the connection time.
+    assert (datetime.now(UTC) - node.last_seen).total_seconds() < 60
 
     config = run_service.freeze_config(session, experiment)
     assert experiment.id is not None
@@ -213,14 +241,7 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     session.add(run)
     session.commit()
     assert run.id is not None
-
-    child = subprocess.run(
-        [sys.executable, "-m", "worker.run_child", str(run.id)],
-        env=child_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=800,
-    )
+    child = _run_child(settings, run.id, timeout_s=800)
     events = [e.message for e in session.exec(select(RunEvent).where(RunEvent.run_id == run.id))]
     assert child.returncode == 0, child.stderr[-3000:] + "\n".join(events)
 
@@ -244,23 +265,52 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     assert any("Flower run" in message for message in events)
 
 
+def _queued_run(deployment: Deployment, dataset: Path, names: list[str]) -> Run:
+    """A one-round run of a new experiment of new approved sites."""
+    sites = [deployment.site(name, dataset, SiteStatus.approved)[0] for name in names]
+    ids = [site.id for site in sites if site.id is not None]
+    experiment = make_experiment(deployment.session, deployment_body(ids, num_rounds=1))
+    assert experiment.id is not None
+    config = run_service.freeze_config(deployment.session, experiment)
+    run = Run(experiment_id=experiment.id, config=config.model_dump(mode="json"))
+    deployment.session.add(run)
+    deployment.session.commit()
+    return run
+
+
+def test_a_run_whose_site_nodes_stay_away_fails_naming_them(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    settings = deployment.settings.model_copy(update={"node_wait_s": 6.0})
+    session = deployment.session
+    run = _queued_run(deployment, tmp_path, ["lab-e", "lab-f"])
+
+    started = time.monotonic()
+    assert run.id is not None
+    child = _run_child(settings, run.id, timeout_s=300)
+    elapsed = time.monotonic() - started
+
+    assert child.returncode == 1
+    assert (
+        "site nodes not online after 6 s (0 of the 2 needed): missing lab-e (registered), "
+        "lab-f (registered)"
+    ) in child.stdout + child.stderr
+    assert elapsed < 120, elapsed  # bounded by node_wait_s, not an hour
+    events = session.exec(select(RunEvent.message).where(RunEvent.run_id == run.id)).all()
+    assert any(m.startswith("waiting for site nodes (0 of 2 online") for m in events), events
+    started_event = next(m for m in events if "federation started" in m)
+    match = re.search(r"Flower run (\d+)", started_event)
+    assert match is not None  # and the Flower run was stopped, not left waiting
+    assert run_status(settings, int(match.group(1)))[:2] == ("finished", "stopped")
+
+
 def test_cancel_stops_the_flower_run_on_the_superlink(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    import re
     import signal
 
-    from worker.deployment.superlink import run_status
-
     settings, session = deployment.settings, deployment.session
-    sites = [deployment.site(f"lab-{n}", tmp_path, SiteStatus.approved)[0] for n in "cd"]
-    ids = [site.id for site in sites if site.id is not None]
-    experiment = make_experiment(session, deployment_body(ids, num_rounds=1))
-    assert experiment.id is not None
-    config = run_service.freeze_config(session, experiment)
-    run = Run(experiment_id=experiment.id, config=config.model_dump(mode="json"))
-    session.add(run)
-    session.commit()
+    run = _queued_run(deployment, tmp_path, ["lab-c", "lab-d"])
 
     # No node is online: the ServerApp waits for them until the run is cancelled.
     child = subprocess.Popen(
@@ -286,3 +336,36 @@ def test_cancel_stops_the_flower_run_on_the_superlink(
     assert child.returncode == 1
     assert f"cancelled: Flower run {match.group(1)} stopped" in output
     assert run_status(settings, int(match.group(1)))[:2] == ("finished", "stopped")
+
+
+def test_a_re_keyed_site_is_in_the_experiments_nodes_once_approved_again(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """What the ServerApp's grid reads while a run goes on: no restart for a new key."""
+    from app.schemas.sites import SiteUpdate
+    from worker.deployment.experiment_grid import experiment_nodes
+
+    settings, session = deployment.settings, deployment.session
+    site, _ = deployment.site("lab-g", tmp_path, SiteStatus.approved)
+    assert site.id is not None
+    node_registry.sync_registrations(session, settings)
+    [old] = experiment_nodes(settings, [site.id])
+
+    new_keys = generate_node_keys(tmp_path / "lab-g" / "new-keys")
+    site_service.update_site(
+        session=session,
+        site=site,
+        data=SiteUpdate(public_key=new_keys.public_pem.read_text()),
+        actor="t",
+    )
+    node_registry.sync_registrations(session, settings)
+    assert experiment_nodes(settings, [site.id]) == {}  # pending: its old node unregistered
+    assert superlink_admin.site_node(settings, site).status == "not registered"
+    site_service.set_status(
+        session=session, site=site, status=SiteStatus.approved, actor="t", reason="new key"
+    )
+    assert node_registry.sync_registrations(session, settings).registered == ["lab-g"]
+
+    [(new, name)] = experiment_nodes(settings, [site.id]).items()
+    assert (name, new != old) == ("lab-g", True)
+    assert superlink_admin.site_node(settings, site).status == "registered"

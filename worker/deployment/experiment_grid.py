@@ -1,46 +1,76 @@
 """A Grid that shows the ServerApp only the nodes of the experiment's sites.
 
 A SuperLink admits every approved site; a run must train only on the sites of its experiment.
-Node ids are fixed when a site's key is registered (before the run starts), so the set is
-computed once, from the SuperLink's node list matched to the sites' public keys.
+A site's node id changes when it re-keys (its new key is registered once it is approved
+again), so the allowed set is read again, at most every REFRESH_S, from the SuperLink's node
+list matched to the sites' public keys as the database holds them now.
 """
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from app.core.config import Settings
 from app.core.db import make_engine
-from app.core.public_keys import InvalidPublicKey, normalise_public_key
 from app.models import Site
-from worker.deployment.node_registry import live_nodes_by_key
+from worker.deployment.node_registry import nodes_of_sites
+from worker.deployment.superlink import SuperLinkError, list_nodes
+
+REFRESH_S = 2.0
 
 
-def experiment_node_ids(settings: Settings, site_ids: list[int]) -> set[int]:
+def experiment_sites(settings: Settings, site_ids: list[int]) -> list[Site]:
     engine = make_engine(settings.database_url)
     try:
         with Session(engine) as session:
-            sites = list(session.exec(select(Site).where(col(Site.id).in_(site_ids))))
+            return list(session.exec(select(Site).where(col(Site.id).in_(site_ids))))
     finally:
         engine.dispose()
-    keys = set()
-    for site in sites:
-        try:
-            keys.add(normalise_public_key(site.public_key or ""))
-        except InvalidPublicKey:
-            continue
-    return {node.node_id for key, node in live_nodes_by_key(settings).items() if key in keys}
+
+
+def experiment_nodes(settings: Settings, site_ids: list[int]) -> dict[int, str]:
+    """Node id -> site name of the experiment's sites' registered nodes."""
+    return nodes_of_sites(experiment_sites(settings, site_ids), list_nodes(settings))
 
 
 class ExperimentGrid(Grid):
-    """Delegates to Flower's grid; ``get_node_ids`` answers only the allowed nodes."""
+    """Delegates to Flower's grid; ``get_node_ids`` answers only the allowed nodes.
 
-    def __init__(self, grid: Grid, allowed: set[int]) -> None:
+    ``allowed`` reads the allowed nodes (node id -> site name); when it fails (the SuperLink
+    or the database away for a moment) the last answer stands.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        allowed: Callable[[], dict[int, str]],
+        refresh_s: float = REFRESH_S,
+    ) -> None:
         self.grid = grid
         self.allowed = allowed
+        self.refresh_s = refresh_s
+        self.names: dict[int, str] = {}
+        self._read_at: float | None = None
+
+    def _refresh(self) -> dict[int, str]:
+        now = time.monotonic()
+        if self._read_at is None or now - self._read_at >= self.refresh_s:
+            try:
+                self.names = self.allowed()
+            except (SuperLinkError, SQLAlchemyError, OSError):
+                if self._read_at is None:
+                    raise
+            self._read_at = now
+        return self.names
+
+    def node_name(self, node: int) -> str | None:
+        """The site name of an allowed node."""
+        return self._refresh().get(node)
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)
@@ -60,7 +90,8 @@ class ExperimentGrid(Grid):
         return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        return [node for node in self.grid.get_node_ids() if node in self.allowed]
+        allowed = self._refresh()
+        return [node for node in self.grid.get_node_ids() if node in allowed]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.grid.push_messages(messages)

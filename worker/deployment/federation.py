@@ -11,6 +11,7 @@ import hashlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from types import FrameType
 from typing import Any
@@ -20,19 +21,29 @@ from flwr.cli.build import build_fab_from_files
 from flwr.common.serde import fab_to_proto
 from flwr.proto.control_pb2 import StartRunRequest
 from flwr.supercore.fab import Fab
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from app.core.config import Settings
 from app.core.db import make_engine
 from app.core.experiment_config import FederationConfig
 from worker.deployment import node_registry
+from worker.deployment.experiment_grid import experiment_sites
 from worker.deployment.server_app import RUN_ID_KEY
-from worker.deployment.superlink import SuperLinkError, _call, run_status, stop_run
+from worker.deployment.superlink import (
+    SuperLinkError,
+    _call,
+    list_nodes,
+    run_status,
+    stop_run,
+)
 from worker.federation.reporter import Reporter
 from worker.federation.run_config import run_config_from_federation_config
 
 POLL_S = 1.0
 APP_NAME = "fedvla-deployment"
+WAIT_REPORT_S = 30.0
+"""While waiting for site nodes, an event at least this often (and whenever one comes or goes)."""
 
 
 class DeploymentError(RuntimeError):
@@ -92,13 +103,92 @@ def start_run(settings: Settings, config: FederationConfig, run_id: int) -> int:
     return int(response.run_id)
 
 
+NodeStates = Callable[[], tuple[list[str], dict[str, str]]]
+"""Reads the experiment's sites' nodes: names online, and the others' states by name."""
+
+
+class NodeWait:
+    """Waits, bounded, until ``needed`` of the experiment's site nodes are online, with events.
+
+    ``check`` is called every poll: True once enough are online (from then on it reads
+    nothing); DeploymentError naming the missing sites once ``timeout_s`` has passed.
+    """
+
+    def __init__(
+        self,
+        states: NodeStates,
+        needed: int,
+        timeout_s: float,
+        reporter: Reporter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.states = states
+        self.needed = needed
+        self.timeout_s = timeout_s
+        self.reporter = reporter
+        self.clock = clock
+        self.started = clock()
+        self.done = False
+        self._last: tuple[list[str], dict[str, str]] | None = None
+        self._reported_at = -WAIT_REPORT_S
+
+    def check(self) -> bool:
+        if self.done:
+            return True
+        now = self.clock()
+        try:
+            online, missing = self.states()
+        except (SuperLinkError, SQLAlchemyError) as error:
+            online, missing = self._last or ([], {})
+            self.reporter.log(f"cannot read the site nodes, retrying: {error}")
+        waited = now - self.started
+        if len(online) >= self.needed:
+            self.done = True
+            self.reporter.log(f"site nodes online after {waited:.0f} s: {', '.join(online)}")
+            return True
+        if waited > self.timeout_s:
+            raise DeploymentError(
+                f"site nodes not online after {self.timeout_s:g} s "
+                f"({len(online)} of the {self.needed} needed): missing "
+                + _states(missing)
+                + " (FEDVLA_NODE_WAIT_S bounds the wait)"
+            )
+        if (online, missing) != self._last or now - self._reported_at >= WAIT_REPORT_S:
+            self.reporter.log(
+                f"waiting for site nodes ({len(online)} of {self.needed} online, "
+                f"{waited:.0f} of {self.timeout_s:g} s): "
+                + (f"online {', '.join(online)}; " if online else "")
+                + "missing "
+                + _states(missing)
+            )
+            self._reported_at = now
+        self._last = (online, missing)
+        return False
+
+
+def _states(missing: dict[str, str]) -> str:
+    return ", ".join(f"{name} ({state})" for name, state in missing.items()) or "none"
+
+
+def site_node_states(settings: Settings, config: FederationConfig) -> NodeStates:
+    """The experiment's sites' nodes, read again at each call (a site may re-key meanwhile)."""
+
+    def read() -> tuple[list[str], dict[str, str]]:
+        sites = experiment_sites(settings, config.site_ids)
+        return node_registry.site_node_states(sites, list_nodes(settings))
+
+    return read
+
+
 def run_on_superlink(
     settings: Settings, run_id: int, config: FederationConfig, reporter: Reporter
 ) -> None:
     """Registers the approved sites' keys, starts the federation, waits for its end.
 
-    The ServerApp reports rounds and checkpoints itself; here only the start and the outcome.
-    SIGTERM (a cancel) stops the Flower run before this returns.
+    The ServerApp reports rounds and checkpoints itself; here only the start, the wait for the
+    site nodes (at most settings.node_wait_s, then the Flower run is stopped and the run fails
+    naming the missing sites) and the outcome. SIGTERM (a cancel) stops the Flower run before
+    this returns.
     """
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per status poll otherwise
     engine = make_engine(settings.database_url)
@@ -119,6 +209,9 @@ def run_on_superlink(
         f"federation started on the SuperLink at {settings.superlink_address} "
         f"(Flower run {flwr_run_id}); waiting for {config.min_clients} site node(s)"
     )
+    wait = NodeWait(
+        site_node_states(settings, config), config.min_clients, settings.node_wait_s, reporter
+    )
     stopping: list[int] = []
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
@@ -130,6 +223,11 @@ def run_on_superlink(
             if stopping:
                 stop_run(settings, flwr_run_id)
                 raise DeploymentError(f"cancelled: Flower run {flwr_run_id} stopped")
+            try:
+                wait.check()
+            except DeploymentError:
+                stop_run(settings, flwr_run_id)
+                raise
             try:
                 status, sub_status, details = run_status(settings, flwr_run_id)
             except SuperLinkError as error:

@@ -20,7 +20,7 @@ from app.core.config import Settings
 from app.models import Site
 from app.services import run_files
 from worker.db_reporter import DbReporter
-from worker.deployment.experiment_grid import ExperimentGrid, experiment_node_ids
+from worker.deployment.experiment_grid import ExperimentGrid, experiment_nodes
 from worker.federation.reporter import RoundReport
 from worker.federation.run_config import federation_config_from_run_config
 from worker.federation.server_app import ServerRun, federation_server_app
@@ -57,13 +57,14 @@ def _on_superlink(grid: Grid, context: Context) -> Iterator[ServerRun]:
         output_dir = run_files.run_dir_of(session, settings, run_id)
     try:
         reporter.log(f"ServerApp on the SuperLink: Flower run {context.run_id}")
-        allowed = experiment_node_ids(settings, config.site_ids)
+        experiment_grid = ExperimentGrid(grid, lambda: experiment_nodes(settings, config.site_ids))
         yield ServerRun(
-            ExperimentGrid(grid, allowed),
+            experiment_grid,
             config,
             reporter,
             output_dir=output_dir,
             data_dir=Path(settings.data_dir),
+            node_names=experiment_grid.node_name,
         )
     finally:
         reporter.close()

@@ -1,8 +1,9 @@
 """``fedvla site check``: a site's local dataset against the experiment, before it joins.
 
-Reads the dataset's metadata offline with worker.data.features (the same reading the ClientApp
-does), turns it into the features a site declares, and compares them with each experiment of
-the startup kit's kit.json (app.services.compatibility: the same rules as the server's).
+Reads the dataset's metadata (meta/info.json and the rest of meta/) offline with
+worker.data.features (the same reading the ClientApp does), turns it into the features a site
+declares: the body of its registration, or compared with each experiment of the startup kit's
+kit.json (app.services.compatibility: the same rules as the server's).
 """
 
 import json
@@ -75,12 +76,58 @@ def read_kit(path: Path) -> dict[str, Any]:
     return kit
 
 
+def read_dataset(dataset: Path) -> tuple["LeRobotDatasetMetadata", SiteFeatures]:
+    """The dataset's metadata and its features; DatasetError saying what is wrong with it."""
+    info = dataset / "meta" / "info.json"
+    if not dataset.is_dir():
+        raise DatasetError(f"dataset folder {dataset} is missing (no such folder)")
+    if not info.is_file():
+        raise DatasetError(f"{dataset} is not a LeRobot dataset: it has no meta/info.json")
+    try:
+        json.loads(info.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{info} is unreadable or not JSON: {error}") from None
+    ref = DatasetRef(repo_id=f"local/{dataset.name}", root=str(dataset))
+    meta = open_metadata(ref, owner="this site")
+    return meta, found_features(meta, ref)
+
+
+def registration_body(
+    dataset: Path,
+    *,
+    name: str | None = None,
+    public_key: str | None = None,
+    hardware: str = "",
+    robot_type: str | None = None,
+) -> dict[str, Any]:
+    """The body of ``POST /api/v1/sites`` for this dataset: its features as it holds them.
+
+    The name defaults to the folder's, the robot type to the dataset's (so100_follower: so100;
+    ``other`` if it is not one fedvla knows). A pydantic ValidationError names an invalid field.
+    """
+    from app.models import RobotType
+    from app.schemas.sites import SiteCreate
+
+    meta, found = read_dataset(dataset)
+    recorded = str(meta.robot_type or "")  # lerobot's names: so100_follower, so101_leader...
+    known = next((r.value for r in RobotType if recorded.split("_")[0] == r.value), "other")
+    body = SiteCreate.model_validate(
+        {
+            "name": name or dataset.resolve().name,
+            "robot_type": robot_type or known,
+            "dataset": str(dataset.resolve()),
+            "features": found.model_dump(mode="json"),
+            "hardware": hardware,
+            "public_key": public_key,
+        }
+    )
+    return body.model_dump(mode="json", exclude_none=True)
+
+
 def check_site_dataset(dataset: Path, kit: dict[str, Any]) -> CheckResult:
     """What the dataset at ``dataset`` holds, and its mismatches with each experiment of the kit
     and with what the site declared at registration (what the server's checks relied on)."""
-    ref = DatasetRef(repo_id=f"local/{dataset.name}", root=str(dataset))
-    meta = open_metadata(ref, owner="this site")
-    found = found_features(meta, ref)
+    meta, found = read_dataset(dataset)
     robot = str(kit["site"].get("robot_type") or meta.robot_type or "other")
     result = CheckResult(found=found, robot_type=robot)
     targets = [
@@ -121,4 +168,12 @@ def describe(result: CheckResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CheckResult", "DatasetError", "KitError", "check_site_dataset", "describe", "read_kit"]
+__all__ = [
+    "CheckResult",
+    "DatasetError",
+    "KitError",
+    "check_site_dataset",
+    "describe",
+    "read_kit",
+    "registration_body",
+]

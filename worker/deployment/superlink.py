@@ -51,6 +51,7 @@ class NodeStatus:
     last_activated_at: str
     last_deactivated_at: str
     online_until: float
+    heartbeat_interval: float = 0.0
 
     @property
     def online(self) -> bool:
@@ -136,13 +137,18 @@ def control_client(settings: Settings) -> ControlHttpClient:
     )
 
 
+def log_path(settings: Settings) -> Path:
+    """Where ``fedvla superlink`` writes flower-superlink's output."""
+    return settings.superlink_dir / "superlink.log"
+
+
 class SuperLinkProcess:
     """flower-superlink as a child process, its output in <superlink_dir>/superlink.log, and
     its public front (Caddy) beside it unless FEDVLA_SUPERLINK_FRONT is false."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.log_path = settings.superlink_dir / "superlink.log"
+        self.log_path = log_path(settings)
         self.process: subprocess.Popen[bytes] | None = None
         self.front: FleetFront | None = None
         self._log: IO[bytes] | None = None
@@ -237,6 +243,7 @@ def list_nodes(settings: Settings) -> list[NodeStatus]:
             last_activated_at=str(n.last_activated_at),
             last_deactivated_at=str(n.last_deactivated_at),
             online_until=float(n.online_until),
+            heartbeat_interval=float(n.heartbeat_interval),
         )
         for n in response.nodes_info
     ]

@@ -51,6 +51,9 @@ class ServerRun:
     data_dir: Path
     plan: DataPlan | None = None
     """The data plan if the caller has made it already; else run_server makes it."""
+    node_names: Callable[[int], str | None] | None = None
+    """Labels of nodes that join after the clients were described (deployment: a re-keyed
+    site's new node); None: such nodes are labelled node-<id>."""
 
 
 RunSetup = Callable[[Grid, Context], AbstractContextManager[ServerRun]]
@@ -100,6 +103,8 @@ def run_server(run: ServerRun) -> None:
     strategy = make_strategy(config, round_offset=offset)
     strategy.labels = {node: c.label for node, c in clients.items()}
     strategy.site_ids = {node: c.site_id for node, c in clients.items() if c.site_id is not None}
+    if run.node_names is not None:
+        strategy.node_names = run.node_names
     if config.resume_from is not None:
         strategy.restore_server_state(resumed)
     hooks = _RoundHooks(config, reporter, strategy, bundle, holdout, run.output_dir, offset)

@@ -35,6 +35,9 @@ class RoundLog:
 
     started: float = field(default_factory=time.perf_counter)
     sampled: list[int] = field(default_factory=list)
+    sent: list[Message] = field(default_factory=list)
+    """The round's train messages: their ids (set when the grid pushes them) name the node an
+    error reply from the SuperLink itself (a node lost mid-round) stands for."""
     bytes_sent: int = 0
     clients: list[ClientReport] = field(default_factory=list)
 
@@ -49,6 +52,8 @@ class TrackedStrategy(FedAvg):
     norm_stats: ArrayRecord | None = None
     """Federated normalisation statistics, sent with every train message when set."""
     site_ids: dict[int, int]
+    node_names: Callable[[int], str | None]
+    """Labels of nodes that joined after the clients were described (a re-keyed site)."""
     log: RoundLog
 
     def setup_tracking(self, *, round_offset: int, transport_dtype: str) -> None:
@@ -56,6 +61,7 @@ class TrackedStrategy(FedAvg):
         self.transport_dtype = transport_dtype
         self.labels = {}
         self.site_ids = {}
+        self.node_names = lambda node: None
         self.log = RoundLog()
 
     def configure_train(
@@ -74,6 +80,7 @@ class TrackedStrategy(FedAvg):
         for message in messages:
             add_train_payload(message.content, payload, self.norm_stats)
             self.log.sampled.append(message.metadata.dst_node_id)
+            self.log.sent.append(message)
             self.log.bytes_sent += payload.count_bytes()
         return messages
 
@@ -81,10 +88,10 @@ class TrackedStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         # Replies come in the order clients finished; a fixed order makes the sum reproducible.
-        replies = sorted(replies, key=lambda r: self._label(r.metadata.src_node_id))
+        replies = sorted(replies, key=lambda r: self._label(self._node_of(r)))
         answered = set()
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = self._node_of(reply)
             answered.add(node)
             label = self._label(node)
             if reply.has_error():
@@ -127,7 +134,16 @@ class TrackedStrategy(FedAvg):
         return super().aggregate_train(server_round + self.round_offset, replies)
 
     def _label(self, node: int) -> str:
-        return self.labels.get(node, f"node-{node}")
+        return self.labels.get(node) or self.node_names(node) or f"node-{node}"
+
+    def _node_of(self, reply: Message) -> int:
+        """The node a reply answers for: its source, or, for an error the SuperLink wrote
+        itself (source: the SuperLink's own id), the node the message it answers went to."""
+        node = reply.metadata.src_node_id
+        if node in self.log.sampled:
+            return node
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self.log.sent}
+        return sent_to.get(reply.metadata.reply_to_message_id, node)
 
     def server_state(self) -> dict[str, np.ndarray]:
         """Strategy state that a resumed run needs (FedAdam's moments)."""

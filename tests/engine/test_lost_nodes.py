@@ -1,0 +1,60 @@
+"""A node lost mid-round is one failed client of that round, under its own label."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
+from tests.engine.test_aggregation import _reply
+from worker.federation.strategy import RoundLog, TrackedStrategy, make_strategy
+
+
+def _sent(node: int) -> Message:
+    message = Message(RecordDict(), dst_node_id=node, message_type="train")
+    message.metadata.__dict__["_message_id"] = f"message-to-{node}"  # as the grid's push sets it
+    return message
+
+
+def _strategy(labels: dict[int, str]) -> TrackedStrategy:
+    config = FederationConfig(
+        policy="tiny",
+        min_clients=1,
+        partition=Partition(dataset=DatasetRef(repo_id="test/none"), num_clients=len(labels)),
+    )
+    strategy = make_strategy(config, round_offset=0)
+    strategy.labels = labels
+    return strategy
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_node_the_superlink_reports_lost_counts_once_as_its_site() -> None:
+    strategy = _strategy({5: "lab-a", 7: "lab-b"})
+    to_a, to_b = _sent(5), _sent(7)
+    strategy.log = RoundLog(sampled=[5, 7], sent=[to_a, to_b])
+    # What the SuperLink answers for a node that went offline: an error from the SuperLink itself.
+    lost = create_message_error_unavailable_res_message(to_b.metadata, "node_unavail")
+    assert lost.metadata.src_node_id == SUPERLINK_NODE_ID
+
+    update = ArrayRecord({"w": Array(np.ones(3, dtype=np.float32))})
+    strategy.aggregate_train(1, [_reply(5, update, 4), lost])
+
+    reports = {c.client: c for c in strategy.log.clients}
+    assert sorted(reports) == ["lab-a", "lab-b"]  # no node-1, no second entry for lab-b
+    assert reports["lab-a"].ok and not reports["lab-b"].ok
+    assert reports["lab-b"].error and "no reply in time" not in reports["lab-b"].error
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_node_that_joined_later_is_labelled_by_the_grid() -> None:
+    strategy = _strategy({5: "lab-a"})
+    strategy.node_names = {9: "lab-b"}.get  # lab-b re-keyed: a new node id
+    to_new = _sent(9)
+    strategy.log = RoundLog(sampled=[9], sent=[to_new])
+
+    strategy.aggregate_train(1, [])
+
+    assert [(c.client, c.ok, c.error) for c in strategy.log.clients] == [
+        ("lab-b", False, "no reply in time")
+    ]
