@@ -12,7 +12,7 @@ import pytest
 
 from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from worker.data.partition import plan_data
-from worker.data.synthetic import SyntheticSpec, dataset_features
+from worker.data.synthetic import TASKS, SyntheticSpec, create_dataset
 from worker.federation import task
 
 EPISODES = 4
@@ -23,17 +23,7 @@ KEYS = ("observation.state", "action")
 
 
 def _write(root: Path) -> None:
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    spec = SyntheticSpec(repo_id="synthetic/extreme", cameras=())
-    dataset = LeRobotDataset.create(
-        repo_id=spec.repo_id,
-        fps=spec.fps,
-        features=dataset_features(spec),
-        root=root,
-        robot_type="so100_follower",
-        use_videos=False,
-    )
+    dataset = create_dataset(root, SyntheticSpec(repo_id="synthetic/extreme", cameras=()))
     rng = np.random.default_rng(5)
     for episode in range(EPISODES):
         offset = EXTREME if episode == EXTREME_EPISODE else float(episode)
@@ -43,7 +33,7 @@ def _write(root: Path) -> None:
                 {
                     "observation.state": state,
                     "action": (state + 0.1).astype(np.float32),
-                    "task": spec.tasks[0],
+                    "task": TASKS[0],
                 }
             )
         dataset.save_episode()
