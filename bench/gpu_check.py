@@ -9,6 +9,7 @@ same path with tiny sizes (the smoke test does that).
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -64,7 +65,8 @@ def tiny_on_device(scratch: Path, device: str, steps: int) -> dict[str, Any]:
         server_state={},
         eval_loss=after,
     )
-    reloaded = SmolVLAPolicy.from_pretrained(report.path).to(device)
+    with contextlib.chdir(report.path):  # the tiny policy's VLM is the checkpoint's ./vlm
+        reloaded = SmolVLAPolicy.from_pretrained(report.path).to(device)
     reloaded.eval()
     batch = frames_to_float(
         bundle.preprocessor(next(iter(torch.utils.data.DataLoader(data.dataset, batch_size=2)))),

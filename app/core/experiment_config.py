@@ -113,9 +113,11 @@ class FederationSettings(BaseModel):
         default_factory=list, description="Held-out datasets the server evaluates on."
     )
     normalization: Literal["local", "federated"] = Field(
-        "local",
-        description="local: each client normalises with its dataset's stats; "
-        "federated: the server merges every client's stats.",
+        "federated",
+        description="Statistics are always those of each client's own training frames (held-out "
+        "episodes excluded). federated: every client trains with their merge by frame count, "
+        "the statistics the server evaluates and checkpoints with; local: each client trains "
+        "with its own.",
     )
     transport_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     client_num_cpus: float = Field(1.0, gt=0.0, le=1024)

@@ -1,6 +1,7 @@
 """Checkpoint retention and the standalone CLI's errors (no Ray needed)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -8,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from app.core.experiment_config import DatasetRef
 from tests.engine.helpers import tiny_bundle
+from worker.data.loader import frames_to_float
 from worker.federation import checkpoints
 from worker.federation.reporter import CheckpointReport, JsonLinesReporter, RoundReport
-from worker.policy.loading import resolve_policy_source
+from worker.policy.loading import build_policy, resolve_policy_source, trainable_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +56,66 @@ def test_retention_keeps_the_last_n_and_the_best(
     assert reporter.removed == [1, 3]
     state = checkpoints.load_server_state(checkpoints.round_dir(tmp_path, 5))
     assert state["m_t|w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_checkpoint_copied_away_loads_in_plain_lerobot_without_the_data_dir(
+    images_dataset: DatasetRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla import SmolVLAPolicy
+
+    server_data, output = tmp_path / "server" / "data", tmp_path / "server" / "run"
+    bundle, data = tiny_bundle(server_data, images_dataset, "t")
+    saved = checkpoints.save_checkpoint(
+        output,
+        1,
+        policy=bundle.policy,
+        preprocessor=bundle.preprocessor,
+        postprocessor=bundle.postprocessor,
+        server_state={},
+        eval_loss=None,
+    )
+    copy = tmp_path / "elsewhere" / "pretrained_model"
+    shutil.copytree(saved.path, copy)
+    shutil.rmtree(tmp_path / "server")  # the data dir (and its tiny VLM) and the run are gone
+    for path in copy.rglob("*.json"):
+        assert str(tmp_path) not in path.read_text(), f"{path.name} names a server path"
+    assert json.loads((copy / "config.json").read_text())["vlm_model_name"] == "./vlm"
+    assert (copy / "vlm" / "tokenizer.json").is_file()
+
+    frame = data.dataset[0]
+    observation = {k: v for k, v in frame.items() if k.startswith("observation.")}
+    observation = frames_to_float(observation | {"task": frame["task"]}, data.camera_keys)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        bundle.policy.eval()
+        expected = bundle.postprocessor(
+            bundle.policy.select_action(bundle.preprocessor(dict(observation)))
+        )
+
+    monkeypatch.chdir(copy)  # lerobot resolves the carried ./vlm from the working directory
+    policy = SmolVLAPolicy.from_pretrained(copy)
+    # lerobot's scripts load the processors so (PolicyProcessorPipeline.from_pretrained).
+    preprocessor, postprocessor = make_pre_post_processors(policy.config, pretrained_path=str(copy))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        action = postprocessor(policy.select_action(preprocessor(dict(observation))))
+    assert action.shape == (1, 6)
+    torch.testing.assert_close(action, expected)
+
+    # fedvla resumes from (or fine-tunes) the copy, from anywhere, with no data dir either.
+    monkeypatch.chdir(tmp_path)
+    inputs = {k: f for k, f in policy.config.input_features.items()}
+    outputs = {k: f for k, f in policy.config.output_features.items()}
+    loaded = build_policy(
+        resolve_policy_source(str(copy)),
+        data_dir=tmp_path / "no-data-dir",
+        input_features=inputs,
+        output_features=outputs,
+        seed=0,
+    )
+    for name, value in trainable_state(loaded.policy).items():
+        torch.testing.assert_close(value, trainable_state(bundle.policy)[name])
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

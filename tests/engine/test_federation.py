@@ -114,7 +114,9 @@ def test_rounds_report_clients_losses_and_bytes(
 
 
 def test_checkpoints_load_in_plain_lerobot_and_act(
-    fedavg_run: tuple[RecordingReporter, Path, FederationConfig], images_dataset: DatasetRef
+    fedavg_run: tuple[RecordingReporter, Path, FederationConfig],
+    images_dataset: DatasetRef,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla import SmolVLAPolicy
@@ -129,6 +131,7 @@ def test_checkpoints_load_in_plain_lerobot_and_act(
     assert json.loads((folder.parent / ROUND_FILE).read_text())["round"] == 2
     assert not list((out / "checkpoints").glob(".round_*"))  # no half-written folders left
 
+    monkeypatch.chdir(folder)  # the tiny policy's VLM is the folder's own ./vlm
     policy = SmolVLAPolicy.from_pretrained(folder)
     preprocessor, postprocessor = make_pre_post_processors(
         policy.config, pretrained_path=str(folder)

@@ -4,6 +4,7 @@ Two stacks: the embedded default (SQLite database, SQLite broker, no Redis) and 
 (PostgreSQL, Redis broker and event fan-out). Each test launches through the HTTP API.
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -244,7 +245,8 @@ def test_a_federation_end_to_end(
         tar.extractall(extracted, filter="data")
     from lerobot.policies.smolvla import SmolVLAPolicy
 
-    policy = SmolVLAPolicy.from_pretrained(extracted / "pretrained_model")
+    with contextlib.chdir(extracted / "pretrained_model"):  # the tiny VLM is its ./vlm
+        policy = SmolVLAPolicy.from_pretrained(extracted / "pretrained_model")
     assert sum(p.numel() for p in policy.parameters()) > 0
 
 

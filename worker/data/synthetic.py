@@ -8,8 +8,12 @@ state, of the colour seen, and of the task: a policy that reads both can learn i
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 SO100_JOINTS = (
     "shoulder_pan",
@@ -69,12 +73,11 @@ def dataset_features(spec: SyntheticSpec) -> dict[str, dict[str, object]]:
     return features
 
 
-def generate_dataset(root: Path, spec: SyntheticSpec) -> Path:
-    """Write a LeRobotDataset (v3) under root and return root. Root must not exist yet."""
+def create_dataset(root: Path, spec: SyntheticSpec) -> "LeRobotDataset":
+    """An empty LeRobotDataset (v3) under root with the spec's features, to add episodes to."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    rng = np.random.default_rng(spec.seed)
-    dataset = LeRobotDataset.create(
+    return LeRobotDataset.create(
         repo_id=spec.repo_id,
         fps=spec.fps,
         features=dataset_features(spec),
@@ -83,6 +86,12 @@ def generate_dataset(root: Path, spec: SyntheticSpec) -> Path:
         use_videos=spec.use_videos,
         streaming_encoding=spec.use_videos and spec.streaming_encoding,
     )
+
+
+def generate_dataset(root: Path, spec: SyntheticSpec) -> Path:
+    """Write a LeRobotDataset (v3) under root and return root. Root must not exist yet."""
+    rng = np.random.default_rng(spec.seed)
+    dataset = create_dataset(root, spec)
     height, width = spec.image_shape
     for episode in range(spec.episodes):
         task_index = episode % len(spec.tasks)

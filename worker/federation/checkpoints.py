@@ -1,12 +1,20 @@
 """Checkpoints of the aggregated policy, in lerobot's pretrained_model layout.
 
     <output_dir>/checkpoints/round_NNNN/pretrained_model/   config.json, model.safetensors,
-                                                            the processors' files
+                                                            the processors' files, and vlm/
+                                                            when the VLM is a local folder
     <output_dir>/checkpoints/round_NNNN/server_state.safetensors   strategy state (FedAdam moments)
     <output_dir>/checkpoints/round_NNNN/round.json          round, eval loss, sha256
 
 A round folder is written under a temporary name and renamed into place, so a reader never sees
 half a checkpoint. Retention keeps the last N and the best by eval loss.
+
+Everything a checkpoint needs is in its pretrained_model folder, or named by a hub id: a VLM
+read from a local folder (the tiny policy's, generated into the data dir) is copied into
+``pretrained_model/vlm/`` (its config, tokenizer and processor; never weights, which
+model.safetensors holds) and named ``./vlm`` in config.json and the preprocessor's tokenizer
+step. lerobot resolves that name against the working directory, so plain lerobot loads such a
+checkpoint from inside its folder; fedvla's own loader resolves it against the folder.
 """
 
 import hashlib
@@ -27,6 +35,12 @@ PRETRAINED_DIR = "pretrained_model"
 SERVER_STATE_FILE = "server_state.safetensors"
 ROUND_FILE = "round.json"
 WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+PROCESSOR_FILES = ("policy_preprocessor.json", "policy_postprocessor.json")
+VLM_DIR = "vlm"
+VLM_NAME = f"./{VLM_DIR}"
+"""How a checkpoint names the VLM it carries: a path relative to its own folder."""
+VLM_LEFT_OUT = ("*.safetensors", "*.bin", "*.pt", "*.pth", "complete.json", ".*")
 
 
 def round_dir(output_dir: Path, server_round: int) -> Path:
@@ -67,6 +81,7 @@ def save_checkpoint(
         policy.save_pretrained(pretrained)
         preprocessor.save_pretrained(pretrained)
         postprocessor.save_pretrained(pretrained)
+        carry_local_vlm(pretrained, str(policy.config.vlm_model_name))
         save_file(server_state or {"empty": np.zeros(0, np.float32)}, staging / SERVER_STATE_FILE)
         weights = pretrained / WEIGHTS_FILE
         digest = sha256_of(weights)
@@ -85,6 +100,25 @@ def save_checkpoint(
         size_bytes=(final / PRETRAINED_DIR / WEIGHTS_FILE).stat().st_size,
         eval_loss=eval_loss,
     )
+
+
+def carry_local_vlm(pretrained: Path, vlm_model_name: str) -> None:
+    """Copy a VLM read from a local folder into the checkpoint and name it ./vlm there; a hub id
+    stays as it is (lerobot reads it from the Hugging Face cache)."""
+    source = Path(vlm_model_name)
+    if not source.is_dir():
+        return
+    shutil.copytree(source, pretrained / VLM_DIR, ignore=shutil.ignore_patterns(*VLM_LEFT_OUT))
+    config = json.loads((pretrained / CONFIG_FILE).read_text())
+    config["vlm_model_name"] = VLM_NAME
+    (pretrained / CONFIG_FILE).write_text(json.dumps(config, indent=4))
+    for name in PROCESSOR_FILES:
+        path = pretrained / name
+        pipeline = json.loads(path.read_text())
+        for step in pipeline.get("steps", []):
+            if step.get("config", {}).get("tokenizer_name") == vlm_model_name:
+                step["config"]["tokenizer_name"] = VLM_NAME
+        path.write_text(json.dumps(pipeline, indent=2))
 
 
 def saved_rounds(output_dir: Path) -> list[SavedRound]:

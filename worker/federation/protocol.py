@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 from app.core.experiment_config import DatasetRef, FederationConfig
 from worker.data.features import DatasetFeatures
 from worker.data.partition import DataPlan
-from worker.federation.task import Stats
+from worker.data.stats import Stats
 from worker.federation.transport import as_float, as_int, stats_from_record, stats_to_record
 
 ARRAYS_KEY = "arrays"

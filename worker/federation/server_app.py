@@ -173,7 +173,10 @@ def _holdout_data(
         check_dataset(ref, "server evaluation", expected)
         data.append(
             task.open_dataset(
-                ref, chunk_size=bundle.policy.config.chunk_size, owner="server evaluation"
+                ref,
+                chunk_size=bundle.policy.config.chunk_size,
+                owner="server evaluation",
+                with_stats=False,
             )
         )
     return data

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from app.core.experiment_config import DatasetRef
 from worker.data.features import ACTION_KEY, STATE_KEY, DatasetError, describe
 from worker.data.loader import Feed, frames_to_float, loader_workers
+from worker.data.stats import Stats, frame_stats
 from worker.policy.loading import PolicySource, build_policy, trainable_state
 from worker.policy.speed import flow_loss, hold_frozen_in_bf16
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Stats = dict[str, dict[str, np.ndarray]]
 NORMALIZED_KEYS = (STATE_KEY, ACTION_KEY)
 """Features whose statistics the policy uses (SmolVLA leaves images unnormalised)."""
 
@@ -74,7 +74,8 @@ class ClientData:
     ref: DatasetRef
     dataset: SkippingDataset
     stats: Stats
-    """The dataset's own statistics of the normalised features."""
+    """Statistics of the normalised features over exactly these frames (its episodes only);
+    empty for data opened only to evaluate on."""
     feed: Feed | None = None
     """The training batches, kept across rounds (built by the first call of train)."""
     last_fed: float = 0.0
@@ -114,11 +115,15 @@ class ClientData:
         return json.loads(json.dumps(self.dataset.dataset.meta.features))
 
 
-def open_dataset(ref: DatasetRef, *, chunk_size: int, owner: str) -> ClientData:
+def open_dataset(
+    ref: DatasetRef, *, chunk_size: int, owner: str, with_stats: bool = True
+) -> ClientData:
     """Open a LeRobotDataset returning action chunks of the policy's length.
 
     Video frames come as uint8 (as lerobot-train reads them); frames_to_float makes them floats
-    once they are on the device.
+    once they are on the device. With `with_stats`, the normalised features' statistics are
+    computed from the frames of `ref`'s episodes, never read from the dataset's meta/stats.json
+    (which covers every episode, held-out ones included).
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -141,12 +146,13 @@ def open_dataset(ref: DatasetRef, *, chunk_size: int, owner: str) -> ClientData:
         raise DatasetError(
             f"{owner}: dataset {describe(ref)} is unreadable: {type(error).__name__}: {error}"
         ) from error
-    stats = {key: dict(dataset.meta.stats[key]) for key in NORMALIZED_KEYS}
+    stats = frame_stats(dataset, NORMALIZED_KEYS) if with_stats else {}
     return ClientData(ref, SkippingDataset(dataset), stats)
 
 
 def merge_stats(stats: list[Stats]) -> Stats:
-    """Federated statistics: lerobot's weighted merge of every client's statistics."""
+    """Federated statistics: lerobot's merge of every client's statistics, weighted by their
+    frame counts (mean and variance exact, quantiles count-weighted)."""
     from lerobot.datasets.compute_stats import aggregate_stats
 
     merged: Stats = aggregate_stats(stats)

@@ -78,14 +78,18 @@ def resolve_policy_source(source: str) -> PolicySource:
 def read_policy_config(source: PolicySource) -> "SmolVLAConfig":
     """The config stored with a pretrained policy, its VLM backbone resolved offline.
 
-    The VLM's weights are never loaded from the hub: model.safetensors holds all of them.
+    The VLM's weights are never loaded from the hub: model.safetensors holds all of them. A VLM
+    named by a relative path (a checkpoint's own ``./vlm``) is found in the source's folder.
     """
     from lerobot.policies.smolvla import SmolVLAConfig
 
     assert source.folder is not None
     config = SmolVLAConfig.from_pretrained(source.folder)
     config.load_vlm_weights = False
-    if not Path(config.vlm_model_name).is_dir():
+    carried = source.folder / config.vlm_model_name
+    if config.vlm_model_name.startswith(".") and carried.is_dir():
+        config.vlm_model_name = str(carried.resolve())
+    elif not Path(config.vlm_model_name).is_dir():
         # transformers reads it from the cache by its id; the id stays in saved checkpoints.
         resolve_policy_source(config.vlm_model_name)
     return config

@@ -1,0 +1,112 @@
+"""Normalisation statistics come from exactly the frames each client trains on.
+
+The dataset's episode 3 is extreme (state and action about 10,000, the others within +-2); the
+partition holds it out. If any of its frames reached a client's statistics, their maximum,
+mean and count would show it.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core.experiment_config import DatasetRef, FederationConfig, Partition
+from worker.data.partition import plan_data
+from worker.data.synthetic import TASKS, SyntheticSpec, create_dataset
+from worker.federation import task
+
+EPISODES = 4
+FRAMES = 10
+EXTREME_EPISODE = 3
+EXTREME = 10_000.0
+KEYS = ("observation.state", "action")
+
+
+def _write(root: Path) -> None:
+    dataset = create_dataset(root, SyntheticSpec(repo_id="synthetic/extreme", cameras=()))
+    rng = np.random.default_rng(5)
+    for episode in range(EPISODES):
+        offset = EXTREME if episode == EXTREME_EPISODE else float(episode)
+        for _ in range(FRAMES):
+            state = (offset + rng.uniform(-1, 1, size=6)).astype(np.float32)
+            dataset.add_frame(
+                {
+                    "observation.state": state,
+                    "action": (state + 0.1).astype(np.float32),
+                    "task": TASKS[0],
+                }
+            )
+        dataset.save_episode()
+    dataset.finalize()
+
+
+@pytest.fixture(scope="module")
+def extreme(tmp_path_factory: pytest.TempPathFactory) -> DatasetRef:
+    root = tmp_path_factory.mktemp("extreme") / "dataset"
+    _write(root)
+    return DatasetRef(repo_id="synthetic/extreme", root=str(root))
+
+
+def _frames(ref: DatasetRef, episodes: list[int]) -> dict[str, np.ndarray]:
+    """The dataset's frames of these episodes, read from its parquet files directly."""
+    import pandas as pd
+
+    assert ref.root is not None
+    table = pd.concat(pd.read_parquet(p) for p in sorted(Path(ref.root, "data").rglob("*.parquet")))
+    rows = table[table["episode_index"].isin(episodes)]
+    return {key: np.stack(rows[key].to_numpy()).astype(np.float64) for key in KEYS}
+
+
+def _plan_holding_out_the_extreme_episode(ref: DatasetRef) -> FederationConfig:
+    for seed in range(100):
+        config = FederationConfig(
+            policy="tiny",
+            seed=seed,
+            partition=Partition(dataset=ref, num_clients=2, holdout_episodes=1),
+        )
+        if plan_data(config).holdout[0].episodes == [EXTREME_EPISODE]:
+            return config
+    raise AssertionError("no seed holds out the extreme episode")
+
+
+def test_a_clients_statistics_are_those_of_its_own_episodes(extreme: DatasetRef) -> None:
+    own = extreme.model_copy(update={"episodes": [0, 1]})
+    data = task.open_dataset(own, chunk_size=4, owner="client-0")
+
+    frames = _frames(extreme, [0, 1])
+    for key in KEYS:
+        stats = data.stats[key]
+        assert stats["count"].tolist() == [2 * FRAMES]
+        np.testing.assert_allclose(stats["mean"], frames[key].mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(stats["std"], frames[key].std(axis=0), rtol=1e-5)
+        np.testing.assert_allclose(stats["max"], frames[key].max(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(stats["min"], frames[key].min(axis=0), rtol=1e-6)
+        assert float(stats["q99"].max()) < 3.0
+    # The dataset's own meta/stats.json covers all four episodes, the extreme one included.
+    whole = data.dataset.dataset.meta.stats["observation.state"]
+    assert whole["count"].tolist() == [EPISODES * FRAMES] and whole["max"].max() > EXTREME / 2
+
+
+def test_held_out_frames_never_reach_the_clients_or_the_merged_statistics(
+    extreme: DatasetRef,
+) -> None:
+    config = _plan_holding_out_the_extreme_episode(extreme)
+    plan = plan_data(config)
+    clients = [task.open_dataset(ref, chunk_size=4, owner="c") for ref in plan.clients]
+
+    for ref, data in zip(plan.clients, clients, strict=True):
+        assert ref.episodes is not None and EXTREME_EPISODE not in ref.episodes
+        assert data.stats["action"]["count"].tolist() == [len(ref.episodes) * FRAMES]
+        assert float(data.stats["action"]["max"].max()) < 5.0
+    merged = task.merge_stats([c.stats for c in clients])
+    trained = _frames(extreme, [e for e in range(EPISODES) if e != EXTREME_EPISODE])
+    for key in KEYS:
+        assert merged[key]["count"].tolist() == [(EPISODES - 1) * FRAMES]
+        np.testing.assert_allclose(merged[key]["mean"], trained[key].mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(merged[key]["std"], trained[key].std(axis=0), rtol=1e-5)
+        assert float(merged[key]["max"].max()) < 5.0
+
+
+def test_evaluation_data_is_opened_without_statistics(extreme: DatasetRef) -> None:
+    held = extreme.model_copy(update={"episodes": [EXTREME_EPISODE]})
+    assert task.open_dataset(held, chunk_size=4, owner="server", with_stats=False).stats == {}
