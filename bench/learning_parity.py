@@ -16,7 +16,7 @@ Writes bench/results/learning_parity.{json,md,png}.
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from app.core.experiment_config import DatasetRef, FederationConfig, Partition
 from worker.data.partition import plan_data
 from worker.data.synthetic import SyntheticSpec, generate_dataset
 from worker.federation.reporter import CheckpointReport, RoundReport
+from worker.federation.schedule import LearningRateSchedule
 
 TARGET_FEDAVG_IID_RATIO = 1.10
 COMMAND = ".venv/bin/python bench/learning_parity.py"
@@ -59,9 +60,16 @@ QUICK = Sizes(
 )
 
 
-FULL_RUNS = [("fedavg", "iid"), ("fedavg", "task"), ("fedprox", "iid"), ("fedprox", "task")]
-QUICK_RUNS = [("fedavg", "iid"), ("fedprox", "task")]
-"""--quick covers both strategies and both partitions in two federations instead of four."""
+FULL_RUNS = [
+    ("fedavg", "iid", "cosine"),
+    ("fedavg", "task", "cosine"),
+    ("fedprox", "iid", "cosine"),
+    ("fedprox", "task", "cosine"),
+    ("fedavg", "iid", "constant"),
+]
+QUICK_RUNS = [("fedavg", "iid", "cosine"), ("fedprox", "task", "cosine")]
+"""--quick covers both strategies and both partitions in two federations instead of four. The
+full run adds FedAvg IID with a constant learning rate: the effect of the schedule."""
 
 
 @dataclass
@@ -98,6 +106,7 @@ def federation_config(
     strategy: str,
     scheme: str,
     transport_dtype: str = "float32",
+    lr_schedule: str = "cosine",
 ) -> FederationConfig:
     return FederationConfig(
         policy="tiny",
@@ -108,6 +117,7 @@ def federation_config(
         local_steps=sizes.local_steps,
         batch_size=sizes.batch_size,
         learning_rate=sizes.learning_rate,
+        lr_schedule=lr_schedule,  # type: ignore[arg-type]
         eval_every=1,
         eval_batches=sizes.eval_batches,
         checkpoint_every=0,
@@ -148,8 +158,11 @@ def run_federated(config: FederationConfig, work: Path, data_dir: Path) -> dict[
 def run_centralized(config: FederationConfig, data_dir: Path) -> dict[str, Any]:
     """The same policy, seed, holdout and evaluation; the clients' episodes pooled.
 
-    Point r of the curve is a fresh run of clients x local_steps x r gradient steps.
+    Point r of the curve is a fresh run of clients x local_steps x r gradient steps, on the same
+    schedule as one training of all the points' steps (the federation's, stretched to the pooled
+    steps).
     """
+
     import torch
 
     from worker.federation import task
@@ -171,6 +184,9 @@ def run_centralized(config: FederationConfig, data_dir: Path) -> dict[str, Any]:
     )
     source = resolve_policy_source("tiny")
     steps_per_round = config.num_clients * config.local_steps
+    schedule = replace(
+        LearningRateSchedule.of(config), total_steps=steps_per_round * config.num_rounds
+    )
     started = time.perf_counter()
     curve: list[float] = []
     for rounds in range(config.num_rounds + 1):
@@ -188,7 +204,7 @@ def run_centralized(config: FederationConfig, data_dir: Path) -> dict[str, Any]:
                 train_data,
                 steps=steps_per_round * rounds,
                 batch_size=config.batch_size,
-                learning_rate=config.learning_rate,
+                learning_rate=schedule,
                 seed=config.seed,
             )
         loss, _ = task.evaluate(
@@ -245,10 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         dataset = make_dataset(work, sizes)
         base = federation_config(dataset, sizes, strategy="fedavg", scheme="iid")
         runs["centralized"] = run_centralized(base, data_dir)
-        for strategy, scheme in QUICK_RUNS if args.quick else FULL_RUNS:
-            config = federation_config(dataset, sizes, strategy=strategy, scheme=scheme)
-            runs[f"{strategy}-{scheme}"] = run_federated(config, work, data_dir)
-            print(f"{strategy}-{scheme}: {runs[f'{strategy}-{scheme}']['eval_loss']}")
+        for strategy, scheme, lr_schedule in QUICK_RUNS if args.quick else FULL_RUNS:
+            config = federation_config(
+                dataset, sizes, strategy=strategy, scheme=scheme, lr_schedule=lr_schedule
+            )
+            label = f"{strategy}-{scheme}" + (
+                "" if lr_schedule == "cosine" else f"-{lr_schedule}-lr"
+            )
+            runs[label] = run_federated(config, work, data_dir)
+            print(f"{label}: {runs[label]['eval_loss']}")
     central_final = runs["centralized"]["eval_loss"][-1]
     rows = []
     for label, run in runs.items():

@@ -90,7 +90,25 @@ class FederationSettings(BaseModel):
     min_clients: int = Field(2, ge=1, le=10_000)
     local_steps: int = Field(10, ge=1, le=10_000_000)
     batch_size: int = Field(8, ge=1, le=65_536)
-    learning_rate: float = Field(1e-4, gt=0.0, le=1e3)
+    learning_rate: float = Field(
+        1e-4, gt=0.0, le=1e3, description="The clients' peak learning rate (AdamW)."
+    )
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine",
+        description="cosine: lerobot's SmolVLA preset, a linear warmup then a cosine decay to "
+        "decay_learning_rate, over the federation's global steps (num_rounds x local_steps; "
+        "shortened in proportion when they are fewer than decay_steps); constant: "
+        "learning_rate throughout.",
+    )
+    warmup_steps: int = Field(
+        1000, ge=0, le=10_000_000, description="Cosine schedule: warmup steps (lerobot's preset)."
+    )
+    decay_steps: int = Field(
+        30_000, ge=1, le=100_000_000, description="Cosine schedule: decay steps (lerobot's preset)."
+    )
+    decay_learning_rate: float = Field(
+        2.5e-6, gt=0.0, le=1e3, description="Cosine schedule: the final learning rate."
+    )
     seed: int = Field(0, ge=0, le=MAX_INT32)
     eval_every: int = Field(
         1, ge=0, le=10_000, description="Server evaluation cadence in rounds; 0: never."

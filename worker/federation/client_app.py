@@ -31,6 +31,7 @@ from worker.federation.protocol import (
     read_train_message,
     train_reply,
 )
+from worker.federation.schedule import LearningRateSchedule
 from worker.federation.transport import (
     decode_arrays,
     encode_arrays,
@@ -178,9 +179,10 @@ def train(msg: Message, context: Context) -> Message:
         state.data,
         steps=config.local_steps,
         batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
+        learning_rate=LearningRateSchedule.of(config),
         seed=task.round_seed(config.seed, order.server_round, state.label),
         proximal_mu=order.proximal_mu,
+        first_step=LearningRateSchedule.first_step(order.server_round, config.local_steps),
     )
     arrays = encode_arrays(task.trainable_arrays(state.bundle), config.transport_dtype)
     if ray_carries_messages():

@@ -21,6 +21,7 @@ from app.core.experiment_config import DatasetRef
 from worker.data.features import ACTION_KEY, STATE_KEY, DatasetError, describe
 from worker.data.loader import Feed, frames_to_float, loader_workers
 from worker.data.stats import Stats, frame_stats
+from worker.federation.schedule import LearningRateSchedule
 from worker.policy.loading import PolicySource, build_policy, trainable_state
 from worker.policy.speed import flow_loss, hold_frozen_in_bf16
 
@@ -250,6 +251,8 @@ class TrainResult:
     seconds: float
     skipped_frames: int
     losses: list[float] = field(default_factory=list)
+    learning_rate: float = 0.0
+    """The learning rate of the last step."""
 
 
 def _autocast(device: str) -> Any:
@@ -264,15 +267,23 @@ def train(
     *,
     steps: int,
     batch_size: int,
-    learning_rate: float,
+    learning_rate: float | LearningRateSchedule,
     seed: int,
     proximal_mu: float = 0.0,
+    first_step: int = 0,
 ) -> TrainResult:
     """Local training: `steps` gradient steps; FedProx's proximal term when mu > 0.
 
-    Batches come from the client's feed, which lasts across rounds; the noise the flow-matching
-    loss draws is seeded by `seed`. Nothing reads the GPU back until the last step.
+    The learning rate is constant, or follows the federation's schedule from global step
+    `first_step` (worker.federation.schedule). Batches come from the client's feed, which lasts
+    across rounds; the noise the flow-matching loss draws is seeded by `seed`. Nothing reads the
+    GPU back until the last step.
     """
+    schedule = (
+        learning_rate
+        if isinstance(learning_rate, LearningRateSchedule)
+        else LearningRateSchedule.constant(learning_rate)
+    )
     policy = bundle.policy
     started = time.perf_counter()
     skipped_before = data.dataset.skipped
@@ -280,7 +291,7 @@ def train(
     anchor = [p.detach().clone() for p in trainable] if proximal_mu > 0 else []
     optimizer = torch.optim.AdamW(
         trainable,
-        lr=learning_rate,
+        lr=schedule.at(first_step),
         betas=policy.config.optimizer_betas,
         eps=policy.config.optimizer_eps,
         weight_decay=policy.config.optimizer_weight_decay,
@@ -292,7 +303,9 @@ def train(
     samples = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for _ in range(steps):
+        for step in range(first_step, first_step + steps):
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.at(step)
             batch = frames_to_float(bundle.preprocessor(feed.next()), data.camera_keys)
             with _autocast(bundle.device):
                 loss = flow_loss(policy, batch)
@@ -315,6 +328,7 @@ def train(
         seconds=time.perf_counter() - started,
         skipped_frames=data.dataset.skipped - skipped_before,
         losses=losses,
+        learning_rate=float(optimizer.param_groups[0]["lr"]),
     )
 
 
