@@ -49,12 +49,17 @@ def extreme(tmp_path_factory: pytest.TempPathFactory) -> DatasetRef:
 
 def _frames(ref: DatasetRef, episodes: list[int]) -> dict[str, np.ndarray]:
     """The dataset's frames of these episodes, read from its parquet files directly."""
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     assert ref.root is not None
-    table = pd.concat(pd.read_parquet(p) for p in sorted(Path(ref.root, "data").rglob("*.parquet")))
-    rows = table[table["episode_index"].isin(episodes)]
-    return {key: np.stack(rows[key].to_numpy()).astype(np.float64) for key in KEYS}
+    files = sorted(Path(ref.root, "data").rglob("*.parquet"))
+    table = pa.concat_tables(pq.read_table(p) for p in files)
+    rows = table.filter(
+        pc.is_in(table["episode_index"], pa.array(episodes, table["episode_index"].type))
+    )
+    return {key: np.array(rows[key].to_pylist(), dtype=np.float64) for key in KEYS}
 
 
 def _plan_holding_out_the_extreme_episode(ref: DatasetRef) -> FederationConfig:
