@@ -3,8 +3,13 @@
 A SuperLink admits every approved site; a run must train only on the sites of its experiment.
 Node ids are fixed when a site's key is registered (before the run starts), so the set is
 computed once, from the SuperLink's node list matched to the sites' public keys.
+
+It also looks for replies every REPLY_PULL_INTERVAL_S, where Flower's grid sleeps 3 s between
+looks (on average 1.5 s added to every round), and pulls their arrays with a shorter backoff
+(worker.federation.transport.pull_objects_sooner).
 """
 
+import time
 from collections.abc import Iterable
 
 from flwr.app import Message, RecordDict
@@ -17,6 +22,9 @@ from app.core.db import make_engine
 from app.core.public_keys import InvalidPublicKey, normalise_public_key
 from app.models import Site
 from worker.deployment.node_registry import live_nodes_by_key
+from worker.federation.transport import pull_objects_sooner
+
+REPLY_PULL_INTERVAL_S = 0.05
 
 
 def experiment_node_ids(settings: Settings, site_ids: list[int]) -> set[int]:
@@ -39,8 +47,11 @@ class ExperimentGrid(Grid):
     """Delegates to Flower's grid; ``get_node_ids`` answers only the allowed nodes."""
 
     def __init__(self, grid: Grid, allowed: set[int]) -> None:
+        from flwr.superlink.grid import http_grid
+
         self.grid = grid
         self.allowed = allowed
+        pull_objects_sooner(http_grid)  # this ServerApp process's grid pulls replies sooner
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)
@@ -71,4 +82,14 @@ class ExperimentGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
+        """Flower's send_and_receive, looking for the replies every REPLY_PULL_INTERVAL_S."""
+        waiting = set(self.grid.push_messages(messages))
+        deadline = time.monotonic() + (timeout or 0.0)
+        replies: list[Message] = []
+        while waiting and (timeout is None or time.monotonic() < deadline):
+            arrived = list(self.grid.pull_messages(waiting))
+            replies.extend(arrived)
+            waiting -= {reply.metadata.reply_to_message_id for reply in arrived}
+            if waiting:
+                time.sleep(REPLY_PULL_INTERVAL_S)
+        return replies
