@@ -46,8 +46,16 @@ CLIENT_APP = "worker.federation.client_app:app"
 """The one ClientApp a site runs."""
 POLL_S = 0.1
 """How often the trainer asks the SuperNode for a task (Flower's SuperExec: 1 s)."""
-PULL_BACKOFF_S = 0.02
-"""How often the trainer looks again for a message's arrays the SuperNode is still receiving."""
+PULL_BACKOFF_S = (0.05, 0.25)
+"""First and longest wait before the trainer looks again for a message's arrays that the
+SuperNode is still receiving (looking more often slows the SuperNode's own download)."""
+OBJECT_TRANSFERS = 8
+"""Arrays a SuperNode pulls or pushes at once (Flower's default: 2). A message travels as one
+object per array, each its own request."""
+CONCURRENT_OBJECT_TRANSFERS = (
+    "FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS",
+    "FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PUSHES",
+)
 NODE_POLL_S = 0.2
 """How often the SuperNode asks the SuperLink for a message when idle (Flower's: 3 s)."""
 MODULE = "worker.deployment.site_node"
@@ -236,7 +244,7 @@ class SiteTrainer:
 
 def _pull_task_input(client: Any) -> tuple[int, Any, Any, Any]:
     """The task's id, message, context and FAB: flwr-clientapp's pull_task_input, but looking
-    again for the message's objects every PULL_BACKOFF_S. The SuperNode offers the task as soon
+    again for the message's objects sooner (PULL_BACKOFF_S). The SuperNode offers the task as soon
     as it has the message's head, still downloading its arrays from the SuperLink; Flower's
     backoff (1 s, doubling) was harmless behind a 20 s interpreter start, not before a warm
     trainer: it added seconds to every round."""
@@ -269,8 +277,8 @@ def _pull_task_input(client: Any) -> tuple[int, Any, Any, Any]:
         ),
         return_type=Message,
         max_tries_per_object=None,
-        initial_backoff=PULL_BACKOFF_S,
-        backoff_cap=PULL_BACKOFF_S,
+        initial_backoff=PULL_BACKOFF_S[0],
+        backoff_cap=PULL_BACKOFF_S[1],
     )
     message.metadata.__dict__["_message_id"] = tree.object_id  # as flwr-clientapp sets it
     return int(task.task_id), message, context, fab_from_proto(task.fab)
@@ -327,15 +335,18 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == [SUPERNODE_FLAG]:
+        return run_supernode(args[1:])
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == [SUPERNODE_FLAG]:
-        return run_supernode(args[1:])
+    logging.getLogger("flwr").propagate = False  # Flower prints its own (a line per call here)
     if "--isolation" not in args:
         args += ["--isolation", "process"]
+    for name in CONCURRENT_OBJECT_TRANSFERS:  # read by Flower at import: set before both start
+        os.environ.setdefault(name, str(OBJECT_TRANSFERS))
     supernode = subprocess.Popen([sys.executable, "-m", MODULE, SUPERNODE_FLAG, *args])
     stop: list[int] = []
 
