@@ -1,24 +1,27 @@
-"""A two-site, two-round deployment run on this machine's loopback, timed.
+"""A deployment round against a simulation round of the same work, and a site's fixed cost.
 
-Our SuperLink (TLS, SuperNode authentication), two flower-supernode processes started as their
-startup kits say, each with its own key pair and synthetic dataset, the tiny policy. Timed from
-the start of the run's federation process (``python -m worker.run_child``, as a worker starts it)
-to: the federation started on the SuperLink, each round in the database, the process's end.
-Results go to bench/results/deployment_run.json.
+Our SuperLink (TLS, SuperNode authentication) and two site nodes started as their startup kits
+start them (worker.deployment.site_node: flower-supernode with the warm site trainer), each with
+its own key pair and synthetic dataset, the tiny policy; then a simulation run of the same
+experiment on the same two datasets, in the same benchmark. Both runs go through
+``python -m worker.run_child``, as a worker starts them. Compared: the rounds' wall time as the
+engine reports it (RoundMetric.duration_s, the same ServerApp code in both modes), median of the
+rounds after the first (the first builds each client's feed in both modes). At the sites: each
+train task's cost outside training, from the site node's log (``site task`` lines): in the
+trainer (hand-over, weights in and out) and in all (with the Runtime API transfers between the
+SuperNode and the trainer). Results: bench/results/deployment_run.{json,md}.
 
-    .venv/bin/python bench/deployment_run.py [--rounds 2] [--local-steps 2]
+    .venv/bin/python bench/deployment_run.py [--rounds 5] [--local-steps 4] [--quick]
 """
 
-import argparse
-import json
 import os
-import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,10 +36,12 @@ from app.models import RoundMetric, Run, RunEvent, SiteStatus  # noqa: E402
 from app.schemas.experiments import ExperimentCreate  # noqa: E402
 from app.schemas.sites import SiteCreate  # noqa: E402
 from app.services import experiments, runs, sites  # noqa: E402
+from bench.common import Recorder, bench_parser, load_average, markdown_table  # noqa: E402
 from worker.data.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
 from worker.deployment.keys import generate_node_keys  # noqa: E402
 from worker.deployment.local_nodes import free_port, start_superlink, start_supernode  # noqa: E402
 from worker.deployment.node_registry import sync_registrations  # noqa: E402
+from worker.deployment.site_node import read_task_records  # noqa: E402
 from worker.deployment.superlink import list_nodes, tls_files  # noqa: E402
 from worker.policy.tiny import tiny_vlm_dir  # noqa: E402
 from worker.supervisor import child_env  # noqa: E402
@@ -48,13 +53,26 @@ FEATURES = {
     "camera_resolutions": {"observation.images.front": [24, 32, 3]},
     "fps": 30,
 }
+ROUND_RATIO_TARGET = 1.2
+SITE_FIXED_TARGET_S = 1.0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--local-steps", type=int, default=2)
+    parser = bench_parser(__doc__ or "")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--local-steps", type=int, default=4)
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.local_steps = 2, 1
+    command = "HF_HUB_OFFLINE=1 .venv/bin/python bench/deployment_run.py" + (
+        " --quick" if args.quick else f" --rounds {args.rounds} --local-steps {args.local_steps}"
+    )
+    recorder = Recorder(
+        "deployment_run",
+        "A deployment round (two local site nodes, warm site trainers) against a simulation "
+        "round of the same work, and the per-round fixed cost at a site (tiny policy).",
+        command,
+    )
 
     root = Path(tempfile.mkdtemp(prefix="fedvla-deploy-bench-"))
     database = f"sqlite:///{root / 'fedvla.db'}"
@@ -72,15 +90,26 @@ def main() -> int:
     superlink = start_superlink(settings)
     nodes: list[subprocess.Popen[bytes]] = []
     engine = make_engine(database)
+    common = {
+        "policy": "tiny",
+        "min_clients": 2,
+        "num_rounds": args.rounds,
+        "local_steps": args.local_steps,
+        "batch_size": 2,
+        "eval_every": 0,
+        "device": "cpu",
+        "seed": 7,
+    }
     try:
         with Session(engine) as session:
-            site_ids = []
+            site_ids, datasets = [], []
             for i in (1, 2):
                 name = f"site-{i}"
                 dataset = generate_dataset(
                     root / "datasets" / name,
                     SyntheticSpec(episodes=3, frames_per_episode=8, seed=i),
                 )
+                datasets.append(dataset)
                 keys = generate_node_keys(root / name / "keys")
                 body = {
                     "name": name,
@@ -107,76 +136,34 @@ def main() -> int:
                     )
                 )
             sync_registrations(session, settings)
+            deadline = time.monotonic() + 600
             while sum(n.online for n in list_nodes(settings)) < 2:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the site nodes never came online")
                 time.sleep(0.5)
-            experiment = experiments.create_experiment(
-                session=session,
-                data=ExperimentCreate.model_validate(
-                    {
-                        "name": "bench-deployment",
-                        "policy": "tiny",
-                        "mode": "deployment",
-                        "site_ids": site_ids,
-                        "min_clients": 2,
-                        "num_rounds": args.rounds,
-                        "local_steps": args.local_steps,
-                        "batch_size": 2,
-                        "eval_every": 0,
-                        "device": "cpu",
-                    }
-                ),
+            deployment = _create_run(
+                session,
+                {**common, "name": "bench-deployment", "mode": "deployment", "site_ids": site_ids},
             )
-            config = runs.freeze_config(session, experiment)
-            assert experiment.id is not None
-            run = Run(experiment_id=experiment.id, config=config.model_dump(mode="json"))
-            session.add(run)
-            session.commit()
-            run_id = run.id
-
-        started = time.monotonic()
-        child = subprocess.Popen(
-            [sys.executable, "-m", "worker.run_child", str(run_id)], env=child_env(settings)
-        )
-        marks: dict[str, float] = {}
-        with Session(engine) as session:
-            while child.poll() is None:
-                now = time.monotonic() - started
-                events = session.exec(
-                    select(RunEvent.message).where(RunEvent.run_id == run_id)
-                ).all()
-                if "federation_started" not in marks and any(
-                    "federation started" in e for e in events
-                ):
-                    marks["federation_started"] = now
-                rounds = session.exec(
-                    select(RoundMetric.round).where(RoundMetric.run_id == run_id)
-                ).all()
-                for r in rounds:
-                    marks.setdefault(f"round_{r}", now)
-                session.expire_all()
-                time.sleep(0.25)
-        marks["finished"] = time.monotonic() - started
-        with Session(engine) as session:
-            done = session.exec(
-                select(RoundMetric.round)
-                .where(RoundMetric.run_id == run_id)
-                .order_by(col(RoundMetric.round))
-            ).all()
-        result = {
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} ({os.cpu_count()} CPUs, no GPU used)",
-            "sites": 2,
-            "rounds": args.rounds,
-            "local_steps": args.local_steps,
-            "policy": "tiny",
-            "exit_code": child.returncode,
-            "rounds_in_database": list(done),
-            "seconds_from_process_start": {k: round(v, 1) for k, v in marks.items()},
+            simulation = _create_run(
+                session,
+                {
+                    **common,
+                    "name": "bench-simulation",
+                    "client_datasets": [
+                        {"repo_id": f"local/{d.name}", "root": str(d)} for d in datasets
+                    ],
+                },
+            )
+        loads = [load_average()]
+        outcome = {"deployment": _run(settings, engine, deployment)}
+        loads.append(load_average())
+        outcome["simulation"] = _run(settings, engine, simulation)
+        loads.append(load_average())
+        site_tasks = {
+            f"site-{i}": read_task_records((root / f"site-{i}" / "supernode.log").read_text())
+            for i in (1, 2)
         }
-        out = ROOT / "bench" / "results" / "deployment_run.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result, indent=2))
-        return 0 if child.returncode == 0 else 1
     finally:
         for node in nodes:
             if node.poll() is None:
@@ -184,6 +171,125 @@ def main() -> int:
                 node.wait(30)
         superlink.stop()
         engine.dispose()
+
+    results = summarise(outcome, site_tasks, args.rounds, args.local_steps)
+    results["load_average_between_runs"] = loads
+    recorder.write(results, table(results), out_dir=args.out_dir)
+    ok = all(o["exit_code"] == 0 for o in outcome.values())
+    return 0 if ok else 1
+
+
+def _create_run(session: Session, body: dict[str, Any]) -> int:
+    experiment = experiments.create_experiment(
+        session=session, data=ExperimentCreate.model_validate(body)
+    )
+    config = runs.freeze_config(session, experiment)
+    assert experiment.id is not None
+    run = Run(experiment_id=experiment.id, config=config.model_dump(mode="json"))
+    session.add(run)
+    session.commit()
+    assert run.id is not None
+    return run.id
+
+
+def _run(settings: Settings, engine: Any, run_id: int) -> dict[str, Any]:
+    """The run's federation process, as a worker starts it; its rounds' durations."""
+    started = time.monotonic()
+    child = subprocess.run(
+        [sys.executable, "-m", "worker.run_child", str(run_id)],
+        env=child_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    seconds = time.monotonic() - started
+    with Session(engine) as session:
+        rounds = session.exec(
+            select(RoundMetric).where(RoundMetric.run_id == run_id).order_by(col(RoundMetric.round))
+        ).all()
+        events = session.exec(select(RunEvent.message).where(RunEvent.run_id == run_id)).all()
+    if child.returncode != 0:
+        print(child.stderr[-3000:], "\n".join(events), file=sys.stderr)
+    return {
+        "exit_code": child.returncode,
+        "process_seconds": round(seconds, 2),
+        "round_seconds": {r.round: round(r.duration_s, 3) for r in rounds if r.round > 0},
+    }
+
+
+def summarise(
+    outcome: dict[str, dict[str, Any]],
+    site_tasks: dict[str, list[dict[str, Any]]],
+    rounds: int,
+    local_steps: int,
+) -> dict[str, Any]:
+    def later_rounds(mode: str) -> list[float]:
+        seconds = outcome[mode]["round_seconds"]
+        return [v for r, v in seconds.items() if r > 1] or list(seconds.values())
+
+    deployment_round = statistics.median(later_rounds("deployment"))
+    simulation_round = statistics.median(later_rounds("simulation"))
+    ratio = deployment_round / simulation_round
+    per_site = {}
+    for name, records in site_tasks.items():
+        trains = [t for t in records if t["message_type"] == "train"]
+        later = trains[1:] or trains
+        per_site[name] = {
+            "tasks": len(records),
+            "all_ok": all(t["ok"] for t in records),
+            "policies_built": max((t["policies_built"] for t in records), default=0),
+            "trainer_processes": len({t["trainer_pid"] for t in records}),
+            "train_seconds": [t["train_seconds"] for t in trains],
+            "fixed_in_trainer_s": [round(t["app_seconds"] - t["train_seconds"], 3) for t in later],
+            "fixed_at_site_s": [round(t["seconds"] - t["train_seconds"], 3) for t in later],
+            "runtime_api_pull_s": [t["pull_seconds"] for t in later],
+            "runtime_api_push_s": [t["push_seconds"] for t in later],
+        }
+    fixed_at_site = statistics.median(v for s in per_site.values() for v in s["fixed_at_site_s"])
+    fixed_in_trainer = statistics.median(
+        v for s in per_site.values() for v in s["fixed_in_trainer_s"]
+    )
+    return {
+        "sites": 2,
+        "rounds": rounds,
+        "local_steps": local_steps,
+        "policy": "tiny",
+        "runs": outcome,
+        "deployment_round_median_s": round(deployment_round, 3),
+        "simulation_round_median_s": round(simulation_round, 3),
+        "round_ratio": round(ratio, 3),
+        "round_ratio_target": ROUND_RATIO_TARGET,
+        "round_ratio_met": ratio <= ROUND_RATIO_TARGET,
+        "site_fixed_median_s": round(fixed_at_site, 3),
+        "site_fixed_in_trainer_median_s": round(fixed_in_trainer, 3),
+        "site_fixed_target_s": SITE_FIXED_TARGET_S,
+        "site_fixed_met": fixed_at_site < SITE_FIXED_TARGET_S,
+        "sites_detail": per_site,
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        [
+            "round, median of rounds 2+ (s)",
+            results["deployment_round_median_s"],
+            results["simulation_round_median_s"],
+            f"{results['round_ratio']}x (target <= {ROUND_RATIO_TARGET}x)",
+            results["round_ratio_met"],
+        ],
+        [
+            "per-round fixed cost at a site (s)",
+            results["site_fixed_median_s"],
+            "-",
+            f"in the trainer {results['site_fixed_in_trainer_median_s']} s "
+            f"(target < {SITE_FIXED_TARGET_S} s)",
+            results["site_fixed_met"],
+        ],
+    ]
+    built = {n: s["policies_built"] for n, s in results["sites_detail"].items()}
+    return markdown_table(["", "deployment", "simulation", "measure", "target"], rows) + (
+        f"\nPolicies built per site over {results['rounds']} rounds: {built}.\n"
+    )
 
 
 if __name__ == "__main__":

@@ -221,6 +221,38 @@ def fast_start_rows() -> list[Row]:
     ]
 
 
+def deployment_rows() -> list[Row]:
+    result = _load("deployment_run")
+    if result is None or "round_ratio" not in result:
+        return []
+    command = f"`{result['command']}`"
+    built = ", ".join(f"{n}: {s['policies_built']}" for n, s in result["sites_detail"].items())
+    return [
+        [
+            f"4. Deployment round vs simulation round, tiny policy, 2 sites, "
+            f"{result['local_steps']} steps, median of rounds 2-{result['rounds']}",
+            f"deployment {result['deployment_round_median_s']} s, simulation "
+            f"{result['simulation_round_median_s']} s: {result['round_ratio']}x",
+            f"≤ {result['round_ratio_target']:g}x",
+            _verdict(result["round_ratio_met"]),
+            _day(result),
+            _load_note(result),
+            command,
+        ],
+        [
+            "4. Per-round fixed cost at a site (warm site trainer), tiny policy",
+            f"{result['site_fixed_median_s']} s outside training per train task "
+            f"({result['site_fixed_in_trainer_median_s']} s of it in the trainer); "
+            f"policies built: {built}",
+            f"< {result['site_fixed_target_s']:g} s",
+            _verdict(result["site_fixed_met"]),
+            _day(result),
+            _load_note(result),
+            command,
+        ],
+    ]
+
+
 def orchestration_rows() -> list[Row]:
     result = _load("orchestration")
     if result is None:
@@ -388,6 +420,7 @@ SECTIONS: list[Callable[[], list[Row]]] = [
     overhead_rows,
     dispatch_rows,
     fast_start_rows,
+    deployment_rows,
     orchestration_rows,
     learning_rows,
     gpu_rows,

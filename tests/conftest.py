@@ -116,3 +116,16 @@ def app(settings: Settings) -> Iterator[FastAPI]:
 def session(app: FastAPI) -> Iterator[Session]:
     with Session(app.state.engine) as db_session:
         yield db_session
+
+
+@pytest.fixture
+def task_identity() -> Iterator[None]:
+    """Messages take their run id from the process's task identity, set by Flower's runtime."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    names = ("_task_id", "_run_id", "_node_id")
+    saved = [getattr(TaskIdentity, name) for name in names]
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    for name, value in zip(names, saved, strict=True):
+        setattr(TaskIdentity, name, value)

@@ -30,6 +30,7 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("worker.deployment.experiment_grid", "orchestration"),
     ("worker.deployment.federation", "orchestration"),
     ("worker.deployment.local_nodes", "orchestration"),
+    ("worker.deployment.site_node", "orchestration"),  # a site's warm trainer process
     ("worker.deployment", "sites"),
     ("worker.federation", "engine"),
     ("worker.data", "engine"),

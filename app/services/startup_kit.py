@@ -3,7 +3,8 @@
 The kit is a zip of: README.md, ca.crt (the SuperLink's CA, to verify its TLS certificate),
 kit.json (the SuperLink address, the site's declaration, the embodiment of each experiment it
 is in: what ``fedvla site check`` compares the local dataset with), supernode.sh (the exact
-flower-supernode command line with the site's node config), docker-compose.yml and
+command line of the site's node, flower-supernode and fedvla's warm site trainer
+(worker.deployment.site_node), with the site's node config), docker-compose.yml and
 kubernetes.yaml (the same command as a service). It holds no private key: the site generates
 its key pair with ``fedvla site keygen`` and only the public key ever reaches the server.
 """
@@ -34,6 +35,9 @@ CONTAINER_DATASET = "/dataset"
 CONTAINER_KEY = "/keys/" + PRIVATE_KEY_FILE
 CONTAINER_WORK = "/data"
 IMAGE = "fedvla-worker:latest"
+SITE_NODE_MODULE = "worker.deployment.site_node"
+SITE_NODE_COMMAND = ["python", "-m", SITE_NODE_MODULE]
+"""The site's node: flower-supernode (process isolation) with the warm site trainer."""
 
 
 def dataset_node_config(dataset: str) -> dict[str, str]:
@@ -69,7 +73,7 @@ def supernode_args(
     work_dir: str = "var",
     camera_map: dict[str, str] | None = None,
 ) -> list[str]:
-    """flower-supernode's arguments for this site (the program name not included)."""
+    """flower-supernode's arguments for this site (SITE_NODE_COMMAND passes them on)."""
     return [
         "--superlink",
         settings.superlink_address,
@@ -156,7 +160,7 @@ def _shell_script(settings: Settings, site: Site, camera_map: dict[str, str]) ->
 # 'fedvla site keygen keys' and 'fedvla site check' (see README.md).
 set -eu
 cd "$(dirname "$0")"
-exec flower-supernode \\
+exec {" ".join(SITE_NODE_COMMAND)} \\
   {args}
 """
 
@@ -184,7 +188,7 @@ def _compose(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
         f"    image: {IMAGE}",
         "    restart: unless-stopped",
         "    command:",
-        "      - flower-supernode",
+        *[f"      - {part}" for part in SITE_NODE_COMMAND],
         *[f"      - {json.dumps(arg)}" for arg in args],
         "    environment:",
         '      HF_HUB_OFFLINE: "1"',
@@ -259,7 +263,7 @@ spec:
       containers:
         - name: supernode
           image: {IMAGE}
-          command: ["flower-supernode"]
+          command: {json.dumps(SITE_NODE_COMMAND)}
           args:
 {arg_yaml}
           env:
@@ -289,7 +293,9 @@ Your node is admitted only with the key pair whose public key the coordinator ap
    It prints what it found (dims, joints, cameras, fps, episodes) and each mismatch with its fix;
    it exits non-zero if the dataset cannot train in the experiment.
 4. Start the node, one of:
-   - `sh supernode.sh` (the exact flower-supernode command line, node config included);
+   - `sh supernode.sh` (the exact command line of the node, node config included: Flower's
+     SuperNode and fedvla's site trainer, which keeps the policy and dataset loaded between
+     rounds);
    - `docker compose up -d` (docker-compose.yml; set the dataset volume to your folder);
    - `kubectl apply -f kubernetes.yaml` after creating the key Secret (see its header).
 5. The dashboard shows your node online within a minute. Training starts when the

@@ -76,3 +76,25 @@ def test_fast_start_quick_times_both_paths_from_the_api(run_bench):  # type: ign
     warm_ready = [m for _, _, m in by_mode["warm"]["samples"][0]["events"] if "ready on" in m]
     assert "forked from warm process" in warm_ready[0]
     assert "launch to round 1" in table
+
+
+@pytest.mark.slow
+def test_deployment_run_quick_compares_rounds_and_reads_the_sites(run_bench):  # type: ignore[no-untyped-def]
+    result, table = run_bench("deployment_run", "--quick")
+
+    assert {mode: run["exit_code"] for mode, run in result["runs"].items()} == {
+        "deployment": 0,
+        "simulation": 0,
+    }
+    for run in result["runs"].values():
+        assert sorted(run["round_seconds"]) == ["1", "2"]  # JSON keys
+    assert result["deployment_round_median_s"] > 0 and result["simulation_round_median_s"] > 0
+    assert isinstance(result["round_ratio_met"], bool) and isinstance(
+        result["site_fixed_met"], bool
+    )
+    for site in result["sites_detail"].values():
+        assert site["all_ok"] and site["tasks"] == 3  # describe, then one train per round
+        assert site["policies_built"] == 1 and site["trainer_processes"] == 1
+        assert 0 <= site["fixed_in_trainer_s"][0] <= site["fixed_at_site_s"][0]
+    assert len(result["load_average_between_runs"]) == 3
+    assert "per-round fixed cost at a site" in table

@@ -115,14 +115,14 @@ def test_startup_kit_has_everything_and_no_private_key(
     assert config["superlink"] == "127.0.0.1:9092"
     assert [e["id"] for e in config["experiments"]] == [world.experiment_id]
     assert config["supernode_args"][:2] == ["--superlink", "127.0.0.1:9092"]
-    assert "flower-supernode" in text["supernode.sh"]
+    assert "exec python -m worker.deployment.site_node" in text["supernode.sh"]
     assert "--auth-supernode-private-key keys/supernode.key" in text["supernode.sh"]
     assert f'site-label="{own.name}"' in text["supernode.sh"]
     assert f'dataset-repo-id="{own.dataset}"' in text["supernode.sh"]
     assert "fedvla site check" in text["README.md"] and "fedvla site keygen" in text["README.md"]
     assert "kind: Deployment" in text["kubernetes.yaml"]
     assert "secretName: fedvla-supernode-key" in text["kubernetes.yaml"]
-    assert "flower-supernode" in text["docker-compose.yml"]
+    assert "worker.deployment.site_node" in text["docker-compose.yml"]
 
 
 def test_startup_kit_only_for_admins_and_the_own_operator_of_an_approved_site(
@@ -294,7 +294,8 @@ def test_site_check_without_a_kit_explains_a_bad_dataset_or_key(tmp_path: Path) 
 def test_kit_files_are_what_their_tools_accept(
     client: TestClient, session: Session, world: World
 ) -> None:
-    """flower-supernode's parser reads the command line; compose and Kubernetes files are valid."""
+    """The site node's command passes flower-supernode's arguments, which its parser reads;
+    compose and Kubernetes files are valid."""
     import shlex
 
     import jsonschema
@@ -309,8 +310,8 @@ def test_kit_files_are_what_their_tools_accept(
     kit = _kit(client, site.id, world.secrets["admin"])
     script = kit.read("fedvla-site/supernode.sh").decode()
     command = shlex.split(script.split("exec ", 1)[1].replace("\\\n", " "))
-    assert command[0] == "flower-supernode"
-    args = _parse_args_run_supernode().parse_args(command[1:])
+    assert command[:3] == ["python", "-m", "worker.deployment.site_node"]
+    args = _parse_args_run_supernode().parse_args(command[3:])
     assert args.superlink == "127.0.0.1:9092"
     assert args.root_certificates == "ca.crt"
     assert parse_config_args([args.node_config]) == {
@@ -323,12 +324,14 @@ def test_kit_files_are_what_their_tools_accept(
     compose = yaml.safe_load(kit.read("fedvla-site/docker-compose.yml"))
     jsonschema.Draft7Validator(_compose_schema()).validate(compose)
     compose_args = compose["services"]["supernode"]["command"]
-    parsed = _parse_args_run_supernode().parse_args(compose_args[1:])
+    assert compose_args[:3] == ["python", "-m", "worker.deployment.site_node"]
+    parsed = _parse_args_run_supernode().parse_args(compose_args[3:])
     assert parse_config_args([parsed.node_config])["dataset-root"] == "/dataset"
 
     config_map, deployment = yaml.safe_load_all(kit.read("fedvla-site/kubernetes.yaml"))
     assert config_map["data"]["ca.crt"] == kit.read("fedvla-site/ca.crt").decode()
     container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "worker.deployment.site_node"]
     parsed = _parse_args_run_supernode().parse_args(container["args"])
     assert parsed.auth_supernode_private_key == "/keys/supernode.key"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}

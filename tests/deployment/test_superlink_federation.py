@@ -1,6 +1,7 @@
 """A real deployment federation on loopback: our SuperLink (TLS, SuperNode authentication), two
-flower-supernode processes with their own synthetic datasets and keys, the tiny policy, two
-rounds reported into the database; an unregistered and a revoked node refused."""
+site nodes (flower-supernode with the warm site trainer) with their own synthetic datasets and
+keys, the tiny policy, two rounds reported into the database and the policy built once per site;
+an unregistered and a revoked node refused."""
 
 import os
 import re
@@ -26,6 +27,7 @@ from tests.factories import deployment_body, make_experiment, site_body
 from worker.deployment import node_registry
 from worker.deployment.keys import NodeKeyFiles, generate_node_keys
 from worker.deployment.local_nodes import free_port, start_superlink, start_supernode
+from worker.deployment.site_node import read_task_records
 from worker.deployment.superlink import SuperLinkProcess, list_nodes, run_status
 from worker.supervisor import child_env
 
@@ -263,6 +265,16 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     assert {1, 2} <= {c.round for c in checkpoints}
     assert all(Path(c.path, "model.safetensors").is_file() for c in checkpoints)
     assert any("Flower run" in message for message in events)
+
+    # Each site's warm trainer built its policy once and served every message in one process:
+    # the describe query and both rounds' training (from the site node's own log).
+    for name in ("lab-a", "lab-b"):
+        tasks = read_task_records((tmp_path / name / "supernode.log").read_text())
+        assert [t["message_type"] for t in tasks] == ["query", "train", "train"], tasks
+        assert all(t["ok"] for t in tasks)
+        assert [t["policies_built"] for t in tasks] == [1, 1, 1]
+        assert len({t["trainer_pid"] for t in tasks}) == 1
+        assert all(t["train_seconds"] > 0 for t in tasks[1:])
 
 
 def _queued_run(deployment: Deployment, dataset: Path, names: list[str]) -> Run:

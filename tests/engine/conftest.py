@@ -1,7 +1,6 @@
 """Shared engine fixtures: the tiny VLM and synthetic datasets, generated once per session."""
 
 import os
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,16 +56,3 @@ def video_dataset(make_dataset) -> DatasetRef:  # type: ignore[no-untyped-def]
     return make_dataset(  # type: ignore[no-any-return]
         "video", use_videos=True, cameras=("front", "wrist"), episodes=3, seed=1
     )
-
-
-@pytest.fixture
-def task_identity() -> Iterator[None]:
-    """Messages take their run id from the process's task identity, set by Flower's runtime."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    names = ("_task_id", "_run_id", "_node_id")
-    saved = [getattr(TaskIdentity, name) for name in names]
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    for name, value in zip(names, saved, strict=True):
-        setattr(TaskIdentity, name, value)

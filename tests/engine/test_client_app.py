@@ -138,6 +138,23 @@ def test_one_process_keeps_every_client_of_the_run_shares_one_policy_and_frees_e
     assert first.bundle.preprocessor is not second.bundle.preprocessor
     assert second.bundle.load_seconds == 0.0 < first.bundle.load_seconds
 
+    # A later run of the same policy (a site's next run): nothing is rebuilt, but the feed starts
+    # over and the processors normalise with the dataset's own statistics until the run's own.
+    first.data.training_feed(2, seed=1, pin=False)
+    task.set_stats(first.bundle, _shifted(first.data.stats))
+    built = client_app.policies_built
     later = client_app.client_state(instructions, context(8, "site-a"))
-    assert len(client_app._cache) == 1
-    assert len(client_app._policies) == 1 and later.bundle.policy is not first.bundle.policy
+    assert later is first and later.run_id == "8"
+    assert later.data.feed is None and later.bundle.stats is later.data.stats
+    assert client_app.policies_built == built and len(client_app._cache) == 2
+
+    # Another policy (here: another seed, other frozen weights) frees the earlier clients.
+    reseeded = _instructions(_config(images_dataset, seed=99), str(data_dir))
+    other = client_app.client_state(reseeded, context(9, "site-a"))
+    assert len(client_app._cache) == 1 and len(client_app._policies) == 1
+    assert other.bundle.policy is not first.bundle.policy
+    assert client_app.policies_built == built + 1
+
+
+def _shifted(stats: task.Stats) -> task.Stats:
+    return {key: {name: value + 1 for name, value in entry.items()} for key, entry in stats.items()}

@@ -4,6 +4,10 @@ A SuperLink admits every approved site; a run must train only on the sites of it
 A site's node id changes when it re-keys (its new key is registered once it is approved
 again), so the allowed set is read again, at most every REFRESH_S, from the SuperLink's node
 list matched to the sites' public keys as the database holds them now.
+
+It also looks for replies every REPLY_PULL_INTERVAL_S, where Flower's grid sleeps 3 s between
+looks (on average 1.5 s added to every round), and pulls their arrays with a shorter backoff
+(worker.federation.transport.pull_objects_sooner).
 """
 
 import time
@@ -20,8 +24,10 @@ from app.core.db import make_engine
 from app.models import Site
 from worker.deployment.node_registry import nodes_of_sites
 from worker.deployment.superlink import SuperLinkError, list_nodes
+from worker.federation.transport import pull_objects_sooner
 
 REFRESH_S = 2.0
+REPLY_PULL_INTERVAL_S = 0.05
 
 
 def experiment_sites(settings: Settings, site_ids: list[int]) -> list[Site]:
@@ -51,6 +57,9 @@ class ExperimentGrid(Grid):
         allowed: Callable[[], dict[int, str]],
         refresh_s: float = REFRESH_S,
     ) -> None:
+        from flwr.superlink.grid import http_grid
+
+        pull_objects_sooner(http_grid)  # this ServerApp process's grid pulls replies sooner
         self.grid = grid
         self.allowed = allowed
         self.refresh_s = refresh_s
@@ -102,4 +111,14 @@ class ExperimentGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
+        """Flower's send_and_receive, looking for the replies every REPLY_PULL_INTERVAL_S."""
+        waiting = set(self.grid.push_messages(messages))
+        deadline = time.monotonic() + (timeout or 0.0)
+        replies: list[Message] = []
+        while waiting and (timeout is None or time.monotonic() < deadline):
+            arrived = list(self.grid.pull_messages(waiting))
+            replies.extend(arrived)
+            waiting -= {reply.metadata.reply_to_message_id for reply in arrived}
+            if waiting:
+                time.sleep(REPLY_PULL_INTERVAL_S)
+        return replies

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from app.core.config import Settings
 from app.models import Site
-from app.services.startup_kit import supernode_args
+from app.services.startup_kit import SITE_NODE_MODULE, supernode_args
 from worker.deployment.superlink import SuperLinkProcess, flwr_env
 
 
@@ -30,7 +30,8 @@ def start_supernode(
     data_dir: Path,
     camera_map: dict[str, str] | None = None,
 ) -> "subprocess.Popen[bytes]":
-    """flower-supernode for ``site`` in ``folder`` (its log: folder/supernode.log)."""
+    """The site's node (worker.deployment.site_node: flower-supernode and the warm site
+    trainer) for ``site`` in ``folder`` (its log: folder/supernode.log)."""
     folder.mkdir(parents=True, exist_ok=True)
     args = supernode_args(
         settings, site, ca=str(ca), key=str(key), work_dir=str(data_dir), camera_map=camera_map
@@ -40,7 +41,9 @@ def start_supernode(
     with (folder / "supernode.log").open("ab") as log:
         return subprocess.Popen(
             [
-                str(Path(sys.executable).parent / "flower-supernode"),
+                sys.executable,
+                "-m",
+                SITE_NODE_MODULE,
                 *args,
                 "--port",
                 str(free_port()),

@@ -7,6 +7,7 @@ for its node_config "partition-id" (simulation) or comes from its node config (d
 """
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,27 +42,35 @@ from worker.federation.transport import (
 from worker.policy.loading import resolve_policy_source
 
 app = ClientApp()
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ClientState:
-    """What a client keeps across rounds within one process (a Ray actor in simulation): its
-    data, feed and processors. The policy in its bundle is the process's one shared policy."""
+    """What a client keeps across rounds within one process (a Ray actor or forked process in
+    simulation, the site trainer in deployment): its data, feed and processors. The policy in its
+    bundle is the process's one shared policy."""
 
     label: str
     data: task.ClientData
     bundle: task.PolicyBundle
+    run_id: str
+    """The Flower run it last served: a new run starts a new feed (its batches then do not
+    depend on what the process trained before)."""
     fresh: bool = True
     """True until the first message has used it: its build time is then reported."""
 
 
 _cache: dict[tuple[str, ...], ClientState] = {}
 _policies: dict[tuple[str, ...], task.PolicyBundle] = {}
-"""One policy per process and run, whichever of its clients a message is for: the frozen VLM is
-the same for all of them, and every train message assigns the weights that train before the
-policy is used, so a process's memory does not grow with its clients."""
+"""One policy per process, whichever of its clients a message is for: the frozen VLM is the same
+for all of them, and every train message assigns the weights that train before the policy is
+used, so a process's memory does not grow with its clients. It outlives the run: a later run of
+the same policy, seed and features (a site's next run) finds it built."""
 MAX_LIVE_FEEDS = 4
 """Clients per process whose loader worker processes stay alive between rounds."""
+policies_built = 0
+"""Policies this process has built (the site trainer logs it with each task)."""
 
 
 def client_dataset(instructions: Instructions, context: Context) -> tuple[str, DatasetRef]:
@@ -76,16 +85,24 @@ def client_dataset(instructions: Instructions, context: Context) -> tuple[str, D
 
 
 def client_state(instructions: Instructions, context: Context) -> ClientState:
-    """This client's policy and dataset: built on the first message, then kept in the process."""
+    """This client's policy and dataset: built on the first message, then kept in the process,
+    across runs too while the policy (source, seed, device) and the dataset stay the same."""
+    global policies_built
     config = instructions.federation
+    run_id = str(context.run_id)
     key = (
-        str(context.run_id),
         json.dumps(context.node_config, sort_keys=True),
         config.model_dump_json(
             include={"policy", "seed", "device", "client_datasets", "partition"}
         ),
     )
     state = _cache.get(key)
+    if state is not None and state.run_id != run_id:
+        # A new run: a new feed, seeded by its own first round, and the dataset's own statistics
+        # until the run sends its federated ones.
+        state.data.close()
+        task.set_stats(state.bundle, state.data.stats)
+        state.run_id = run_id
     if state is None:
         label, ref = client_dataset(instructions, context)
         data_dir = Path(str(context.node_config.get("data-dir", instructions.data_dir)))
@@ -96,13 +113,16 @@ def client_state(instructions: Instructions, context: Context) -> ClientState:
         if CAMERA_MAP_KEY in context.node_config:  # deployment: the kit renames the site's cameras
             cameras = parse_camera_map(str(context.node_config[CAMERA_MAP_KEY]))
             data = apply_camera_map(data, cameras)
-        # A Ray actor serves every client it is handed (more clients than actors is common): it
-        # frees the clients and the policy of earlier runs, and shares one policy among the rest.
-        for stale in [k for k in _cache if k[0] != key[0]]:
-            _cache.pop(stale).data.close()
-        for stale in [k for k in _policies if k[0] != key[0]]:
+        policy_key = (
+            config.model_dump_json(include={"policy", "seed", "device"}),
+            json.dumps(data.features, sort_keys=True),
+        )
+        # A process serves every client it is handed (more clients than processes is common):
+        # it frees the clients and the policy of another policy, and shares one among the rest.
+        for stale in [k for k in _policies if k != policy_key]:
             del _policies[stale]
-        policy_key = (key[0], key[2], json.dumps(data.features, sort_keys=True))
+        for stale in [k for k, s in _cache.items() if s.bundle.policy not in _live_policies()]:
+            _cache.pop(stale).data.close()
         shared = _policies.get(policy_key)
         if shared is None:
             shared = task.build_bundle(
@@ -114,12 +134,23 @@ def client_state(instructions: Instructions, context: Context) -> ClientState:
                 device=task.pick_device(config.device),
             )
             _policies[policy_key] = shared
+            policies_built += 1
+            log.info(
+                "%s: built policy %s (%d built in this process)",
+                label,
+                config.policy,
+                policies_built,
+            )
             bundle = shared
         else:
             bundle = task.bundle_for(shared.policy, data.stats, shared.device)
-        state = ClientState(label, data, bundle)
+        state = ClientState(label, data, bundle, run_id)
         _cache[key] = state
     return state
+
+
+def _live_policies() -> list[object]:
+    return [bundle.policy for bundle in _policies.values()]
 
 
 def _keep_feeds_bounded(current: ClientState) -> None:

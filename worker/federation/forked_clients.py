@@ -79,8 +79,15 @@ def placement(num_clients: int, num_cpus: float, num_gpus: float) -> Placement:
     return Placement(processes, max(1, int(num_cpus)), visible)
 
 
-def _serve(app: ClientApp, inbox: Connection, threads: int, visible_gpus: str) -> None:
-    """A client process: run each (message, context) through the ClientApp, send the reply."""
+def _serve(
+    app: ClientApp,
+    inbox: Connection,
+    threads: int,
+    visible_gpus: str,
+    report: Callable[[], Any] | None = None,
+) -> None:
+    """A client process: run each (message, context) through the ClientApp, send the reply
+    (with what ``report`` says after it, if given)."""
     import torch
 
     os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus
@@ -97,7 +104,7 @@ def _serve(app: ClientApp, inbox: Connection, threads: int, visible_gpus: str) -
             reply: tuple[str, Any, Any] = ("ok", app(message=message, context=context), context)
         except Exception as error:  # reported to Flower as the ClientApp's failure
             reply = ("error", f"{type(error).__name__}: {error}", None)
-        inbox.send(reply)
+        inbox.send((*reply, report() if report is not None else None))
 
 
 class _Worker:
@@ -109,14 +116,18 @@ class _Worker:
 class ForkedClientPool:
     """Client processes forked now, before the engine starts threads or touches CUDA."""
 
-    def __init__(self, app: ClientApp, where: Placement) -> None:
+    def __init__(
+        self, app: ClientApp, where: Placement, report: Callable[[], Any] | None = None
+    ) -> None:
         context = multiprocessing.get_context("fork")
+        self.last_report: Any = None
+        """What the process that ran the last message reported after it (see ``report``)."""
         self.workers: list[_Worker] = []
         for index in range(where.processes):
             ours, theirs = context.Pipe()
             process = context.Process(
                 target=_serve,
-                args=(app, theirs, where.threads, where.visible_gpus[index]),
+                args=(app, theirs, where.threads, where.visible_gpus[index], report),
                 name=f"fedvla-client-{index}",
             )
             with warnings.catch_warnings():
@@ -141,7 +152,7 @@ class ForkedClientPool:
         worker = self._take()
         try:
             worker.pipe.send((message, context))
-            status, reply, updated = worker.pipe.recv()
+            status, reply, updated, self.last_report = worker.pipe.recv()
         except (EOFError, OSError) as error:
             worker.process.join(timeout=1)
             raise ClientProcessDied(

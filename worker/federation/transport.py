@@ -156,3 +156,30 @@ def as_float(value: object) -> float:
     if isinstance(value, int | float | str):
         return float(value)
     raise TypeError(f"expected a number, got {value!r}")
+
+
+OBJECT_PULL_BACKOFF_S = 0.02
+"""First wait before looking again for a message's arrays that have not arrived yet."""
+OBJECT_PULL_BACKOFF_CAP_S = 0.5
+
+
+def pull_objects_sooner(*modules: Any) -> None:
+    """Flower's object pulls in ``modules`` look again after OBJECT_PULL_BACKOFF_S, not 1 s.
+
+    A deployment message travels as a head, then its arrays; the receiver (a SuperNode pulling a
+    ServerApp's message, the ServerApp's grid pulling a reply) sees the head first and pulls
+    the arrays with Flower's ``pull_objects``, whose backoff starts at 1 s and doubles to 10 s:
+    seconds added to every round whenever it looked before the sender had pushed them. Each
+    module named here calls ``pull_objects`` by its own global name; that name is replaced.
+    """
+    import functools
+
+    from flwr.supercore.inflatable import inflatable_utils
+
+    quicker = functools.partial(
+        inflatable_utils.pull_objects,
+        initial_backoff=OBJECT_PULL_BACKOFF_S,
+        backoff_cap=OBJECT_PULL_BACKOFF_CAP_S,
+    )
+    for module in modules:
+        module.pull_objects = quicker
