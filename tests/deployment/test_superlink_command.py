@@ -20,6 +20,7 @@ from tests.factories import make_site
 from worker.deployment.keys import generate_node_keys
 from worker.deployment.local_nodes import free_port, start_supernode
 from worker.deployment.superlink import list_nodes
+from worker.deployment.superlink import log_path as superlink_log_path
 from worker.supervisor import child_env
 
 pytestmark = pytest.mark.slow
@@ -80,9 +81,10 @@ def test_superlink_command_registers_approved_keys_and_drops_revoked_ones(
             session=session, site=site, status=SiteStatus.revoked, actor="t", reason="gone"
         )
         _until(lambda: registered() == set(), "the revoked site's key to go")
-        # The node that was online is refused from now on: it can only retry, in vain.
-        log = tmp_path / "site" / "supernode.log"
-        _until(lambda: "Connection attempt failed" in log.read_text(), "the node refused")
+        # The node that was online is refused from now on: the SuperLink answers its next call
+        # with 401 (its own access log, behind the Fleet front).
+        refused = '/v1/fleet/pull-messages HTTP/1.1" 401'
+        _until(lambda: refused in superlink_log_path(settings).read_text(), "the node refused")
         assert superlink_admin.site_node(settings, site).online is False
     finally:
         if node is not None:
