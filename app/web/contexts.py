@@ -17,6 +17,9 @@ from app.services.contributions import SiteContribution
 from app.services.superlink_admin import SiteNode
 from app.services.workers import WorkerState
 
+FORM_WIDE = "__all__"
+"""Errors that belong to no single input."""
+
 
 @dataclass
 class FormState:
@@ -29,6 +32,16 @@ class FormState:
 
     def error(self, name: str) -> str:
         return "; ".join(self.errors.get(name, []))
+
+    @property
+    def invalid_fields(self) -> list[str]:
+        """The inputs with an error, in the order their errors came."""
+        return [name for name in self.errors if name != FORM_WIDE]
+
+    @property
+    def first_invalid(self) -> str | None:
+        """The input the page focuses (autofocus) so the user lands on the first fix."""
+        return next(iter(self.invalid_fields), None)
 
 
 @dataclass
