@@ -98,14 +98,14 @@ class RunsPage:
 @dataclass
 class Progress:
     round: Annotated[int, "Rounds finished."]
-    num_rounds: Annotated[int, "Rounds planned (a resumed run counts on from its start round)."]
+    num_rounds: Annotated[int, "The last round (a resumed run runs first_round + 1 to it)."]
     first_round: Annotated[int, "Round numbering starts after this one (resumed runs)."]
     elapsed_s: Annotated[float | None, "Seconds since the run started."]
     eta_s: Annotated[float | None, "Estimated seconds to go, from the mean round duration."]
 
     @property
     def percent(self) -> int:
-        total = self.num_rounds
+        total = self.num_rounds - self.first_round
         done = max(0, self.round - self.first_round)
         return 100 if total <= 0 else min(100, round(100 * done / total))
 
@@ -118,6 +118,9 @@ class RunPage:
     rounds: Annotated[list[RoundMetric], "Per-round metrics."]
     clients: Annotated[list[ClientMetric], "Per-round, per-client metrics."]
     checkpoints: Annotated[list[Checkpoint], "Checkpoints kept."]
+    last_round: Annotated[
+        int, "The experiment's last round now: a checkpoint before it can be resumed from."
+    ]
     log: Annotated[list[RunEvent], "The newest events of the run's log."]
     last_event_id: Annotated[
         int, "Id of the newest event shown, so the live stream goes on from it."

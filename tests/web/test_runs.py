@@ -182,6 +182,61 @@ def test_resume_from_a_checkpoint(
     )
 
 
+def test_a_resumed_run_that_ran_its_last_round_is_complete_and_offers_no_resume(
+    browser: Callable[..., Browser],
+    secrets: Secrets,
+    session: Session,
+    settings: Settings,
+    running_run: Run,
+    tmp_path: Path,
+) -> None:
+    assert running_run.id is not None
+    report_rounds(settings, running_run.id, 3, tmp_path / "first")
+    run_service.finish_run(session, publisher_for(""), running_run.id, RunStatus.failed, "boom")
+    admin = browser(secrets.admin)
+    assert admin.post(f"/runs/{running_run.id}/resume", {"round": "3"}).status_code == 303
+    resumed = session.exec(select(Run).where(Run.resumed_from_run_id == running_run.id)).one()
+    assert resumed.id is not None
+    assert run_service.claim_run(session, publisher_for(""), resumed.id, "worker-1")
+    reporter = DbReporter(settings.database_url, "", resumed.id)
+    reporter.round_finished(RoundReport(4, 0.5, 0.4, 1.0, 10, 10, 1, 1, 0, []))
+    model = tmp_path / "last" / "pretrained_model"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"last")
+    digest = hashlib.sha256(b"last").hexdigest()
+    reporter.checkpoint_saved(CheckpointReport(4, str(model), digest, 4, 0.4))
+    reporter.close()
+    run_service.finish_run(session, publisher_for(""), resumed.id, RunStatus.succeeded)
+
+    soup = html(admin.get(f"/runs/{resumed.id}"))
+
+    label = soup.find("label", attrs={"for": "run-progress"}).text
+    assert "Round 4 of 4" in label and "resumed from round 3" in label
+    assert soup.find("progress")["value"] == "100"
+    assert soup.find("button", string="Resume from round 4") is None
+    assert "final round" in soup.select_one("#checkpoints-table").text
+    earlier = html(admin.get(f"/runs/{running_run.id}"))
+    assert earlier.find("button", string="Resume from round 3") is not None
+
+
+def test_cancel_and_resume_ask_for_confirmation(
+    browser: Callable[..., Browser],
+    secrets: Secrets,
+    settings: Settings,
+    running_run: Run,
+    tmp_path: Path,
+) -> None:
+    assert running_run.id is not None
+    report_rounds(settings, running_run.id, 2, tmp_path / "ckpt")
+
+    soup = html(browser(secrets.admin).get(f"/runs/{running_run.id}"))
+
+    cancel = soup.find("form", action=f"/runs/{running_run.id}/cancel")
+    assert cancel is not None and f"Cancel run {running_run.id}?" in cancel["hx-confirm"]
+    resume = soup.find("form", action=f"/runs/{running_run.id}/resume")
+    assert resume is not None and "from round 2" in resume["hx-confirm"]
+
+
 def test_compare_overlays_two_runs(
     browser: Callable[..., Browser],
     secrets: Secrets,

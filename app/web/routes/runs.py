@@ -40,7 +40,7 @@ def progress_of(run: Run, rounds: Sequence[RoundMetric]) -> Progress:
     trained = [r.duration_s for r in rounds if r.round > first and r.duration_s > 0]
     eta = None
     if run.status == RunStatus.running and trained:
-        eta = sum(trained) / len(trained) * max(0, first + planned - done)
+        eta = sum(trained) / len(trained) * max(0, planned - done)
     return Progress(round=done, num_rounds=planned, first_round=first, elapsed_s=elapsed, eta_s=eta)
 
 
@@ -145,6 +145,7 @@ def run_page(session: Session, run: Run, token: WebToken) -> RunPage:
         rounds=list(rounds),
         clients=list(clients),
         checkpoints=list(checkpoint_service.list_checkpoints(session, run.id)),
+        last_round=experiment.config.num_rounds,
         log=log,
         last_event_id=last_event_id,
         chart_data=chart_data(rounds, clients),
