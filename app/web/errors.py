@@ -89,7 +89,7 @@ def install_page_errors(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if not wants_page(request):
-            return await api_handler(request, exc)  # type: ignore[no-any-return,misc]
+            return await api_handler(request, exc)  # type: ignore[misc]
         return error_page(request, exc.status_code, str(exc.detail), [])
 
     app.add_exception_handler(HTTPException, http_error)
