@@ -237,6 +237,29 @@ def test_cancel_and_resume_ask_for_confirmation(
     assert resume is not None and "from round 2" in resume["hx-confirm"]
 
 
+def test_round_0_is_the_evaluation_before_training_not_a_charted_round(
+    browser: Callable[..., Browser],
+    secrets: Secrets,
+    settings: Settings,
+    running_run: Run,
+    tmp_path: Path,
+) -> None:
+    assert running_run.id is not None
+    reporter = DbReporter(settings.database_url, "", running_run.id)
+    reporter.round_finished(RoundReport(0, None, 2.5, 0.0, 0, 0, 0, 0, 0, []))
+    reporter.close()
+    report_rounds(settings, running_run.id, 1, tmp_path / "ckpt")
+    b = browser(secrets.viewer)
+
+    soup = html(b.get(f"/runs/{running_run.id}"))
+
+    rows = soup.select("#rounds-table tbody tr")
+    assert [r.find("td").text for r in rows] == ["0 (before training)", "1"]
+    data = json.loads(soup.find(id="run-chart-data").text)
+    assert [r["round"] for r in data["rounds"]] == [1]
+    assert "Round 1 of 4" in soup.find("label", attrs={"for": "run-progress"}).text
+
+
 def test_compare_overlays_two_runs(
     browser: Callable[..., Browser],
     secrets: Secrets,

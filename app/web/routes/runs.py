@@ -45,7 +45,9 @@ def progress_of(run: Run, rounds: Sequence[RoundMetric]) -> Progress:
 
 
 def chart_data(rounds: Sequence[RoundMetric], clients: Sequence[ClientMetric]) -> dict[str, Any]:
-    """What static/js/dashboard.js draws; live round events (same RoundReport fields) extend it."""
+    """What static/js/dashboard.js draws; live round events (same RoundReport fields) extend it.
+    Round 0, the evaluation before training, is no round: the rounds table shows it, the charts
+    do not."""
     return {
         "rounds": [
             {
@@ -57,6 +59,7 @@ def chart_data(rounds: Sequence[RoundMetric], clients: Sequence[ClientMetric]) -
                 "bytes_received": r.bytes_received,
             }
             for r in rounds
+            if r.round > 0
         ],
         "clients": [
             {"round": c.round, "client": c.client, "train_loss": c.train_loss, "ok": c.ok}
