@@ -152,6 +152,20 @@ def test_cancel_button_for_admins_only_and_viewers_refused(
     assert "already finished" in html(again).find("h1").text
 
 
+def fail_and_resume(
+    admin: Browser, session: Session, settings: Settings, run: Run, rounds: int, folder: Path
+) -> Run:
+    """The run reports ``rounds`` rounds and a checkpoint of the last, fails, and the admin
+    resumes it from that checkpoint on its page; the new run."""
+    assert run.id is not None
+    report_rounds(settings, run.id, rounds, folder)
+    run_service.finish_run(session, publisher_for(""), run.id, RunStatus.failed, "boom")
+    page = html(admin.get(f"/runs/{run.id}"))
+    assert page.find("button", string=f"Resume from round {rounds}") is not None
+    assert admin.post(f"/runs/{run.id}/resume", {"round": str(rounds)}).status_code == 303
+    return session.exec(select(Run).where(Run.resumed_from_run_id == run.id)).one()
+
+
 def test_resume_from_a_checkpoint(
     browser: Callable[..., Browser],
     secrets: Secrets,
@@ -160,15 +174,8 @@ def test_resume_from_a_checkpoint(
     running_run: Run,
     tmp_path: Path,
 ) -> None:
-    assert running_run.id is not None
-    report_rounds(settings, running_run.id, 2, tmp_path / "ckpt")
-    run_service.finish_run(session, publisher_for(""), running_run.id, RunStatus.failed, "boom")
     admin = browser(secrets.admin)
-    page = html(admin.get(f"/runs/{running_run.id}"))
-    assert page.find("button", string="Resume from round 2") is not None
-    response = admin.post(f"/runs/{running_run.id}/resume", {"round": "2"})
-    assert response.status_code == 303
-    resumed = session.exec(select(Run).where(Run.resumed_from_run_id == running_run.id)).one()
+    resumed = fail_and_resume(admin, session, settings, running_run, 2, tmp_path / "ckpt")
     assert resumed.resumed_from_round == 2
     assert (
         html(browser(secrets.viewer).get(f"/runs/{running_run.id}")).find(
@@ -190,13 +197,9 @@ def test_a_resumed_run_that_ran_its_last_round_is_complete_and_offers_no_resume(
     running_run: Run,
     tmp_path: Path,
 ) -> None:
-    assert running_run.id is not None
-    report_rounds(settings, running_run.id, 3, tmp_path / "first")
-    run_service.finish_run(session, publisher_for(""), running_run.id, RunStatus.failed, "boom")
     admin = browser(secrets.admin)
-    assert admin.post(f"/runs/{running_run.id}/resume", {"round": "3"}).status_code == 303
-    resumed = session.exec(select(Run).where(Run.resumed_from_run_id == running_run.id)).one()
-    assert resumed.id is not None
+    resumed = fail_and_resume(admin, session, settings, running_run, 3, tmp_path / "first")
+    assert resumed.id is not None and running_run.id is not None
     assert run_service.claim_run(session, publisher_for(""), resumed.id, "worker-1")
     reporter = DbReporter(settings.database_url, "", resumed.id)
     reporter.round_finished(RoundReport(4, 0.5, 0.4, 1.0, 10, 10, 1, 1, 0, []))
