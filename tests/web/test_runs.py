@@ -238,6 +238,9 @@ def test_cancel_and_resume_ask_for_confirmation(
     assert cancel is not None and f"Cancel run {running_run.id}?" in cancel["hx-confirm"]
     resume = soup.find("form", action=f"/runs/{running_run.id}/resume")
     assert resume is not None and "from round 2" in resume["hx-confirm"]
+    # their sections disinherit htmx attributes: each form is boosted itself, or htmx would
+    # not see it and its confirmation
+    assert cancel["hx-boost"] == resume["hx-boost"] == "true"
 
 
 def test_round_0_is_the_evaluation_before_training_not_a_charted_round(
