@@ -19,6 +19,10 @@ from sqlmodel import Session
 from app.core.config import Settings
 from app.core.migrate import upgrade_database
 from app.main import create_app
+from tests.datasets import LEROBOT_HOME
+
+# Experiments name datasets by repo id; the app looks for them where lerobot would, offline.
+os.environ["HF_LEROBOT_HOME"] = str(LEROBOT_HOME)
 
 POSTGRES_URL = os.environ.get(
     "FEDVLA_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -93,6 +93,7 @@ def test_environment_names_are_settings(compose: dict[str, Any]) -> None:
     from app.core.config import Settings
 
     fields = {f"FEDVLA_{name.upper()}" for name in Settings.model_fields}
+    fields.add("HF_HOME")  # Hugging Face's cache, which the app's checks and the workers share
     for service in ("web", "worker", "superlink"):
         names = set(compose["services"][service]["environment"]) - {"FORWARDED_ALLOW_IPS"}
         assert names <= fields, names - fields

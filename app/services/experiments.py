@@ -19,7 +19,7 @@ from app.core.errors import (
 from app.core.experiment_config import ExperimentConfig, FederationConfig
 from app.models import ApiToken, Experiment, ExperimentSite, Role, Run, RunStatus, Site, utcnow
 from app.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentUpdate
-from app.services import run_files
+from app.services import preflight, run_files
 
 _NOT_FEDERATION_FIELDS = {"name", "description"}
 _WORD = re.compile(r"[a-z_]+")
@@ -146,8 +146,17 @@ def _refuse_duplicate_name(*, session: Session, name: str, own_id: int | None = 
         )
 
 
+def _runnable_config(definition: dict[str, Any]) -> FederationConfig:
+    """The federation, if its policy and data can be found and fit it; else InvalidFields."""
+    config = federation_config(definition)
+    problems = preflight.problems(config)
+    if problems:
+        raise InvalidFields(problems)
+    return config
+
+
 def create_experiment(*, session: Session, data: ExperimentCreate) -> Experiment:
-    config = federation_config(_definition(data))
+    config = _runnable_config(_definition(data))
     _check_sites(session=session, site_ids=data.site_ids)
     _refuse_duplicate_name(session=session, name=data.name)
     experiment = Experiment(**_columns(data, config))
@@ -167,7 +176,7 @@ def update_experiment(
         merged = ExperimentCreate.model_validate({**current, **changes})
     except ValidationError as error:
         raise InvalidFields(_problems(error)) from None
-    config = federation_config(_definition(merged))
+    config = _runnable_config(_definition(merged))
     _check_sites(session=session, site_ids=merged.site_ids)
     _refuse_duplicate_name(session=session, name=merged.name, own_id=experiment.id)
     for field, value in _columns(merged, config).items():

@@ -38,7 +38,7 @@ from app.models import (
     SiteStatus,
     utcnow,
 )
-from app.services import compatibility, experiments
+from app.services import compatibility, experiments, preflight
 from app.services.events import EventPublisher, append_event, events_after, publisher_for
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,9 @@ def _deployment_problems(experiment: Experiment, sites: Sequence[Site]) -> list[
     return problems
 
 
-def _resume_point(session: Session, experiment: Experiment, resume: ResumeFrom) -> ResumePoint:
+def _resume_point(
+    session: Session, experiment: Experiment, resume: ResumeFrom, num_rounds: int
+) -> ResumePoint:
     source = session.get(Run, resume.run_id)
     if source is None:
         raise Conflict(
@@ -126,6 +128,14 @@ def _resume_point(session: Session, experiment: Experiment, resume: ResumeFrom) 
             Checkpoint.run_id == resume.run_id, Checkpoint.round == resume.round
         )
     ).first()
+    if resume.round >= num_rounds:
+        raise Conflict(
+            f"Round {resume.round} is not before the experiment's last round ({num_rounds}): "
+            "nothing is left to run",
+            field="resume_from.round",
+            reason=f"round {resume.round} is the end of a {num_rounds}-round experiment; fix: "
+            "resume from an earlier round, or raise num_rounds",
+        )
     if checkpoint is None:
         kept = session.exec(
             select(Checkpoint.round)
@@ -154,9 +164,15 @@ def freeze_config(
         problems = _deployment_problems(experiment, sites)
         if problems:
             raise Conflict("The experiment's sites cannot run together", problems)
+    problems = preflight.problems(config)
+    if problems:
+        raise Conflict("The experiment's policy or data cannot be used now", problems)
     if resume is not None:
         config = FederationConfig.model_validate(
-            {**config.model_dump(), "resume_from": _resume_point(session, experiment, resume)}
+            {
+                **config.model_dump(),
+                "resume_from": _resume_point(session, experiment, resume, config.num_rounds),
+            }
         )
     return config
 

@@ -17,6 +17,9 @@ from app.services.contributions import SiteContribution
 from app.services.superlink_admin import SiteNode
 from app.services.workers import WorkerState
 
+FORM_WIDE = "__all__"
+"""Errors that belong to no single input."""
+
 
 @dataclass
 class FormState:
@@ -29,6 +32,16 @@ class FormState:
 
     def error(self, name: str) -> str:
         return "; ".join(self.errors.get(name, []))
+
+    @property
+    def invalid_fields(self) -> list[str]:
+        """The inputs with an error, in the order their errors came."""
+        return [name for name in self.errors if name != FORM_WIDE]
+
+    @property
+    def first_invalid(self) -> str | None:
+        """The input the page focuses (autofocus) so the user lands on the first fix."""
+        return next(iter(self.invalid_fields), None)
 
 
 @dataclass
@@ -85,14 +98,14 @@ class RunsPage:
 @dataclass
 class Progress:
     round: Annotated[int, "Rounds finished."]
-    num_rounds: Annotated[int, "Rounds planned (a resumed run counts on from its start round)."]
+    num_rounds: Annotated[int, "The last round (a resumed run runs first_round + 1 to it)."]
     first_round: Annotated[int, "Round numbering starts after this one (resumed runs)."]
     elapsed_s: Annotated[float | None, "Seconds since the run started."]
     eta_s: Annotated[float | None, "Estimated seconds to go, from the mean round duration."]
 
     @property
     def percent(self) -> int:
-        total = self.num_rounds
+        total = self.num_rounds - self.first_round
         done = max(0, self.round - self.first_round)
         return 100 if total <= 0 else min(100, round(100 * done / total))
 
@@ -105,6 +118,9 @@ class RunPage:
     rounds: Annotated[list[RoundMetric], "Per-round metrics."]
     clients: Annotated[list[ClientMetric], "Per-round, per-client metrics."]
     checkpoints: Annotated[list[Checkpoint], "Checkpoints kept."]
+    last_round: Annotated[
+        int, "The experiment's last round now: a checkpoint before it can be resumed from."
+    ]
     log: Annotated[list[RunEvent], "The newest events of the run's log."]
     last_event_id: Annotated[
         int, "Id of the newest event shown, so the live stream goes on from it."

@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -66,3 +66,30 @@ class HtmlRoute(APIRoute):
                 return error_page(request, exc.status_code, str(exc.detail), [])
 
         return html_errors
+
+
+MACHINE_PATHS = ("/api/", "/openapi.json", "/docs", "/redoc", "/static/")
+"""Paths whose errors stay JSON whoever asks: the API, its documents, static files."""
+
+
+def wants_page(request: Request) -> bool:
+    """An error of a dashboard path is a page, unless the client asks for JSON only."""
+    if request.url.path.startswith(MACHINE_PATHS):
+        return False
+    accept = request.headers.get("accept", "")
+    return not ("application/json" in accept and "text/html" not in accept)
+
+
+def install_page_errors(app: FastAPI) -> None:
+    """Unknown dashboard paths and wrong methods answer the error page; the API's stay JSON.
+
+    Runs after app.api.errors.install_error_handlers, whose handler it wraps."""
+    api_handler = app.exception_handlers[HTTPException]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if not wants_page(request):
+            return await api_handler(request, exc)  # type: ignore[misc]
+        return error_page(request, exc.status_code, str(exc.detail), [])
+
+    app.add_exception_handler(HTTPException, http_error)

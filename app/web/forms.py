@@ -15,11 +15,8 @@ from app.api.errors import http_status, problems_from_pydantic
 from app.core.errors import DomainError, FieldProblem
 from app.schemas.experiments import ExperimentPublic
 from app.schemas.sites import SitePublic
-from app.web.contexts import FormState
+from app.web.contexts import FORM_WIDE, FormState
 from app.web.experiment_inputs import DATASET_LIST_FIELDS, EXPERIMENT_FIELDS, PARTITION_FIELDS
-
-FORM_WIDE = "__all__"
-"""Errors that belong to no single input."""
 
 SITE_FIELDS = ("name", "organisation", "contact", "robot_type", "dataset", "hardware", "public_key")
 SITE_FEATURE_FIELDS = ("state_dim", "action_dim", "fps", "episodes", "frames")
@@ -34,6 +31,15 @@ def form_state(
     for problem in problems:
         errors.setdefault(fields(problem.field), []).append(problem.reason)
     return FormState(values=dict(values), errors=errors)
+
+
+def form_error(state: FormState, what: str) -> str | None:
+    """The alert above a form: errors of no single input, else which inputs to fix."""
+    wide = "; ".join(state.errors.get(FORM_WIDE, []))
+    if wide or not state.invalid_fields:
+        return wide or None
+    names = ", ".join(name.replace("_", " ") for name in state.invalid_fields)
+    return f"The {what} was not saved: fix {names} (marked below)."
 
 
 @dataclass(frozen=True)

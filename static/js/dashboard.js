@@ -57,7 +57,9 @@
   }
 
   RunCharts.prototype.addRound = function (r) {
-    this.rounds.set(r.round, r);
+    if (r.round > 0) { // round 0 is the evaluation before training: a table row, not a round
+      this.rounds.set(r.round, r);
+    }
   };
 
   RunCharts.prototype.addClient = function (c) {
@@ -153,7 +155,7 @@
     const series = JSON.parse(document.getElementById("compare-data").textContent);
     const xs = Array.from(new Set([].concat.apply([], series.map(function (s) {
       return s.rounds.map(function (r) { return r.round; });
-    })))).sort(function (a, b) { return a - b; });
+    })))).filter(function (x) { return x > 0; }).sort(function (a, b) { return a - b; });
     ["eval_loss", "train_loss"].forEach(function (key) {
       const ys = series.map(function (s) {
         const byRound = new Map(s.rounds.map(function (r) { return [r.round, r[key]]; }));

@@ -20,7 +20,8 @@ from sqlmodel import Session
 from app.models import ClientMetric, Run, RunStatus, WorkerNode
 from app.services.events import append_event
 from tests.api.conftest import ACTORS, World
-from tests.factories import bearer, simulation_body, site_body
+from tests.datasets import root_of
+from tests.factories import bearer, deployment_body, simulation_body, site_body
 
 Body = Callable[[World], dict[str, Any]] | None
 
@@ -199,7 +200,32 @@ def test_only_admins_see_server_paths(
         if actor != "admin":
             assert "<server path>" in answer.text
     error = answers[0].json()["error"]
-    assert error.startswith("FileNotFoundError: [Errno 2] No such file or directory: ")
+    if actor == "admin":
+        assert error.startswith("FileNotFoundError: [Errno 2] No such file or directory: ")
+    else:  # no errno, no path: what happened, in words
+        assert error.startswith(
+            "FileNotFoundError: a file on the server could not be used (no such file or directory)"
+        )
+        assert not any("[Errno" in answer.text for answer in answers)
+
+
+@pytest.mark.parametrize("actor", ["viewer", "operator_own", "admin"])
+def test_only_admins_see_the_dataset_folders_of_experiments(
+    client: TestClient, world: World, actor: str
+) -> None:
+    admin = bearer(world.secrets["admin"] or "")
+    dataset = {"repo_id": "test/so100_pick", "root": str(root_of("test/so100_pick"))}
+    body = deployment_body([world.own_site_id], eval_datasets=[dataset])
+    created = client.patch(f"/api/v1/experiments/{world.experiment_id}", json=body, headers=admin)
+    assert created.status_code == 200, created.text
+    headers = bearer(world.secrets[actor] or "")
+
+    one = client.get(f"/api/v1/experiments/{world.experiment_id}", headers=headers).json()
+    listed = client.get("/api/v1/experiments", headers=headers).json()["data"]
+
+    for experiment in (one, listed[0]):
+        root = experiment["eval_datasets"][0]["root"]
+        assert root == (dataset["root"] if actor == "admin" else "<server path>")
 
 
 @pytest.mark.parametrize("actor", ["viewer", "admin"])

@@ -77,7 +77,7 @@ def bearer(session: Session) -> Callable[..., dict[str, str]]:
     return lambda role, site_id=None: _bearer(session, role, site_id)
 
 
-def tiny_experiment_fields(data_dir: Path, **overrides: Any) -> dict[str, Any]:
+def tiny_experiment_fields(**overrides: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "name": f"exp-{uuid.uuid4().hex[:8]}",
         "policy": "tiny",
@@ -89,7 +89,7 @@ def tiny_experiment_fields(data_dir: Path, **overrides: Any) -> dict[str, Any]:
         "device": "cpu",
         "client_num_cpus": 1.0,
         "partition": {
-            "dataset": {"repo_id": "local/synthetic", "root": str(data_dir / "synthetic")},
+            "dataset": {"repo_id": "test/so100_pick"},
             "num_clients": 2,
             "holdout_episodes": 1,
         },
@@ -101,9 +101,7 @@ def tiny_experiment_fields(data_dir: Path, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def make_experiment(session: Session, fast_settings: Settings) -> Callable[..., Experiment]:
     def make(**overrides: Any) -> Experiment:
-        data = ExperimentCreate.model_validate(
-            tiny_experiment_fields(fast_settings.data_dir, **overrides)
-        )
+        data = ExperimentCreate.model_validate(tiny_experiment_fields(**overrides))
         return experiment_service.create_experiment(session=session, data=data)
 
     return make

@@ -1,6 +1,8 @@
 """The Celery task itself, applied in this process (Celery's eager apply) on a real database;
 its federation child is still a real process."""
 
+import shutil
+
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -9,6 +11,7 @@ from app.core.config import Settings
 from app.models import Run, RunStatus
 from app.services import runs
 from app.services.events import EventPublisher, events_after
+from tests.datasets import root_of
 from worker.celery_app import RUN_TASK
 from worker.dispatch import run_sender
 from worker.tasks import make_worker_celery
@@ -57,8 +60,13 @@ def test_a_cancelled_run_is_not_started(
 def test_a_missing_dataset_fails_the_run_with_the_engines_reason(
     engine: Engine, fast_settings: Settings, make_experiment
 ) -> None:
-    """The real engine refuses the dataset before training; the run says which and why."""
-    run_id = _queued_run(engine, fast_settings, make_experiment().id)
+    """The real engine refuses the dataset before training; the run says which and why: the
+    dataset was there at launch (the app checks) and is gone when the worker reads it."""
+    root = shutil.copytree(root_of("test/so100_pick"), fast_settings.data_dir / "synthetic")
+    dataset = {"repo_id": "local/synthetic", "root": str(root)}
+    experiment = make_experiment(partition={"dataset": dataset, "num_clients": 2})
+    run_id = _queued_run(engine, fast_settings, experiment.id)
+    shutil.rmtree(root)
 
     result = make_worker_celery(fast_settings).tasks[RUN_TASK].apply(args=[run_id])
 

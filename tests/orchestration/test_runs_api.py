@@ -290,24 +290,38 @@ def test_resume_points_are_checked(
     admin: dict[str, str],
     make_experiment,
 ) -> None:
-    experiment = make_experiment()
+    experiment = make_experiment(num_rounds=3)
     source = _claimed_run(client, engine, admin, experiment)
     reporter = DbReporter(fast_settings.database_url, "", source)
     with Session(engine) as session:
-        folder = (
-            run_files.run_dir_of(session, fast_settings, source) / "round-2" / "pretrained_model"
-        )
-    reporter.checkpoint_saved(CheckpointReport(2, str(folder), "ab" * 32, 10, 0.5))
+        run_dir = run_files.run_dir_of(session, fast_settings, source)
+    for round in (2, 3):
+        folder = run_dir / f"round-{round}" / "pretrained_model"
+        reporter.checkpoint_saved(CheckpointReport(round, str(folder), "ab" * 32, 10, 0.5))
     reporter.close()
     url = f"/api/v1/experiments/{experiment.id}/runs"
+
+    final = client.post(url, headers=admin, json={"resume_from": {"run_id": source, "round": 3}})
+    assert final.status_code == 409
+    assert final.json()["errors"] == [
+        {
+            "field": "resume_from.round",
+            "reason": "round 3 is the end of a 3-round experiment; fix: resume from an earlier "
+            "round, or raise num_rounds",
+        }
+    ]
 
     no_round = client.post(url, headers=admin, json={"resume_from": {"run_id": source, "round": 1}})
     assert no_round.status_code == 409
     assert (
-        no_round.json()["detail"] == f"Run {source} has no checkpoint of round 1 (kept rounds: [2])"
+        no_round.json()["detail"]
+        == f"Run {source} has no checkpoint of round 1 (kept rounds: [2, 3])"
     )
     assert no_round.json()["errors"] == [
-        {"field": "resume_from.round", "reason": "no checkpoint of this round (kept rounds: [2])"}
+        {
+            "field": "resume_from.round",
+            "reason": "no checkpoint of this round (kept rounds: [2, 3])",
+        }
     ]
     no_run = client.post(url, headers=admin, json={"resume_from": {"run_id": 999, "round": 1}})
     assert (no_run.status_code, no_run.json()["detail"]) == (409, "Run 999 does not exist")
@@ -328,7 +342,7 @@ def test_resume_points_are_checked(
     assert resumed.status_code == 202, resumed.text
     body = resumed.json()
     assert (body["resumed_from_run_id"], body["resumed_from_round"]) == (source, 2)
-    assert body["config"]["resume_from"] == {"checkpoint_dir": str(folder.parent), "round": 2}
+    assert body["config"]["resume_from"] == {"checkpoint_dir": str(run_dir / "round-2"), "round": 2}
 
 
 def test_a_lost_workers_run_is_failed_by_a_live_workers_heartbeat_not_by_reading_it(

@@ -262,3 +262,21 @@ def test_pages_forbid_framing_and_sniffing(
         policy = response.headers["Content-Security-Policy"]
         assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, url
     assert "Content-Security-Policy" not in b.get("/docs").headers  # Swagger UI's CDN script
+
+
+def test_unknown_dashboard_paths_answer_the_error_page_and_the_api_json(
+    browser: Callable[..., Browser], secrets: Secrets
+) -> None:
+    b = browser(secrets.viewer)
+    page_accept = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+
+    page = b.get("/no-such-page", headers=page_accept)
+    api = b.get("/api/v1/no-such-route", headers=page_accept)
+    scripted = b.get("/no-such-page", headers={"Accept": "application/json"})
+
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Not Found" in html(page).find("h1").text
+    assert html(page).select_one("nav") is not None  # the dashboard's own page, signed in
+    assert (api.status_code, api.json()) == (404, {"detail": "Not Found", "errors": []})
+    assert (scripted.status_code, scripted.json()["detail"]) == (404, "Not Found")

@@ -8,9 +8,11 @@ from sqlmodel import Session, select
 from app.core.experiment_config import DatasetRef, Partition
 from app.models import Experiment, Run, RunStatus
 from app.schemas.experiments import ExperimentCreate
+from tests.datasets import root_of
 from tests.factories import make_experiment, simulation_body
 from tests.web.conftest import Browser, Secrets, html
 
+DATASET_ROOT = root_of("test/so100_pick")
 VALID_FORM = {
     "name": "pick-fedavg",
     "description": "two labs",
@@ -41,7 +43,7 @@ VALID_FORM = {
     "device": "cpu",
     "client_datasets": "",
     "partition_repo_id": "local/so100",
-    "partition_root": "/data/so100",
+    "partition_root": str(DATASET_ROOT),
     "partition_num_clients": "2",
     "partition_scheme": "iid",
     "partition_holdout_episodes": "1",
@@ -89,7 +91,7 @@ def test_create_shows_each_error_by_its_field_and_keeps_values(
     assert field_error(response, "policy") is None
     assert input_value(response, "learning_rate") == "fast"
     assert input_value(response, "description") == "two labs"
-    assert input_value(response, "partition_root") == "/data/so100"
+    assert input_value(response, "partition_root") == str(DATASET_ROOT)
     assert html(response).find(id="form-error") is not None
     assert session.exec(select(Experiment)).first() is None
 
@@ -116,7 +118,7 @@ def test_create_then_fix_then_detail(
     experiment = session.exec(select(Experiment)).one()
     assert response.headers["location"] == f"/experiments/{experiment.id}"
     assert experiment.config.partition.model_dump() == {
-        "dataset": {"repo_id": "local/so100", "root": "/data/so100", "episodes": None},
+        "dataset": {"repo_id": "local/so100", "root": str(DATASET_ROOT), "episodes": None},
         "num_clients": 2,
         "scheme": "iid",
         "holdout_episodes": 1,
@@ -336,3 +338,38 @@ def test_the_form_has_every_setting_with_the_apis_default_bounds_and_choices(
             assert float(value) == schema["default"], name
         else:
             assert value == schema["default"], name
+
+
+def test_the_new_form_proposes_no_name(browser: Callable[..., Browser], secrets: Secrets) -> None:
+    response = browser(secrets.admin).get("/experiments/new")
+
+    assert input_value(response, "name") == ""
+    assert "Undefined" not in response.text
+
+
+def test_a_dataset_the_worker_could_not_read_is_refused_on_its_field_which_gets_focus(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    b = browser(secrets.admin)
+
+    response = b.post("/experiments", {**VALID_FORM, "partition_root": "var/so100"})
+
+    assert response.status_code == 422
+    assert "relative path" in (field_error(response, "partition_root") or "")
+    alert = html(response).find(id="form-error")
+    assert alert is not None and "fix partition root" in alert.text
+    focused = html(response).select("[autofocus]")
+    assert [tag["name"] for tag in focused] == ["partition_root"]
+    assert session.exec(select(Experiment)).first() is None
+
+
+def test_the_first_of_several_bad_fields_gets_focus(
+    browser: Callable[..., Browser], secrets: Secrets
+) -> None:
+    form = {**VALID_FORM, "num_rounds": "0", "learning_rate": "fast"}
+
+    response = browser(secrets.admin).post("/experiments", form)
+
+    alert = html(response).find(id="form-error")
+    assert alert is not None and "fix num rounds, learning rate" in alert.text
+    assert [tag["name"] for tag in html(response).select("[autofocus]")] == ["num_rounds"]

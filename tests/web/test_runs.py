@@ -152,6 +152,20 @@ def test_cancel_button_for_admins_only_and_viewers_refused(
     assert "already finished" in html(again).find("h1").text
 
 
+def fail_and_resume(
+    admin: Browser, session: Session, settings: Settings, run: Run, rounds: int, folder: Path
+) -> Run:
+    """The run reports ``rounds`` rounds and a checkpoint of the last, fails, and the admin
+    resumes it from that checkpoint on its page; the new run."""
+    assert run.id is not None
+    report_rounds(settings, run.id, rounds, folder)
+    run_service.finish_run(session, publisher_for(""), run.id, RunStatus.failed, "boom")
+    page = html(admin.get(f"/runs/{run.id}"))
+    assert page.find("button", string=f"Resume from round {rounds}") is not None
+    assert admin.post(f"/runs/{run.id}/resume", {"round": str(rounds)}).status_code == 303
+    return session.exec(select(Run).where(Run.resumed_from_run_id == run.id)).one()
+
+
 def test_resume_from_a_checkpoint(
     browser: Callable[..., Browser],
     secrets: Secrets,
@@ -160,15 +174,8 @@ def test_resume_from_a_checkpoint(
     running_run: Run,
     tmp_path: Path,
 ) -> None:
-    assert running_run.id is not None
-    report_rounds(settings, running_run.id, 2, tmp_path / "ckpt")
-    run_service.finish_run(session, publisher_for(""), running_run.id, RunStatus.failed, "boom")
     admin = browser(secrets.admin)
-    page = html(admin.get(f"/runs/{running_run.id}"))
-    assert page.find("button", string="Resume from round 2") is not None
-    response = admin.post(f"/runs/{running_run.id}/resume", {"round": "2"})
-    assert response.status_code == 303
-    resumed = session.exec(select(Run).where(Run.resumed_from_run_id == running_run.id)).one()
+    resumed = fail_and_resume(admin, session, settings, running_run, 2, tmp_path / "ckpt")
     assert resumed.resumed_from_round == 2
     assert (
         html(browser(secrets.viewer).get(f"/runs/{running_run.id}")).find(
@@ -180,6 +187,83 @@ def test_resume_from_a_checkpoint(
         browser(secrets.viewer).post(f"/runs/{running_run.id}/resume", {"round": "2"}).status_code
         == 403
     )
+
+
+def test_a_resumed_run_that_ran_its_last_round_is_complete_and_offers_no_resume(
+    browser: Callable[..., Browser],
+    secrets: Secrets,
+    session: Session,
+    settings: Settings,
+    running_run: Run,
+    tmp_path: Path,
+) -> None:
+    admin = browser(secrets.admin)
+    resumed = fail_and_resume(admin, session, settings, running_run, 3, tmp_path / "first")
+    assert resumed.id is not None and running_run.id is not None
+    assert run_service.claim_run(session, publisher_for(""), resumed.id, "worker-1")
+    reporter = DbReporter(settings.database_url, "", resumed.id)
+    reporter.round_finished(RoundReport(4, 0.5, 0.4, 1.0, 10, 10, 1, 1, 0, []))
+    model = tmp_path / "last" / "pretrained_model"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"last")
+    digest = hashlib.sha256(b"last").hexdigest()
+    reporter.checkpoint_saved(CheckpointReport(4, str(model), digest, 4, 0.4))
+    reporter.close()
+    run_service.finish_run(session, publisher_for(""), resumed.id, RunStatus.succeeded)
+
+    soup = html(admin.get(f"/runs/{resumed.id}"))
+
+    label = soup.find("label", attrs={"for": "run-progress"}).text
+    assert "Round 4 of 4" in label and "resumed from round 3" in label
+    assert soup.find("progress")["value"] == "100"
+    assert soup.find("button", string="Resume from round 4") is None
+    assert "final round" in soup.select_one("#checkpoints-table").text
+    earlier = html(admin.get(f"/runs/{running_run.id}"))
+    assert earlier.find("button", string="Resume from round 3") is not None
+
+
+def test_cancel_and_resume_ask_for_confirmation(
+    browser: Callable[..., Browser],
+    secrets: Secrets,
+    settings: Settings,
+    running_run: Run,
+    tmp_path: Path,
+) -> None:
+    assert running_run.id is not None
+    report_rounds(settings, running_run.id, 2, tmp_path / "ckpt")
+
+    soup = html(browser(secrets.admin).get(f"/runs/{running_run.id}"))
+
+    cancel = soup.find("form", action=f"/runs/{running_run.id}/cancel")
+    assert cancel is not None and f"Cancel run {running_run.id}?" in cancel["hx-confirm"]
+    resume = soup.find("form", action=f"/runs/{running_run.id}/resume")
+    assert resume is not None and "from round 2" in resume["hx-confirm"]
+    # their sections disinherit htmx attributes: each form is boosted itself, or htmx would
+    # not see it and its confirmation
+    assert cancel["hx-boost"] == resume["hx-boost"] == "true"
+
+
+def test_round_0_is_the_evaluation_before_training_not_a_charted_round(
+    browser: Callable[..., Browser],
+    secrets: Secrets,
+    settings: Settings,
+    running_run: Run,
+    tmp_path: Path,
+) -> None:
+    assert running_run.id is not None
+    reporter = DbReporter(settings.database_url, "", running_run.id)
+    reporter.round_finished(RoundReport(0, None, 2.5, 0.0, 0, 0, 0, 0, 0, []))
+    reporter.close()
+    report_rounds(settings, running_run.id, 1, tmp_path / "ckpt")
+    b = browser(secrets.viewer)
+
+    soup = html(b.get(f"/runs/{running_run.id}"))
+
+    rows = soup.select("#rounds-table tbody tr")
+    assert [r.find("td").text for r in rows] == ["0 (before training)", "1"]
+    data = json.loads(soup.find(id="run-chart-data").text)
+    assert [r["round"] for r in data["rounds"]] == [1]
+    assert "Round 1 of 4" in soup.find("label", attrs={"for": "run-progress"}).text
 
 
 def test_compare_overlays_two_runs(

@@ -14,6 +14,7 @@ from app.schemas.experiments import (
     ExperimentUpdate,
 )
 from app.services import experiments as service
+from app.services.redaction import model_for_reader
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -39,7 +40,9 @@ def list_experiments(
     rows, count = service.list_experiments(
         session=session, token=token, offset=page.offset, limit=page.limit
     )
-    data = [service.to_public(session=session, experiment=row) for row in rows]
+    data = [
+        model_for_reader(token, service.to_public(session=session, experiment=row)) for row in rows
+    ]
     return ExperimentsPublic(data=data, count=count)
 
 
@@ -50,7 +53,7 @@ def get_experiment(
     experiment = service.get_readable_experiment(
         session=session, token=token, experiment_id=experiment_id
     )
-    return service.to_public(session=session, experiment=experiment)
+    return model_for_reader(token, service.to_public(session=session, experiment=experiment))
 
 
 @router.patch("/{experiment_id}", response_model=ExperimentPublic, responses=FORBIDDEN)

@@ -54,12 +54,9 @@ def _form_page(
         bounds=experiment_inputs.BOUNDS,
         cancel_url=cancel_url,
     )
-    wide = "; ".join(state.errors.get(forms.FORM_WIDE, [])) or None
-    if state.errors and not wide:
-        wide = "The experiment was not saved: see the fields marked below."
     return render(
         request, "experiment_form.html", page, token=token, status_code=status_code,
-        nav="experiments", form_error=wide,
+        nav="experiments", form_error=forms.form_error(state, "experiment"),
     )  # fmt: skip
 
 

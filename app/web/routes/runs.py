@@ -40,12 +40,14 @@ def progress_of(run: Run, rounds: Sequence[RoundMetric]) -> Progress:
     trained = [r.duration_s for r in rounds if r.round > first and r.duration_s > 0]
     eta = None
     if run.status == RunStatus.running and trained:
-        eta = sum(trained) / len(trained) * max(0, first + planned - done)
+        eta = sum(trained) / len(trained) * max(0, planned - done)
     return Progress(round=done, num_rounds=planned, first_round=first, elapsed_s=elapsed, eta_s=eta)
 
 
 def chart_data(rounds: Sequence[RoundMetric], clients: Sequence[ClientMetric]) -> dict[str, Any]:
-    """What static/js/dashboard.js draws; live round events (same RoundReport fields) extend it."""
+    """What static/js/dashboard.js draws; live round events (same RoundReport fields) extend it.
+    Round 0, the evaluation before training, is no round: the rounds table shows it, the charts
+    do not."""
     return {
         "rounds": [
             {
@@ -57,6 +59,7 @@ def chart_data(rounds: Sequence[RoundMetric], clients: Sequence[ClientMetric]) -
                 "bytes_received": r.bytes_received,
             }
             for r in rounds
+            if r.round > 0
         ],
         "clients": [
             {"round": c.round, "client": c.client, "train_loss": c.train_loss, "ok": c.ok}
@@ -145,6 +148,7 @@ def run_page(session: Session, run: Run, token: WebToken) -> RunPage:
         rounds=list(rounds),
         clients=list(clients),
         checkpoints=list(checkpoint_service.list_checkpoints(session, run.id)),
+        last_round=experiment.config.num_rounds,
         log=log,
         last_event_id=last_event_id,
         chart_data=chart_data(rounds, clients),

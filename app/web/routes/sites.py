@@ -47,12 +47,9 @@ def _form_page(
     page = SiteFormPage(
         action=action, heading=heading, form=state, robot_types=ROBOT_TYPES, cancel_url=cancel_url
     )
-    wide = "; ".join(state.errors.get(forms.FORM_WIDE, [])) or None
-    if state.errors and not wide:
-        wide = "The site was not saved: see the fields marked below."
     return render(
         request, "site_form.html", page, token=token, status_code=status_code, nav="sites",
-        form_error=wide,
+        form_error=forms.form_error(state, "site"),
     )  # fmt: skip
 
 
