@@ -3,9 +3,9 @@
 Client updates are random float32 arrays with the shapes of smolvla_base's trainable parameters
 (99.9M, built on the meta device from bench/comm_bytes.py's config), wrapped as the engine's
 train replies (ArrayRecord + the client's MetricRecord). For N = 2, 4, 8, 16 it times:
-  engine  - worker/federation/strategy.py's TrackedFedAvg.aggregate_train (the engine's path:
+  engine  - fedvla/engine/federation/strategy.py's TrackedFedAvg.aggregate_train (the engine's path:
             its bookkeeping, Flower's reply checks and metric aggregation, then
-            worker/federation/aggregation.py's weighted average: one blocked pass over the
+            fedvla/engine/federation/aggregation.py's weighted average: one blocked pass over the
             bytes the replies hold);
   flower  - Flower's stock FedAvg.aggregate_train on the same replies;
   bound   - a streaming numpy add (acc += x) over the same bytes, in place, read from the very
@@ -41,9 +41,9 @@ from common import (
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
-from worker.federation.protocol import TrainMetrics, train_reply
-from worker.federation.strategy import make_strategy
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.federation.protocol import TrainMetrics, train_reply
+from fedvla.engine.federation.strategy import make_strategy
 
 COMMAND = ".venv/bin/python bench/aggregation.py"
 TARGET_FRACTION_OF_BOUND = 0.5
@@ -62,7 +62,7 @@ def trainable_shapes(scale: float) -> dict[str, tuple[int, ...]]:
     from comm_bytes import smolvla_base_config, smolvlm2_folder
     from lerobot.policies.smolvla import SmolVLAPolicy
 
-    from worker.policy.loading import trainable_state
+    from fedvla.engine.policy.loading import trainable_state
 
     with tempfile.TemporaryDirectory() as scratch:
         config = smolvla_base_config(smolvlm2_folder(Path(scratch) / "smolvlm2"))
@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         table += f"\nNot run (would not fit in free memory): N = {skipped}\n"
     table += (
-        "\nThe engine averages with worker/federation/aggregation.py (reads each update in place, "
+        "\nThe engine averages with fedvla/engine/federation/aggregation.py (reads each update "
+        "in place, "
         "sums cache-sized blocks across clients, one copy for the result); Flower's stock "
         "aggregate_arrayrecords deserialises, scales and adds each update separately. The bound "
         'adds in place without weights or a result to serialise. "Speed" = input bytes / s.\n'

@@ -35,8 +35,8 @@ import psutil
 from common import ROOT, Recorder, bench_parser, markdown_table
 from federation_overhead import write_medium_policy
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
-from worker.data.synthetic import SyntheticSpec, generate_dataset
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
 
 NAME = "client_memory"
 COMMAND = ".venv/bin/python bench/client_memory.py"
@@ -47,8 +47,8 @@ RUN_TIMEOUT_S = 900
 CHILD = """
 import json, sys
 from pathlib import Path
-from app.core.experiment_config import FederationConfig
-from worker.federation.runner import run_federation
+from fedvla.core.experiment_config import FederationConfig
+from fedvla.engine.federation.runner import run_federation
 
 class Rounds:
     def __init__(self): self.rounds = []
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = DatasetRef(
             repo_id=spec.repo_id, root=str(generate_dataset(work / "synthetic", spec))
         )
-        from worker.federation.task import open_dataset
+        from fedvla.engine.federation.task import open_dataset
 
         features = open_dataset(dataset, chunk_size=1, owner="bench").features
         policy = "tiny" if args.quick else str(write_medium_policy(work / "medium", features))

@@ -20,8 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from safetensors.torch import save_file
 
-from worker.policy.loading import load_pretrained_fast, trainable_state
-from worker.policy.tiny import write_tiny_vlm
+from fedvla.engine.policy.loading import load_pretrained_fast, trainable_state
+from fedvla.engine.policy.tiny import write_tiny_vlm
 
 RESULTS = Path(__file__).parent / "results" / "comm_bytes.json"
 
@@ -91,7 +91,7 @@ def smolvla_base_config(vlm: Path) -> Any:
 def main() -> None:
     from lerobot.policies.smolvla import SmolVLAPolicy
 
-    from worker.federation.transport import encode_arrays
+    from fedvla.engine.federation.transport import encode_arrays
 
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,14 +1,14 @@
 """A deployment round against a simulation round of the same work, and a site's fixed cost.
 
 Our SuperLink (TLS, SuperNode authentication) and two site nodes started as their startup kits
-start them (worker.deployment.site_node: flower-supernode with the warm site trainer), each with
+start them (fedvla.orchestration.site_node: flower-supernode with the warm site trainer), each with
 its own key pair and synthetic dataset, the tiny policy; then a simulation run of the same
 experiment on the same two datasets, in the same benchmark. Both runs go through
-``python -m worker.run_child``, as a worker starts them. Compared: the rounds' wall time as the
-engine reports it (RoundMetric.duration_s, the same ServerApp code in both modes), median of the
-rounds after the first (the first builds each client's feed in both modes). At the sites: each
-train task's cost outside training, from the site node's log (``site task`` lines): in the
-trainer (hand-over, weights in and out) and in all (with the Runtime API transfers between the
+``python -m fedvla.orchestration.run_child``, as a worker starts them. Compared: the rounds' wall
+time as the engine reports it (RoundMetric.duration_s, the same ServerApp code in both modes),
+median of the rounds after the first (the first builds each client's feed in both modes). At the
+sites: each train task's cost outside training, from the site node's log (``site task`` lines): in
+the trainer (hand-over, weights in and out) and in all (with the Runtime API transfers between the
 SuperNode and the trainer). Results: bench/results/deployment_run.{json,md}.
 
     .venv/bin/python bench/deployment_run.py [--rounds 5] [--local-steps 4] [--quick]
@@ -29,22 +29,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sqlmodel import Session, col, select  # noqa: E402
 
-from app.core.config import Settings  # noqa: E402
-from app.core.db import make_engine  # noqa: E402
-from app.core.migrate import upgrade_database  # noqa: E402
-from app.models import RoundMetric, Run, RunEvent, SiteStatus  # noqa: E402
-from app.schemas.experiments import ExperimentCreate  # noqa: E402
-from app.schemas.sites import SiteCreate  # noqa: E402
-from app.services import experiments, runs, sites  # noqa: E402
 from bench.common import Recorder, bench_parser, load_average, markdown_table  # noqa: E402
-from worker.data.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
-from worker.deployment.keys import generate_node_keys  # noqa: E402
-from worker.deployment.local_nodes import free_port, start_superlink, start_supernode  # noqa: E402
-from worker.deployment.node_registry import sync_registrations  # noqa: E402
-from worker.deployment.site_node import read_task_records  # noqa: E402
-from worker.deployment.superlink import list_nodes, tls_files  # noqa: E402
-from worker.policy.tiny import tiny_vlm_dir  # noqa: E402
-from worker.supervisor import child_env  # noqa: E402
+from fedvla.core.config import Settings  # noqa: E402
+from fedvla.core.db import make_engine  # noqa: E402
+from fedvla.core.migrate import upgrade_database  # noqa: E402
+from fedvla.core.models import RoundMetric, Run, RunEvent, SiteStatus  # noqa: E402
+from fedvla.core.schemas.experiments import ExperimentCreate  # noqa: E402
+from fedvla.core.schemas.sites import SiteCreate  # noqa: E402
+from fedvla.core.services import experiments, runs, sites  # noqa: E402
+from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
+from fedvla.engine.policy.tiny import tiny_vlm_dir  # noqa: E402
+from fedvla.orchestration.deployment.local_nodes import free_port, start_superlink, start_supernode  # noqa: E402
+from fedvla.orchestration.site_node import read_task_records  # noqa: E402
+from fedvla.orchestration.supervisor import child_env  # noqa: E402
+from fedvla.sites.keys import generate_node_keys  # noqa: E402
+from fedvla.sites.node_registry import sync_registrations  # noqa: E402
+from fedvla.sites.superlink import list_nodes, tls_files  # noqa: E402
 
 FEATURES = {
     "state_dim": 6,
@@ -196,7 +196,7 @@ def _run(settings: Settings, engine: Any, run_id: int) -> dict[str, Any]:
     """The run's federation process, as a worker starts it; its rounds' durations."""
     started = time.monotonic()
     child = subprocess.run(
-        [sys.executable, "-m", "worker.run_child", str(run_id)],
+        [sys.executable, "-m", "fedvla.orchestration.run_child", str(run_id)],
         env=child_env(settings),
         capture_output=True,
         text=True,

@@ -1,8 +1,8 @@
 """Dispatch latency: from the launch request to the federation's child process running.
 
 For each broker (the embedded SQLite broker with a SQLite database; Redis with PostgreSQL), a
-real worker (`python -m worker.main`, as `fedvla serve` starts it) is started, then runs are
-launched one at a time through the REST API. Each is timed from just before the POST to:
+real worker (`python -m fedvla.orchestration.main`, as `fedvla serve` starts it) is started, then
+runs are launched one at a time through the REST API. Each is timed from just before the POST to:
   claimed  - the worker set the run running (Run.started_at);
   started  - the worker started the federation's child process (its "started" event, written
              once the process exists);
@@ -36,11 +36,11 @@ from sqlmodel import Session, col, select
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.core.config import Settings  # noqa: E402
-from app.main import create_app  # noqa: E402
-from app.models import Run, RunEvent, WorkerNode  # noqa: E402
-from worker.main import start_local_worker  # noqa: E402
-from worker.warm import READY_MESSAGE  # noqa: E402
+from fedvla.core.config import Settings  # noqa: E402
+from fedvla.core.models import Run, RunEvent, WorkerNode  # noqa: E402
+from fedvla.orchestration.main import start_local_worker  # noqa: E402
+from fedvla.orchestration.warm import READY_MESSAGE  # noqa: E402
+from fedvla.web.main import create_app  # noqa: E402
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_BROKER = "redis://127.0.0.1:6379/13"

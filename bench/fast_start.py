@@ -1,11 +1,11 @@
 """Fast start: from launching a run to its first finished round, on the embedded default.
 
-A real worker (`python -m worker.main`, as `fedvla serve` starts it; SQLite database and broker,
-no Redis) runs the tiny policy with 2 simulated clients, 1 round of 2 local steps. Each run is
-launched through the REST API once the previous one ended, and timed from the API's own
-timestamps: the run's created_at (when it was queued) to the created_at of its round 1
-RoundMetric (the first round in which the clients trained; round 0 evaluates the initial policy
-and is reported as well). The phases come from the run's events.
+A real worker (`python -m fedvla.orchestration.main`, as `fedvla serve` starts it; SQLite database
+and broker, no Redis) runs the tiny policy with 2 simulated clients, 1 round of 2 local steps. Each
+run is launched through the REST API once the previous one ended, and timed from the API's own
+timestamps: the run's created_at (when it was queued) to the created_at of its round 1 RoundMetric
+(the first round in which the clients trained; round 0 evaluates the initial policy and is reported
+as well). The phases come from the run's events.
 
 Both paths in the same run: `warm` (FEDVLA_WARM_START=true: the worker's warm process forks the
 federation with torch, lerobot and Flower already imported, and Ray's client actors are started
@@ -36,12 +36,12 @@ from fastapi.testclient import TestClient
 from seeded import seed_database
 from sqlmodel import Session, col, select
 
-from app.core.config import Settings
-from app.main import create_app
-from app.models import RoundMetric, Run, RunEvent, WorkerNode
+from fedvla.core.config import Settings
+from fedvla.core.models import RoundMetric, Run, RunEvent, WorkerNode
+from fedvla.orchestration.main import start_local_worker
+from fedvla.orchestration.warm import READY_MESSAGE
+from fedvla.web.main import create_app
 from tests.orchestration.conftest import tiny_experiment_fields
-from worker.main import start_local_worker
-from worker.warm import READY_MESSAGE
 
 COMMAND = ".venv/bin/python bench/fast_start.py"
 TARGET_S = 10.0
@@ -51,8 +51,8 @@ RUN_TIMEOUT_S = 900.0
 
 def prepare_assets(root: Path) -> Path:
     """The tiny VLM and a small synthetic dataset, generated once for every mode."""
-    from worker.data.synthetic import SyntheticSpec, generate_dataset
-    from worker.policy.tiny import tiny_vlm_dir
+    from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
+    from fedvla.engine.policy.tiny import tiny_vlm_dir
 
     tiny_vlm_dir(root / "data")
     generate_dataset(root / "synthetic", SyntheticSpec(episodes=5, frames_per_episode=16))

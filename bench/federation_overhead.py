@@ -3,7 +3,7 @@
 For the tiny policy and a medium SmolVLA (the tiny VLM widened: text hidden 512, 8 layers, an
 expert as wide; tens of millions of trainable parameters; saved as a local pretrained_model
 folder, so the engine loads it like a real checkpoint), it measures on CPU:
-  local     - worker/federation/task.py's train() of local_steps steps on one client's data,
+  local     - fedvla/engine/federation/task.py's train() of local_steps steps on one client's data,
               same policy, batch, seed and torch threads, in this process, no Flower;
   federated - the engine's real run_federation (Flower simulation on Ray) with 1 client (or
               --clients 2), local_steps per round, no evaluation (eval_every=0): each round's
@@ -36,8 +36,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from common import Recorder, bench_parser, markdown_table, median
 from learning_parity import Recording
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
-from worker.data.synthetic import SyntheticSpec, generate_dataset
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
 
 COMMAND = ".venv/bin/python bench/federation_overhead.py"
 TARGET_MEDIUM_OVERHEAD = 0.10
@@ -75,8 +75,8 @@ def write_medium_policy(folder: Path, dataset_features: dict[str, Any]) -> Path:
     import torch
     from lerobot.policies.smolvla import SmolVLAConfig, SmolVLAPolicy
 
-    from worker.federation.task import policy_features
-    from worker.policy.tiny import TINY_IMAGE_SIZE, write_tiny_vlm
+    from fedvla.engine.federation.task import policy_features
+    from fedvla.engine.policy.tiny import TINY_IMAGE_SIZE, write_tiny_vlm
 
     vlm = folder / "vlm"
     write_tiny_vlm(vlm)  # tokenizer and processor; the architecture is widened below
@@ -112,8 +112,8 @@ def write_medium_policy(folder: Path, dataset_features: dict[str, Any]) -> Path:
 
 
 def count_params(source: str, features: dict[str, Any], data_dir: Path) -> dict[str, int]:
-    from worker.federation.task import policy_features
-    from worker.policy.loading import build_policy, resolve_policy_source
+    from fedvla.engine.federation.task import policy_features
+    from fedvla.engine.policy.loading import build_policy, resolve_policy_source
 
     inputs, outputs = policy_features(features)
     policy = build_policy(
@@ -133,10 +133,10 @@ def local_seconds(config: FederationConfig, data_dir: Path, rounds: range) -> li
     """task.train of local_steps, once per round, as client-0 trains it: no Flower."""
     import torch
 
-    from worker.data.partition import client_label, plan_data
-    from worker.federation import task
-    from worker.federation.client_app import _chunk_size
-    from worker.policy.loading import resolve_policy_source
+    from fedvla.engine.data.partition import client_label, plan_data
+    from fedvla.engine.federation import task
+    from fedvla.engine.federation.client_app import _chunk_size
+    from fedvla.engine.policy.loading import resolve_policy_source
 
     torch.set_num_threads(max(1, int(config.client_num_cpus)))
     source = resolve_policy_source(config.policy)
@@ -165,7 +165,7 @@ def local_seconds(config: FederationConfig, data_dir: Path, rounds: range) -> li
 
 
 def federated_rounds(config: FederationConfig, work: Path, data_dir: Path) -> dict[str, Any]:
-    from worker.federation.runner import run_federation
+    from fedvla.engine.federation.runner import run_federation
 
     reporter = Recording()
     started = time.perf_counter()
@@ -193,7 +193,7 @@ def measure(case: Case, clients: int, work: Path) -> dict[str, Any]:
     dataset = DatasetRef(repo_id=spec.repo_id, root=str(root))
     policy = "tiny"
     if case.name == "medium":
-        from worker.federation.task import open_dataset
+        from fedvla.engine.federation.task import open_dataset
 
         features = open_dataset(dataset, chunk_size=1, owner="bench").features
         policy = str(write_medium_policy(work / "medium", features))
@@ -212,7 +212,7 @@ def measure(case: Case, clients: int, work: Path) -> dict[str, Any]:
         device="cpu",
         partition=Partition(dataset=dataset, num_clients=clients, scheme="iid"),
     )
-    from worker.federation.task import open_dataset
+    from fedvla.engine.federation.task import open_dataset
 
     features = open_dataset(dataset, chunk_size=1, owner="bench").features
     params = count_params(policy, features, data_dir)

@@ -23,13 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from app.core.experiment_config import TINY_POLICY, DatasetRef
-from worker.data.loader import frames_to_float
-from worker.data.synthetic import SyntheticSpec, generate_dataset
-from worker.federation.checkpoints import save_checkpoint
-from worker.federation.task import build_bundle, evaluate, open_dataset, ready_to_train, train
-from worker.policy.loading import resolve_policy_source
-from worker.policy.tiny import tiny_smolvla_config
+from fedvla.core.experiment_config import TINY_POLICY, DatasetRef
+from fedvla.engine.data.loader import frames_to_float
+from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
+from fedvla.engine.federation.checkpoints import save_checkpoint
+from fedvla.engine.federation.task import (
+    build_bundle,
+    evaluate,
+    open_dataset,
+    ready_to_train,
+    train,
+)
+from fedvla.engine.policy.loading import resolve_policy_source
+from fedvla.engine.policy.tiny import tiny_smolvla_config
 
 RESULTS = Path(__file__).parent / "results" / "gpu_check.json"
 

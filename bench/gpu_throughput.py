@@ -3,7 +3,8 @@
 smolvla_base's shape (built offline, random weights; --shape tiny for CPU smoke runs) trains on a
 synthetic SO-100 video dataset (two 480x640 AV1 cameras, built here) at each batch size, and the
 samples/s of N timed steps (after warm-up steps) are measured for:
-  fedvla      - worker.federation.task.train, the client loop a federation runs: loader worker
+  fedvla      - fedvla.engine.federation.task.train, the client loop a federation runs: loader
+  worker
                 processes, pinned memory, uint8 frames made floats on the device, a feed that
                 persists across calls (rounds), frozen VLM in bf16 on CUDA, fused AdamW, a loss
                 that does not read the GPU back each step;
@@ -38,11 +39,11 @@ import torch
 from common import Recorder, bench_parser, markdown_table
 from torch.utils.data import DataLoader
 
-from app.core.experiment_config import DatasetRef
-from worker.data.loader import LOADER_WORKERS_ENV, default_loader_workers, frames_to_float
-from worker.data.synthetic import SyntheticSpec, generate_dataset
-from worker.federation import task
-from worker.policy.speed import flow_loss, hold_frozen_in_bf16
+from fedvla.core.experiment_config import DatasetRef
+from fedvla.engine.data.loader import LOADER_WORKERS_ENV, default_loader_workers, frames_to_float
+from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
+from fedvla.engine.federation import task
+from fedvla.engine.policy.speed import flow_loss, hold_frozen_in_bf16
 
 NAME = "gpu_throughput"
 CPU_NAME = "gpu_throughput_cpu"
@@ -106,7 +107,7 @@ def build_setup(scratch: Path, args: Any) -> Setup:
 
 def policy_config(scratch: Path, shape: str) -> Any:
     if shape == "tiny":
-        from worker.policy.tiny import tiny_smolvla_config
+        from fedvla.engine.policy.tiny import tiny_smolvla_config
 
         return tiny_smolvla_config(scratch / "data", state_dim=6, action_dim=6)
     from comm_bytes import smolvla_base_config, smolvlm2_folder

@@ -25,11 +25,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from common import Recorder, bench_parser, markdown_table
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
-from worker.data.partition import plan_data
-from worker.data.synthetic import SyntheticSpec, generate_dataset
-from worker.federation.reporter import CheckpointReport, RoundReport
-from worker.federation.schedule import LearningRateSchedule
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.data.partition import plan_data
+from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
+from fedvla.engine.federation.reporter import CheckpointReport, RoundReport
+from fedvla.engine.federation.schedule import LearningRateSchedule
 
 TARGET_FEDAVG_IID_RATIO = 1.10
 COMMAND = ".venv/bin/python bench/learning_parity.py"
@@ -136,7 +136,7 @@ def federation_config(
 
 def run_federated(config: FederationConfig, work: Path, data_dir: Path) -> dict[str, Any]:
     """One real federation; its eval loss after each round (round 0: the starting policy)."""
-    from worker.federation.runner import run_federation
+    from fedvla.engine.federation.runner import run_federation
 
     reporter = Recording()
     started = time.perf_counter()
@@ -165,8 +165,8 @@ def run_centralized(config: FederationConfig, data_dir: Path) -> dict[str, Any]:
 
     import torch
 
-    from worker.federation import task
-    from worker.policy.loading import resolve_policy_source
+    from fedvla.engine.federation import task
+    from fedvla.engine.policy.loading import resolve_policy_source
 
     assert config.partition is not None
     torch.set_num_threads(1)  # as one simulated client (client_num_cpus=1)

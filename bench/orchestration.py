@@ -2,7 +2,8 @@
 
 The script starts the real server (`fedvla serve --no-worker`, uvicorn, embedded SQLite default)
 in its own process on a fresh data dir, and writes a running run's rows through the engine's
-DbReporter (worker/db_reporter.py): rounds with client metrics, checkpoints, log lines.
+DbReporter (fedvla/orchestration/db_reporter.py): rounds with client metrics, checkpoints, log
+lines.
   REST - 50 concurrent clients (httpx, async) each request the run status, rounds and
          checkpoint list endpoints in turn; latency p50/p99 per endpoint, from request sent to
          body read.
@@ -70,16 +71,16 @@ def prepare(data_dir: Path, redis_url: str, rounds: int, checkpoints: int) -> tu
     os.environ.update(server_env(data_dir, redis_url))
     from sqlmodel import Session
 
-    from app.core.config import Settings
-    from app.core.db import make_engine
-    from app.core.migrate import upgrade_database
-    from app.models import Role
-    from app.schemas.experiments import ExperimentCreate
-    from app.services import experiments, runs, tokens
-    from app.services.events import EventPublisher
-    from worker.db_reporter import DbReporter
-    from worker.dispatch import run_sender
-    from worker.federation.reporter import CheckpointReport, ClientReport, RoundReport
+    from fedvla.core.config import Settings
+    from fedvla.core.db import make_engine
+    from fedvla.core.migrate import upgrade_database
+    from fedvla.core.models import Role
+    from fedvla.core.schemas.experiments import ExperimentCreate
+    from fedvla.core.services import experiments, runs, tokens
+    from fedvla.core.services.events import EventPublisher
+    from fedvla.engine.federation.reporter import CheckpointReport, ClientReport, RoundReport
+    from fedvla.orchestration.db_reporter import DbReporter
+    from fedvla.orchestration.dispatch import run_sender
 
     settings = Settings()
     upgrade_database(settings.database_url)
@@ -254,7 +255,7 @@ async def sse_fanout(
     A server that cannot serve them all is measured too: subscribers not following after
     CONNECT_WAIT_S, failed requests and events not received within FINISH_WAIT_S are counted.
     """
-    from worker.db_reporter import DbReporter
+    from fedvla.orchestration.db_reporter import DbReporter
 
     headers = {"Authorization": f"Bearer {token}"}
     received: list[dict[str, float]] = [{} for _ in range(subscribers)]
@@ -302,10 +303,10 @@ async def sse_fanout(
     def write() -> dict[str, float]:
         from sqlmodel import Session
 
-        from app.core.db import make_engine
-        from app.models import RunStatus
-        from app.services import runs
-        from app.services.events import EventPublisher
+        from fedvla.core.db import make_engine
+        from fedvla.core.models import RunStatus
+        from fedvla.core.services import runs
+        from fedvla.core.services.events import EventPublisher
 
         reporter = DbReporter(database_url, redis_url, run_id)
         written = {}

@@ -6,12 +6,12 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.core.db import make_engine
-from app.core.migrate import upgrade_database
-from app.models import Role
-from app.schemas.experiments import ExperimentCreate
-from app.services import experiments, tokens
+from fedvla.core.config import Settings
+from fedvla.core.db import make_engine
+from fedvla.core.migrate import upgrade_database
+from fedvla.core.models import Role
+from fedvla.core.schemas.experiments import ExperimentCreate
+from fedvla.core.services import experiments, tokens
 
 
 @dataclass(frozen=True)

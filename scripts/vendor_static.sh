@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Refreshes static/vendor/ from the versions pinned in package.json / package-lock.json.
+# Refreshes fedvla/web/static/vendor/ from the versions pinned in package.json / package-lock.json.
 # The dashboard must work with no internet, so the files are committed; node_modules/ is not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npm ci --no-audit --no-fund
-vendor=static/vendor
+vendor=fedvla/web/static/vendor
 rm -rf "$vendor"
 mkdir -p "$vendor/htmx" "$vendor/htmx-ext-sse" "$vendor/uplot"
 cp node_modules/htmx.org/dist/htmx.min.js node_modules/htmx.org/LICENSE "$vendor/htmx/"
@@ -15,6 +15,6 @@ node -e '
   const lock = require("./package-lock.json").packages;
   const names = ["htmx.org", "htmx-ext-sse", "uplot"];
   const lines = names.map((n) => `${n} ${lock["node_modules/" + n].version}`);
-  require("fs").writeFileSync("static/vendor/VERSIONS", lines.join("\n") + "\n");
+  require("fs").writeFileSync("fedvla/web/static/vendor/VERSIONS", lines.join("\n") + "\n");
 '
 cat "$vendor/VERSIONS"

@@ -16,9 +16,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.core.migrate import upgrade_database
-from app.main import create_app
+from fedvla.core.config import Settings
+from fedvla.core.migrate import upgrade_database
+from fedvla.web.main import create_app
 from tests.datasets import LEROBOT_HOME
 
 # Experiments name datasets by repo id; the app looks for them where lerobot would, offline.

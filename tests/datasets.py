@@ -1,7 +1,7 @@
 """Small real LeRobot datasets kept in the repository for the checks that read a dataset's
-metadata (app.services.preflight), so the fast tests need not import lerobot to write them.
+metadata (fedvla.core.services.preflight), so the fast tests need not import lerobot to write them.
 
-They are written by worker.data.synthetic; ``python -m tests.datasets`` rewrites them, and
+They are written by fedvla.engine.data.synthetic; ``python -m tests.datasets`` rewrites them, and
 tests/api/test_preflight.py (slow) checks that the helper still writes the same metadata.
 The tests point ``HF_LEROBOT_HOME`` at ``LEROBOT_HOME`` (tests/conftest.py), so each is also a
 cached hub dataset named by its repo id.
@@ -10,7 +10,7 @@ cached hub dataset named by its repo id.
 import shutil
 from pathlib import Path
 
-from worker.data.synthetic import SyntheticSpec, generate_dataset
+from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
 
 LEROBOT_HOME = Path(__file__).parent / "data" / "lerobot"
 SPECS = {

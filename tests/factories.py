@@ -9,17 +9,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session
 
-from app.models import Experiment, Role, RunStatus, Site
-from app.schemas.experiments import ExperimentCreate
-from app.schemas.sites import SiteCreate
-from app.services import experiments as experiment_service
-from app.services import runs as run_service
-from app.services import sites as site_service
-from app.services import tokens as token_service
-from app.services import workers as worker_service
-from app.services.events import publisher_for
-from worker.db_reporter import DbReporter
-from worker.federation.reporter import CheckpointReport, ClientReport, RoundReport
+from fedvla.core.models import Experiment, Role, RunStatus, Site
+from fedvla.core.schemas.experiments import ExperimentCreate
+from fedvla.core.schemas.sites import SiteCreate
+from fedvla.core.services import experiments as experiment_service
+from fedvla.core.services import runs as run_service
+from fedvla.core.services import sites as site_service
+from fedvla.core.services import tokens as token_service
+from fedvla.core.services import workers as worker_service
+from fedvla.core.services.events import publisher_for
+from fedvla.engine.federation.reporter import CheckpointReport, ClientReport, RoundReport
+from fedvla.orchestration.db_reporter import DbReporter
 
 _numbers = count(1)
 

@@ -1,12 +1,11 @@
-"""The import graph of app/ and worker/ has the architecture's shape (issue 14, item 1).
+"""The import graph of the fedvla package has the architecture's shape (issue 14, item 1).
 
-Every module belongs to one component of the layout the code is moving to. Until the move, a
-component spans folders of today's layout; ``COMPONENTS`` is the map, and the move makes each
-component one package. The graph counts every import, at module level or inside a function.
+Every module belongs to one component, and each component is one folder of the package:
+``fedvla/<component>/``. The graph counts every import, at module level or inside a function.
 
 - No circle between components.
-- The core (models, run state machine, event log, services) imports neither FastAPI nor Celery,
-  and nothing outside the core.
+- The core (models, run state machine, event log, services, migrations) imports neither FastAPI
+  nor Celery, and nothing outside the core.
 - The web side sends runs by the task's name: nothing it imports, however indirectly, loads the
   worker's task module.
 """
@@ -17,37 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("app", "worker")
-
-COMPONENTS: tuple[tuple[str, str], ...] = (
-    # The most specific prefix comes first; a module takes the first that names it.
-    ("app.services.health", "web"),  # the web server's readiness probe: it dials the broker
-    ("app.services.startup_kit", "sites"),
-    ("app.services.superlink_admin", "sites"),
-    ("worker.deployment.camera_map", "engine"),
-    ("worker.deployment.renamed_cameras", "engine"),
-    ("worker.deployment.server_app", "orchestration"),
-    ("worker.deployment.experiment_grid", "orchestration"),
-    ("worker.deployment.federation", "orchestration"),
-    ("worker.deployment.local_nodes", "orchestration"),
-    ("worker.deployment.site_node", "orchestration"),  # a site's warm trainer process
-    ("worker.deployment", "sites"),
-    ("worker.federation", "engine"),
-    ("worker.data", "engine"),
-    ("worker.policy", "engine"),
-    ("worker", "orchestration"),
-    ("app.cli", "cli"),
-    ("app.cli_deployment", "cli"),
-    ("app.cli_support", "cli"),
-    ("app.main", "web"),
-    ("app.api", "web"),
-    ("app.web", "web"),
-    ("app.core", "core"),
-    ("app.models", "core"),
-    ("app.schemas", "core"),
-    ("app.services", "core"),
-    ("app", "core"),
-)
+PACKAGES = ("fedvla",)
+COMPONENTS = ("core", "web", "orchestration", "engine", "sites", "cli")
 
 CORE_MAY_NOT_IMPORT = ("fastapi", "starlette", "sse_starlette", "celery", "kombu")
 
@@ -95,10 +65,14 @@ def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
 
 
 def component_of(module: str) -> str:
-    for prefix, component in COMPONENTS:
-        if module == prefix or module.startswith(prefix + "."):
-            return component
-    raise LookupError(f"{module} belongs to no component: add it to COMPONENTS")
+    """``fedvla.<component>...``; the package's own ``__init__`` holds nothing and counts as
+    core."""
+    if module == "fedvla":
+        return "core"
+    parts = module.split(".")
+    if parts[0] == "fedvla" and parts[1] in COMPONENTS:
+        return parts[1]
+    raise LookupError(f"{module} belongs to no component: put it under fedvla/<component>/")
 
 
 def component_edges(graph: Mapping[str, set[str]]) -> dict[tuple[str, str], list[str]]:
@@ -198,5 +172,9 @@ def test_the_web_side_never_loads_the_worker_task() -> None:
     internal, _ = import_graph()
     web = [module for module in internal if component_of(module) == "web"]
     loaded = reachable(internal, web)
-    assert "worker.dispatch" in loaded  # it sends runs, by the task's name
-    assert {"worker.tasks", "worker.supervisor", "worker.run_child"} & loaded == set()
+    assert "fedvla.orchestration.dispatch" in loaded  # it sends runs, by the task's name
+    assert {
+        "fedvla.orchestration.tasks",
+        "fedvla.orchestration.supervisor",
+        "fedvla.orchestration.run_child",
+    } & loaded == set()

@@ -16,10 +16,10 @@ from click.testing import Result
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from app.cli import cli
-from app.core.db import make_engine
-from app.core.security import hash_token
-from app.models import ApiToken, Role
+from fedvla.cli.main import cli
+from fedvla.core.db import make_engine
+from fedvla.core.models import ApiToken, Role
+from fedvla.core.security import hash_token
 from tests.factories import make_site
 from tests.test_migrations import empty_database_url  # noqa: F401  (fixture)
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.main import get_command
 
-from app.cli import cli
+from fedvla.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_commands_are_real_fedvla_commands(compose: dict[str, Any]) -> None:
 
 
 def test_environment_names_are_settings(compose: dict[str, Any]) -> None:
-    from app.core.config import Settings
+    from fedvla.core.config import Settings
 
     fields = {f"FEDVLA_{name.upper()}" for name in Settings.model_fields}
     fields.add("HF_HOME")  # Hugging Face's cache, which the app's checks and the workers share
@@ -121,7 +121,7 @@ def test_images_install_from_the_lock_on_python_312_slim(name: str) -> None:
     syncs = re.findall(r"^RUN uv sync (.*)$", dockerfile, re.MULTILINE)
     assert syncs and all(s.startswith("--frozen") for s in syncs), syncs
     assert "pip install" not in dockerfile
-    for copied in ("app", "worker", "migrations", "alembic.ini", "templates", "static"):
+    for copied in ("README.md", "fedvla"):
         assert re.search(rf"^COPY .*\b{re.escape(copied)}\b", dockerfile, re.MULTILINE), copied
 
 
@@ -156,7 +156,7 @@ def test_only_the_front_publishes_ports(compose: dict[str, Any]) -> None:
 def test_the_superlink_binds_its_private_name_and_sites_dial_the_front(
     compose: dict[str, Any],
 ) -> None:
-    from app.core.config import WILDCARD_HOSTS, Settings
+    from fedvla.core.config import WILDCARD_HOSTS, Settings
 
     superlink = compose["services"]["superlink"]
     env = superlink["environment"]
@@ -233,7 +233,7 @@ def test_the_front_serves_https_redirects_http_and_passes_only_the_fleet_api(
 
 
 def test_the_fronts_fleet_block_is_the_embedded_ones() -> None:
-    from worker.deployment.fleet_front import fleet_site_block
+    from fedvla.sites.fleet_front import fleet_site_block
 
     tls = "/fedvla/tls"  # where the caddy service mounts the tls volume
     block = fleet_site_block(

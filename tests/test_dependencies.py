@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+import zipfile
 from importlib.metadata import packages_distributions
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOCK = tomllib.loads((ROOT / "uv.lock").read_text())
 PROJECT = canonicalize_name(PYPROJECT["project"]["name"])
-SOURCES = ("app", "worker", "bench", "tests")
+SOURCES = ("fedvla", "bench", "tests")
 
 
 def _requirements(extra: str | None) -> list[Requirement]:
@@ -62,7 +63,7 @@ def _imports(path: Path) -> set[str]:
 def _third_party_imports() -> dict[str, set[Path]]:
     """Top-level modules imported anywhere in the sources, less the standard library and ours
     (our packages, and the sibling modules that bench scripts import by name)."""
-    ours = {"app", "worker", "tests", "bench"}
+    ours = {"fedvla", "tests", "bench"}
     found: dict[str, set[Path]] = {}
     for source in SOURCES:
         for path in (ROOT / source).rglob("*.py"):
@@ -166,9 +167,9 @@ def test_the_web_app_starts_and_serves_without_the_engine(tmp_path: Path) -> Non
         from fastapi.testclient import TestClient
         from typer.testing import CliRunner
 
-        from app.cli import cli
-        from app.core.config import Settings
-        from app.main import create_app
+        from fedvla.cli.main import cli
+        from fedvla.core.config import Settings
+        from fedvla.web.main import create_app
 
         data = {str(tmp_path)!r}
         env = {{"FEDVLA_DATA_DIR": data, "FEDVLA_ENVIRONMENT": "test"}}
@@ -192,3 +193,26 @@ def test_the_web_app_starts_and_serves_without_the_engine(tmp_path: Path) -> Non
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("served")
+
+
+def test_the_wheel_carries_templates_static_files_and_migrations(tmp_path: Path) -> None:
+    """A plain install (the images' `uv sync --no-editable`) finds its templates, static files and
+    migrations as package data, not beside a source checkout; so does the sdist it is built from."""
+    uv = Path(sys.executable).parent / "uv"
+    built = subprocess.run(  # the sdist, then the wheel from it (nothing built in the checkout)
+        [str(uv), "build", "--out-dir", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("fedvla-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for source in (
+        *(ROOT / "fedvla/web/templates").glob("*.html"),
+        *(p for p in (ROOT / "fedvla/web/static").rglob("*") if p.is_file()),
+        *(ROOT / "fedvla/core/migrations").rglob("*.py"),
+        ROOT / "fedvla/core/migrations/script.py.mako",
+    ):
+        assert str(source.relative_to(ROOT)) in names
+    assert not any(name.startswith(("tests/", "bench/")) for name in names)

@@ -1,4 +1,5 @@
-"""The schema is Alembic's: it applies to an empty database and matches app.models exactly."""
+"""The schema is Alembic's: it applies to an empty database and matches fedvla.core.models
+exactly."""
 
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,10 +16,10 @@ from sqlalchemy import MetaData, Table, insert, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlmodel import Session, SQLModel, col, select
 
-from app.core.db import make_engine
-from app.core.experiment_config import ExperimentConfig
-from app.core.migrate import alembic_config, migration_connection, upgrade_database
-from app.models import Experiment, Run, utcnow
+from fedvla.core.db import make_engine
+from fedvla.core.experiment_config import ExperimentConfig
+from fedvla.core.migrate import alembic_config, migration_connection, upgrade_database
+from fedvla.core.models import Experiment, Run, utcnow
 from tests.conftest import POSTGRES_URL, _postgres_admin_engine, _unavailable
 
 

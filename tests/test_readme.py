@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from app.core.config import Settings
+from fedvla.core.config import Settings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

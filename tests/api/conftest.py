@@ -11,10 +11,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.main import create_app
-from app.models import Role
-from app.services.tokens import create_token
+from fedvla.core.config import Settings
+from fedvla.core.models import Role
+from fedvla.core.services.tokens import create_token
+from fedvla.web.main import create_app
 from tests.factories import deployment_body, make_experiment, make_site, make_token
 
 

@@ -4,9 +4,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from app.core.security import hash_token
-from app.models import ApiToken, Role
-from app.services import tokens as token_service
+from fedvla.core.models import ApiToken, Role
+from fedvla.core.security import hash_token
+from fedvla.core.services import tokens as token_service
 from tests.api.conftest import World
 from tests.factories import bearer, make_token, site_body
 

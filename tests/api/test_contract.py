@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.services.events import event_json
-from app.services.runs import run_events
+from fedvla.core.config import Settings
+from fedvla.core.services.events import event_json
+from fedvla.core.services.runs import run_events
 from tests.api.conftest import World
 from tests.factories import bearer, finish_with_reports, simulation_body
 

@@ -9,12 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from app.api.errors import http_status
-from app.core.config import Settings
-from app.core.errors import Conflict
-from app.main import create_app
-from app.models import Experiment, ExperimentSite
-from app.services import experiments as experiment_service
+from fedvla.core.config import Settings
+from fedvla.core.errors import Conflict
+from fedvla.core.models import Experiment, ExperimentSite
+from fedvla.core.services import experiments as experiment_service
+from fedvla.web.api.errors import http_status
+from fedvla.web.main import create_app
 from tests.api.conftest import World
 from tests.factories import bearer, simulation_body
 

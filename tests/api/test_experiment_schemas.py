@@ -1,11 +1,11 @@
 """The API's experiment schemas and table are derived from the one definition of an experiment
-(app.core.experiment_config): a setting added, bounded or renamed there shows up everywhere."""
+(fedvla.core.experiment_config): a setting added, bounded or renamed there shows up everywhere."""
 
 from typing import Any
 
-from app.core.experiment_config import ExperimentConfig, FederationSettings
-from app.models import Experiment
-from app.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentUpdate
+from fedvla.core.experiment_config import ExperimentConfig, FederationSettings
+from fedvla.core.models import Experiment
+from fedvla.core.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentUpdate
 
 SETTINGS = set(FederationSettings.model_fields)
 _NOT_CONSTRAINTS = {"title", "default", "description", "examples"}

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from app.models import Experiment, ExperimentSite, Role
-from app.services import experiments as experiment_service
+from fedvla.core.models import Experiment, ExperimentSite, Role
+from fedvla.core.services import experiments as experiment_service
 from tests.api.conftest import World
 from tests.factories import bearer, deployment_body, make_token, simulation_body
 
@@ -219,7 +219,7 @@ def test_nul_characters_are_refused_on_every_backend(client: TestClient, world: 
 def test_delete_refused_while_a_run_is_active(
     client: TestClient, world: World, session: Session
 ) -> None:
-    from app.models import Run
+    from fedvla.core.models import Run
 
     admin = bearer(world.secrets["admin"] or "")
     session.add(Run(experiment_id=world.experiment_id, config={}))

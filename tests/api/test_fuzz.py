@@ -24,10 +24,10 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, col
 
-from app.core.config import Settings
-from app.core.db import make_engine
-from app.core.security import hash_token
-from app.models import ApiToken, Role, Run
+from fedvla.core.config import Settings
+from fedvla.core.db import make_engine
+from fedvla.core.models import ApiToken, Role, Run
+from fedvla.core.security import hash_token
 from tests.api.conftest import declared_statuses
 from tests.factories import (
     finish_with_reports,

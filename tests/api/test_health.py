@@ -3,8 +3,8 @@
 import redis
 from fastapi.testclient import TestClient
 
-from app.core.config import Settings
-from app.main import create_app
+from fedvla.core.config import Settings
+from fedvla.web.main import create_app
 from tests.conftest import REDIS_URL, _unavailable
 
 

@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from app.core.errors import InvalidFields
-from app.models import Role
-from app.services import tokens as token_service
+from fedvla.core.errors import InvalidFields
+from fedvla.core.models import Role
+from fedvla.core.services import tokens as token_service
 from tests.api.conftest import World
 from tests.factories import bearer, simulation_body, site_body
 

@@ -1,6 +1,7 @@
 """What an experiment's policy and data are checked for at create and at launch, before any GPU
 time: 422 at create, 409 at launch, each naming the field and the fix, in well under a second.
-The datasets are real LeRobot datasets written by worker.data.synthetic (tests/datasets.py)."""
+The datasets are real LeRobot datasets written by fedvla.engine.data.synthetic
+(tests/datasets.py)."""
 
 import json
 import shutil

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from app.models import ClientMetric, Run, RunStatus, WorkerNode
-from app.services.events import append_event
+from fedvla.core.models import ClientMetric, Run, RunStatus, WorkerNode
+from fedvla.core.services.events import append_event
 from tests.api.conftest import ACTORS, World
 from tests.datasets import root_of
 from tests.factories import bearer, deployment_body, simulation_body, site_body

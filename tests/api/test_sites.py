@@ -7,12 +7,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
-from app.core.errors import Conflict
-from app.core.security import hash_token
-from app.models import ApiToken, Role, Site, SiteAudit
-from app.schemas.sites import SiteCreate
-from app.services import sites as site_service
-from app.services.tokens import create_token
+from fedvla.core.errors import Conflict
+from fedvla.core.models import ApiToken, Role, Site, SiteAudit
+from fedvla.core.schemas.sites import SiteCreate
+from fedvla.core.security import hash_token
+from fedvla.core.services import sites as site_service
+from fedvla.core.services.tokens import create_token
 from tests.api.conftest import World
 from tests.factories import bearer, public_key_pem, site_body
 

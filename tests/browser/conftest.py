@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.core.db import make_engine
-from app.models import Role
-from app.services import tokens as token_service
+from fedvla.core.config import Settings
+from fedvla.core.db import make_engine
+from fedvla.core.models import Role
+from fedvla.core.services import tokens as token_service
 from tests.conftest import IN_CI
 from tests.orchestration.conftest import FAST, LiveServer, WorkerProcess
 
@@ -48,8 +48,8 @@ class System:
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[System]:
-    from worker.data.synthetic import SyntheticSpec, generate_dataset
-    from worker.policy.tiny import tiny_vlm_dir
+    from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
+    from fedvla.engine.policy.tiny import tiny_vlm_dir
 
     root = tmp_path_factory.mktemp("dashboard")
     data_dir = root / "data"

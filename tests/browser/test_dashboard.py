@@ -15,8 +15,8 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlmodel import Session
 
-from app.models import RunStatus
-from app.services import runs as run_service
+from fedvla.core.models import RunStatus
+from fedvla.core.services import runs as run_service
 from tests.browser.conftest import System, screenshot
 from tests.factories import public_key_pem
 

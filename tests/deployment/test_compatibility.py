@@ -3,9 +3,9 @@
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from app.models import SiteFeatures, SiteStatus
-from app.services import compatibility
-from app.services import sites as site_service
+from fedvla.core.models import SiteFeatures, SiteStatus
+from fedvla.core.services import compatibility
+from fedvla.core.services import sites as site_service
 from tests.api.conftest import World
 from tests.factories import bearer, deployment_body, make_experiment, make_site, site_body
 

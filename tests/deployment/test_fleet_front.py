@@ -15,10 +15,10 @@ from fastapi.routing import APIRoute
 from flwr.proto.control_pb2 import ListNodesRequest
 from flwr.supercore.control import ControlHttpClient
 
-from app.core.config import Settings
-from worker.deployment import fleet_front
-from worker.deployment.local_nodes import free_port, start_superlink
-from worker.deployment.superlink import (
+from fedvla.core.config import Settings
+from fedvla.orchestration.deployment.local_nodes import free_port, start_superlink
+from fedvla.sites import fleet_front
+from fedvla.sites.superlink import (
     SuperLinkError,
     SuperLinkProcess,
     list_nodes,

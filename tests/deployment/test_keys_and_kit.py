@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from app.cli import cli
-from app.core.public_keys import parse_public_key
-from app.models import Site, SiteStatus
-from app.services import sites as site_service
+from fedvla.cli.main import cli
+from fedvla.core.models import Site, SiteStatus
+from fedvla.core.public_keys import parse_public_key
+from fedvla.core.services import sites as site_service
 from tests.api.conftest import World
 from tests.factories import bearer, deployment_body, make_experiment, make_site, site_body
 
@@ -115,14 +115,14 @@ def test_startup_kit_has_everything_and_no_private_key(
     assert config["superlink"] == "127.0.0.1:9092"
     assert [e["id"] for e in config["experiments"]] == [world.experiment_id]
     assert config["supernode_args"][:2] == ["--superlink", "127.0.0.1:9092"]
-    assert "exec python -m worker.deployment.site_node" in text["supernode.sh"]
+    assert "exec python -m fedvla.orchestration.site_node" in text["supernode.sh"]
     assert "--auth-supernode-private-key keys/supernode.key" in text["supernode.sh"]
     assert f'site-label="{own.name}"' in text["supernode.sh"]
     assert f'dataset-repo-id="{own.dataset}"' in text["supernode.sh"]
     assert "fedvla site check" in text["README.md"] and "fedvla site keygen" in text["README.md"]
     assert "kind: Deployment" in text["kubernetes.yaml"]
     assert "secretName: fedvla-supernode-key" in text["kubernetes.yaml"]
-    assert "worker.deployment.site_node" in text["docker-compose.yml"]
+    assert "fedvla.orchestration.site_node" in text["docker-compose.yml"]
 
 
 def test_startup_kit_only_for_admins_and_the_own_operator_of_an_approved_site(
@@ -164,7 +164,7 @@ def test_a_local_dataset_path_becomes_the_node_config_root(
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from worker.data.synthetic import SyntheticSpec, generate_dataset
+    from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
 
     root = tmp_path_factory.mktemp("site-datasets")
     good = generate_dataset(root / "good", SyntheticSpec(episodes=2, frames_per_episode=4))
@@ -244,7 +244,7 @@ def test_site_check_explains_a_missing_dataset_or_kit(tmp_path: Path) -> None:
 def test_site_check_prints_the_registration_body_the_api_accepts(
     client: TestClient, world: World, tmp_path: Path, datasets: dict[str, Path]
 ) -> None:
-    from worker.deployment.keys import generate_node_keys
+    from fedvla.sites.keys import generate_node_keys
 
     keys = generate_node_keys(tmp_path / "keys")
     result = CliRunner().invoke(
@@ -310,7 +310,7 @@ def test_kit_files_are_what_their_tools_accept(
     kit = _kit(client, site.id, world.secrets["admin"])
     script = kit.read("fedvla-site/supernode.sh").decode()
     command = shlex.split(script.split("exec ", 1)[1].replace("\\\n", " "))
-    assert command[:3] == ["python", "-m", "worker.deployment.site_node"]
+    assert command[:3] == ["python", "-m", "fedvla.orchestration.site_node"]
     args = _parse_args_run_supernode().parse_args(command[3:])
     assert args.superlink == "127.0.0.1:9092"
     assert args.root_certificates == "ca.crt"
@@ -324,14 +324,14 @@ def test_kit_files_are_what_their_tools_accept(
     compose = yaml.safe_load(kit.read("fedvla-site/docker-compose.yml"))
     jsonschema.Draft7Validator(_compose_schema()).validate(compose)
     compose_args = compose["services"]["supernode"]["command"]
-    assert compose_args[:3] == ["python", "-m", "worker.deployment.site_node"]
+    assert compose_args[:3] == ["python", "-m", "fedvla.orchestration.site_node"]
     parsed = _parse_args_run_supernode().parse_args(compose_args[3:])
     assert parse_config_args([parsed.node_config])["dataset-root"] == "/dataset"
 
     config_map, deployment = yaml.safe_load_all(kit.read("fedvla-site/kubernetes.yaml"))
     assert config_map["data"]["ca.crt"] == kit.read("fedvla-site/ca.crt").decode()
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["python", "-m", "worker.deployment.site_node"]
+    assert container["command"] == ["python", "-m", "fedvla.orchestration.site_node"]
     parsed = _parse_args_run_supernode().parse_args(container["args"])
     assert parsed.auth_supernode_private_key == "/keys/supernode.key"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
@@ -365,11 +365,11 @@ def test_kit_maps_the_sites_cameras_to_the_experiments(
 
 
 def test_renamed_cameras_on_a_real_dataset(datasets: dict[str, Path]) -> None:
-    from app.core.experiment_config import DatasetRef
-    from worker.data.features import DatasetError
-    from worker.deployment.camera_map import parse_camera_map
-    from worker.deployment.renamed_cameras import apply_camera_map
-    from worker.federation import task
+    from fedvla.core.experiment_config import DatasetRef
+    from fedvla.engine.camera_map import parse_camera_map
+    from fedvla.engine.data.features import DatasetError
+    from fedvla.engine.federation import task
+    from fedvla.engine.renamed_cameras import apply_camera_map
 
     data = task.open_dataset(
         DatasetRef(repo_id="local/bad", root=str(datasets["bad"])), chunk_size=2, owner="t"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from app.models import Site, SiteStatus
-from worker.deployment import node_registry
-from worker.deployment.experiment_grid import ExperimentGrid
-from worker.deployment.federation import DeploymentError, NodeWait
-from worker.deployment.keys import generate_node_keys
-from worker.deployment.superlink import NodeStatus, SuperLinkError
-from worker.federation.reporter import JsonLinesReporter
+from fedvla.core.models import Site, SiteStatus
+from fedvla.engine.federation.reporter import JsonLinesReporter
+from fedvla.orchestration.deployment.experiment_grid import ExperimentGrid
+from fedvla.orchestration.deployment.federation import DeploymentError, NodeWait
+from fedvla.sites import node_registry
+from fedvla.sites.keys import generate_node_keys
+from fedvla.sites.superlink import NodeStatus, SuperLinkError
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +179,8 @@ def test_the_experiment_grid_admits_a_re_keyed_sites_new_node() -> None:
 def test_the_site_page_says_key_needed_and_why_the_node_was_refused() -> None:
     from bs4 import BeautifulSoup
 
-    from app.services.superlink_admin import HINTS, SiteNode
-    from app.web.templating import templates
+    from fedvla.sites.superlink_admin import HINTS, SiteNode
+    from fedvla.web.pages.templating import templates
 
     node = SiteNode(
         site_id=1,

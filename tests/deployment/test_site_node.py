@@ -10,7 +10,8 @@ from flwr.cli.build import build_fab_from_files
 from flwr.clientapp import ClientApp
 from flwr.clientapp.client_app import ClientAppException
 
-from worker.deployment.site_node import (
+from fedvla.engine.federation.forked_clients import ClientProcessDied
+from fedvla.orchestration.site_node import (
     CLIENT_APP,
     TaskRecord,
     Trainer,
@@ -18,7 +19,6 @@ from worker.deployment.site_node import (
     read_task_records,
     runtime_address,
 )
-from worker.federation.forked_clients import ClientProcessDied
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

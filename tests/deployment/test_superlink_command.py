@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.core.db import make_engine
-from app.models import SiteStatus
-from app.services import sites as site_service
-from app.services import superlink_admin
+from fedvla.core.config import Settings
+from fedvla.core.db import make_engine
+from fedvla.core.models import SiteStatus
+from fedvla.core.services import sites as site_service
+from fedvla.orchestration.deployment.local_nodes import free_port, start_supernode
+from fedvla.orchestration.supervisor import child_env
+from fedvla.sites import superlink_admin
+from fedvla.sites.keys import generate_node_keys
+from fedvla.sites.superlink import list_nodes
+from fedvla.sites.superlink import log_path as superlink_log_path
 from tests.factories import make_site
-from worker.deployment.keys import generate_node_keys
-from worker.deployment.local_nodes import free_port, start_supernode
-from worker.deployment.superlink import list_nodes
-from worker.deployment.superlink import log_path as superlink_log_path
-from worker.supervisor import child_env
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_superlink_command_registers_approved_keys_and_drops_revoked_ones(
 
 
 def _answers(settings: Settings) -> bool:
-    from worker.deployment.superlink import SuperLinkError
+    from fedvla.sites.superlink import SuperLinkError
 
     try:
         list_nodes(settings)

@@ -16,20 +16,27 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, col, select
 
-from app.core.config import Settings
-from app.core.db import make_engine
-from app.models import Checkpoint, ClientMetric, RoundMetric, Run, RunEvent, Site, SiteStatus
-from app.schemas.sites import SiteCreate
-from app.services import runs as run_service
-from app.services import sites as site_service
-from app.services import startup_kit, superlink_admin
+from fedvla.core.config import Settings
+from fedvla.core.db import make_engine
+from fedvla.core.models import (
+    Checkpoint,
+    ClientMetric,
+    RoundMetric,
+    Run,
+    RunEvent,
+    Site,
+    SiteStatus,
+)
+from fedvla.core.schemas.sites import SiteCreate
+from fedvla.core.services import runs as run_service
+from fedvla.core.services import sites as site_service
+from fedvla.orchestration.deployment.local_nodes import free_port, start_superlink, start_supernode
+from fedvla.orchestration.site_node import read_task_records
+from fedvla.orchestration.supervisor import child_env
+from fedvla.sites import node_registry, startup_kit, superlink_admin
+from fedvla.sites.keys import NodeKeyFiles, generate_node_keys
+from fedvla.sites.superlink import SuperLinkProcess, list_nodes, run_status
 from tests.factories import deployment_body, make_experiment, site_body
-from worker.deployment import node_registry
-from worker.deployment.keys import NodeKeyFiles, generate_node_keys
-from worker.deployment.local_nodes import free_port, start_superlink, start_supernode
-from worker.deployment.site_node import read_task_records
-from worker.deployment.superlink import SuperLinkProcess, list_nodes, run_status
-from worker.supervisor import child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -99,7 +106,7 @@ class Deployment:
 
 @pytest.fixture
 def deployment(sqlite_url: str, tmp_path: Path) -> Iterator[Deployment]:
-    from worker.policy.tiny import tiny_vlm_dir
+    from fedvla.engine.policy.tiny import tiny_vlm_dir
 
     settings = Settings(
         environment="test",
@@ -132,7 +139,7 @@ def deployment(sqlite_url: str, tmp_path: Path) -> Iterator[Deployment]:
 
 
 def superlink_tls_ca(settings: Settings) -> Path:
-    from worker.deployment.superlink import tls_files
+    from fedvla.sites.superlink import tls_files
 
     return tls_files(settings).ca_certificate
 
@@ -149,7 +156,7 @@ def _run_child(
 ) -> "subprocess.CompletedProcess[str]":
     """The run's federation process, as a worker starts it, to its end."""
     return subprocess.run(
-        [sys.executable, "-m", "worker.run_child", str(run_id)],
+        [sys.executable, "-m", "fedvla.orchestration.run_child", str(run_id)],
         env=child_env(settings),
         capture_output=True,
         text=True,
@@ -166,7 +173,7 @@ def _refused(node: subprocess.Popen[bytes], log: Path) -> str:
 def test_two_sites_train_two_rounds_on_our_superlink(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    from worker.data.synthetic import SyntheticSpec, generate_dataset
+    from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
 
     data = [
         generate_dataset(
@@ -326,7 +333,7 @@ def test_cancel_stops_the_flower_run_on_the_superlink(
 
     # No node is online: the ServerApp waits for them until the run is cancelled.
     child = subprocess.Popen(
-        [sys.executable, "-m", "worker.run_child", str(run.id)],
+        [sys.executable, "-m", "fedvla.orchestration.run_child", str(run.id)],
         env=child_env(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -354,8 +361,8 @@ def test_a_re_keyed_site_is_in_the_experiments_nodes_once_approved_again(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     """What the ServerApp's grid reads while a run goes on: no restart for a new key."""
-    from app.schemas.sites import SiteUpdate
-    from worker.deployment.experiment_grid import experiment_nodes
+    from fedvla.core.schemas.sites import SiteUpdate
+    from fedvla.orchestration.deployment.experiment_grid import experiment_nodes
 
     settings, session = deployment.settings, deployment.session
     site, _ = deployment.site("lab-g", tmp_path, SiteStatus.approved)

@@ -6,11 +6,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
-from app.core.config import Settings
+from fedvla.core.config import Settings
+from fedvla.sites.certificates import certificate_hosts, ensure_tls
+from fedvla.sites.superlink import superlink_command
 from tests.api.conftest import World
 from tests.factories import bearer
-from worker.deployment.certificates import certificate_hosts, ensure_tls
-from worker.deployment.superlink import superlink_command
 
 
 def test_server_certificate_is_signed_by_the_ca_for_every_host(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from app.core.experiment_config import DatasetRef
-from worker.data.synthetic import SyntheticSpec, generate_dataset
-from worker.policy.tiny import tiny_vlm_dir
+from fedvla.core.experiment_config import DatasetRef
+from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
+from fedvla.engine.policy.tiny import tiny_vlm_dir
 
 REPO_ID = "synthetic/so100"
 BASE = SyntheticSpec(repo_id=REPO_ID, episodes=9, frames_per_episode=16)

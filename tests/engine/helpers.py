@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from app.core.experiment_config import DatasetRef
-from worker.federation import task
-from worker.policy.loading import resolve_policy_source
+from fedvla.core.experiment_config import DatasetRef
+from fedvla.engine.federation import task
+from fedvla.engine.policy.loading import resolve_policy_source
 
 TINY_CHUNK = 4
 """The tiny policy's action chunk length."""

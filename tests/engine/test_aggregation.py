@@ -6,11 +6,11 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
-from worker.federation import aggregation
-from worker.federation.aggregation import AggregationError, weighted_average
-from worker.federation.protocol import TrainMetrics, train_reply
-from worker.federation.strategy import make_strategy
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.federation import aggregation
+from fedvla.engine.federation.aggregation import AggregationError, weighted_average
+from fedvla.engine.federation.protocol import TrainMetrics, train_reply
+from fedvla.engine.federation.strategy import make_strategy
 
 
 def _update(seed: int) -> ArrayRecord:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from app.core.experiment_config import DatasetRef
+from fedvla.core.experiment_config import DatasetRef
+from fedvla.engine.data.loader import frames_to_float
+from fedvla.engine.federation import checkpoints
+from fedvla.engine.federation.reporter import CheckpointReport, JsonLinesReporter, RoundReport
+from fedvla.engine.policy.loading import build_policy, resolve_policy_source, trainable_state
 from tests.engine.helpers import tiny_bundle
-from worker.data.loader import frames_to_float
-from worker.federation import checkpoints
-from worker.federation.reporter import CheckpointReport, JsonLinesReporter, RoundReport
-from worker.policy.loading import build_policy, resolve_policy_source, trainable_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,7 +120,7 @@ def test_a_checkpoint_copied_away_loads_in_plain_lerobot_without_the_data_dir(
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.federation", *args],
+        [sys.executable, "-m", "fedvla.engine.federation", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -173,7 +173,7 @@ def test_json_lines_reporter_writes_one_object_per_event(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("source", ["./relative/missing", "too/many/slashes"])
 def test_unknown_policy_source_is_named(source: str) -> None:
-    from worker.policy.loading import PolicySourceError
+    from fedvla.engine.policy.loading import PolicySourceError
 
     with pytest.raises(PolicySourceError, match="no such folder and not a hub id"):
         resolve_policy_source(source)

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from app.core.experiment_config import DatasetRef, FederationConfig
+from fedvla.core.experiment_config import DatasetRef, FederationConfig
+from fedvla.engine.data.partition import plan_data
+from fedvla.engine.federation import client_app, task
+from fedvla.engine.federation.protocol import Instructions, instructions_record
+from fedvla.engine.federation.transport import decode_arrays, encode_arrays, stats_to_record
+from fedvla.engine.policy.loading import trainable_state
 from tests.engine.helpers import tiny_bundle
-from worker.data.partition import plan_data
-from worker.federation import client_app, task
-from worker.federation.protocol import Instructions, instructions_record
-from worker.federation.transport import decode_arrays, encode_arrays, stats_to_record
-from worker.policy.loading import trainable_state
 
 
 @pytest.fixture(autouse=True)

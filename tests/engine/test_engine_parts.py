@@ -10,16 +10,15 @@ import pytest
 import torch
 from flwr.app import Array
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
-from tests.engine.helpers import tiny_bundle
-from worker.data.features import DatasetError, check_dataset
-from worker.data.partition import split_partition
-from worker.federation import task
-from worker.federation.run_config import (
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.data.features import DatasetError, check_dataset
+from fedvla.engine.data.partition import split_partition
+from fedvla.engine.federation import task
+from fedvla.engine.federation.run_config import (
     federation_config_from_run_config,
     run_config_from_federation_config,
 )
-from worker.federation.transport import (
+from fedvla.engine.federation.transport import (
     OutOfBandArray,
     array_values,
     decode_arrays,
@@ -28,14 +27,15 @@ from worker.federation.transport import (
     ray_carries_messages,
     to_array,
 )
-from worker.policy.loading import (
+from fedvla.engine.policy.loading import (
     PolicySourceError,
     load_pretrained_fast,
     read_policy_config,
     resolve_policy_source,
     trainable_state,
 )
-from worker.policy.tiny import SPECIAL_TOKENS, tiny_vlm_dir
+from fedvla.engine.policy.tiny import SPECIAL_TOKENS, tiny_vlm_dir
+from tests.engine.helpers import tiny_bundle
 
 
 def test_tiny_vlm_is_generated_once_with_the_special_tokens(data_dir: Path) -> None:

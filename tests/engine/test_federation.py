@@ -9,19 +9,19 @@ from typing import Any
 import pytest
 import torch
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition, ResumePoint
-from tests.engine.helpers import tiny_bundle
-from worker.data.features import DatasetError
-from worker.federation import task
-from worker.federation.checkpoints import (
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition, ResumePoint
+from fedvla.engine.data.features import DatasetError
+from fedvla.engine.federation import task
+from fedvla.engine.federation.checkpoints import (
     ROUND_FILE,
     SERVER_STATE_FILE,
     load_server_state,
     sha256_of,
 )
-from worker.federation.reporter import CheckpointReport, RoundReport
-from worker.federation.runner import run_federation
-from worker.policy.loading import trainable_state
+from fedvla.engine.federation.reporter import CheckpointReport, RoundReport
+from fedvla.engine.federation.runner import run_federation
+from fedvla.engine.policy.loading import trainable_state
+from tests.engine.helpers import tiny_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -290,7 +290,7 @@ def test_missing_dataset_stops_the_run(
 def test_run_stops_when_too_few_clients_answer(
     make_dataset, data_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from worker.federation.server_app import FederationError
+    from fedvla.engine.federation.server_app import FederationError
 
     good = [make_dataset(f"site_{i}", episodes=2, seed=10 + i) for i in range(2)]
     faulty = _with_nan_actions(make_dataset("site_nan", episodes=2, seed=30), tmp_path / "nan")

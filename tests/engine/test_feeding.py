@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from app.core.experiment_config import DatasetRef
-from tests.engine.helpers import TINY_CHUNK, tiny_bundle
-from worker.data.loader import (
+from fedvla.core.experiment_config import DatasetRef
+from fedvla.engine.data.loader import (
     LOADER_WORKERS_ENV,
     default_loader_workers,
     frames_to_float,
     loader_workers,
 )
-from worker.federation import task
-from worker.policy.speed import flow_loss, hold_frozen_in_bf16
+from fedvla.engine.federation import task
+from fedvla.engine.policy.speed import flow_loss, hold_frozen_in_bf16
+from tests.engine.helpers import TINY_CHUNK, tiny_bundle
 
 
 @pytest.mark.parametrize(("cpus", "workers"), [(1, 0), (2, 0), (4, 1), (16, 7), (64, 8)])

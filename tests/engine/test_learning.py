@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
-from worker.data.partition import plan_data
-from worker.federation import task
-from worker.federation.runner import run_federation
-from worker.policy.loading import resolve_policy_source
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.data.partition import plan_data
+from fedvla.engine.federation import task
+from fedvla.engine.federation.runner import run_federation
+from fedvla.engine.policy.loading import resolve_policy_source
 
 from .test_federation import RecordingReporter
 

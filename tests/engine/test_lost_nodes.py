@@ -6,9 +6,9 @@ from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.federation.strategy import RoundLog, TrackedStrategy, make_strategy
 from tests.engine.test_aggregation import _reply
-from worker.federation.strategy import RoundLog, TrackedStrategy, make_strategy
 
 
 def _sent(node: int) -> Message:

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
-from worker.data.partition import plan_data
-from worker.data.synthetic import TASKS, SyntheticSpec, create_dataset
-from worker.federation import task
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.data.partition import plan_data
+from fedvla.engine.data.synthetic import TASKS, SyntheticSpec, create_dataset
+from fedvla.engine.federation import task
 
 EPISODES = 4
 FRAMES = 10

@@ -9,9 +9,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
-from worker.data.partition import DataPlan
-from worker.federation.protocol import (
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.data.partition import DataPlan
+from fedvla.engine.federation.protocol import (
     ARRAYS_KEY,
     CONFIG_KEY,
     METRICS_KEY,
@@ -31,7 +31,7 @@ from worker.federation.protocol import (
     read_train_reply,
     train_reply,
 )
-from worker.federation.strategy import make_strategy
+from fedvla.engine.federation.strategy import make_strategy
 
 DATASET = DatasetRef(repo_id="synthetic/so100", root="/data/so100")
 FEATURES = {

@@ -6,9 +6,13 @@ from pathlib import Path
 
 from flwr.serverapp.strategy import FedAdam, FedProx
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition, Strategy
-from worker.federation.run_config import ENGINE_KEYS, federation_config_from_run_config, kebab
-from worker.federation.strategy import STRATEGIES, TrackedStrategy, make_strategy
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition, Strategy
+from fedvla.engine.federation.run_config import (
+    ENGINE_KEYS,
+    federation_config_from_run_config,
+    kebab,
+)
+from fedvla.engine.federation.strategy import STRATEGIES, TrackedStrategy, make_strategy
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

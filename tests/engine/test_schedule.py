@@ -8,10 +8,10 @@ import torch
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 from pydantic import ValidationError
 
-from app.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.engine.federation import task
+from fedvla.engine.federation.schedule import LearningRateSchedule
 from tests.engine.helpers import tiny_bundle
-from worker.federation import task
-from worker.federation.schedule import LearningRateSchedule
 
 PARTITION = Partition(dataset=DatasetRef(repo_id="x/y"), num_clients=2)
 

@@ -22,9 +22,10 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.core.config import Settings
-from app.models import Checkpoint, Experiment, RoundMetric, Run, RunEvent, RunStatus
-from app.services import run_files
+from fedvla.core.config import Settings
+from fedvla.core.models import Checkpoint, Experiment, RoundMetric, Run, RunEvent, RunStatus
+from fedvla.core.services import run_files
+from fedvla.orchestration.supervisor import child_env
 from tests.orchestration.conftest import LiveServer, WorkerProcess, read_sse, wait_for
 from tests.orchestration.test_celery_runs import (
     _checkpoint_rounds,
@@ -33,7 +34,6 @@ from tests.orchestration.test_celery_runs import (
     _group_alive,
     _run,
 )
-from worker.supervisor import child_env
 
 pytestmark = [
     pytest.mark.slow,

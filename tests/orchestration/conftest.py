@@ -15,15 +15,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from app.core.config import Settings
-from app.core.db import make_engine
-from app.main import create_app
-from app.models import Experiment, Role, Run, RunStatus, WorkerNode
-from app.schemas.experiments import ExperimentCreate
-from app.services import experiments as experiment_service
-from app.services import tokens as token_service
+from fedvla.core.config import Settings
+from fedvla.core.db import make_engine
+from fedvla.core.models import Experiment, Role, Run, RunStatus, WorkerNode
+from fedvla.core.schemas.experiments import ExperimentCreate
+from fedvla.core.services import experiments as experiment_service
+from fedvla.core.services import tokens as token_service
+from fedvla.orchestration.main import start_local_worker
+from fedvla.web.main import create_app
 from tests.conftest import REDIS_URL, _unavailable
-from worker.main import start_local_worker
 
 FAST = {"heartbeat_interval_s": 0.5, "lost_after_s": 30.0, "cancel_grace_s": 2.0}
 """Short heartbeats and grace. Runs that tests claim by hand get no heartbeats, so the bound for
@@ -155,7 +155,7 @@ def broker_settings(
 
 
 class WorkerProcess:
-    """A real `python -m worker.main` Celery worker, as `fedvla serve` starts it."""
+    """A real `python -m fedvla.orchestration.main` Celery worker, as `fedvla serve` starts it."""
 
     def __init__(self, settings: Settings, engine: Engine, log_dir: Path) -> None:
         self.settings = settings

@@ -20,10 +20,10 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.core.config import Settings
-from app.core.db import make_engine
-from app.models import Checkpoint, RoundMetric, Run, RunEvent, RunStatus, WorkerNode
-from app.services import run_files
+from fedvla.core.config import Settings
+from fedvla.core.db import make_engine
+from fedvla.core.models import Checkpoint, RoundMetric, Run, RunEvent, RunStatus, WorkerNode
+from fedvla.core.services import run_files
 from tests.conftest import REDIS_URL, _fresh_postgres
 from tests.orchestration.conftest import FAST, LiveServer, WorkerProcess, read_sse, wait_for
 
@@ -36,8 +36,8 @@ RUN_TIMEOUT_S = 180
 @pytest.fixture(scope="session")
 def federation_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny VLM and a small synthetic SO-100 dataset, generated once per test session."""
-    from worker.data.synthetic import SyntheticSpec, generate_dataset
-    from worker.policy.tiny import tiny_vlm_dir
+    from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
+    from fedvla.engine.policy.tiny import tiny_vlm_dir
 
     root = tmp_path_factory.mktemp("federation")
     tiny_vlm_dir(root / "data")

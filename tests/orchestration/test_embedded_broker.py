@@ -9,9 +9,9 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, func, select
 
-from app.core.config import Settings
-from app.models import Run
-from worker import dispatch, embedded_broker
+from fedvla.core.config import Settings
+from fedvla.core.models import Run
+from fedvla.orchestration import dispatch, embedded_broker
 
 
 def _broker_file(settings: Settings) -> Path:

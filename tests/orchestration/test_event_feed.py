@@ -1,5 +1,6 @@
-"""The shared event feed of a run (app.services.event_feed), driven directly on one event loop:
-followers that start behind it or fall behind its buffer read the table and still get every event
+"""The shared event feed of a run (fedvla.core.services.event_feed), driven directly on one event
+loop: followers that start behind it or fall behind its buffer read the table and still get every
+event
 once; the feed stops when its last follower leaves."""
 
 import asyncio
@@ -9,13 +10,13 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.models import RunEvent, RunStatus
-from app.services import event_feed, runs
-from app.services.event_feed import EventHub
-from app.services.events import EventPublisher, events_after
-from worker.db_reporter import DbReporter
-from worker.dispatch import run_sender
+from fedvla.core.config import Settings
+from fedvla.core.models import RunEvent, RunStatus
+from fedvla.core.services import event_feed, runs
+from fedvla.core.services.event_feed import EventHub
+from fedvla.core.services.events import EventPublisher, events_after
+from fedvla.orchestration.db_reporter import DbReporter
+from fedvla.orchestration.dispatch import run_sender
 
 NO_REDIS = EventPublisher("")
 

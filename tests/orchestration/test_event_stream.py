@@ -14,14 +14,14 @@ import sqlalchemy
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.models import RunStatus
-from app.services import event_feed, runs
-from app.services.events import EventPublisher, channel, events_after
+from fedvla.core.config import Settings
+from fedvla.core.models import RunStatus
+from fedvla.core.services import event_feed, runs
+from fedvla.core.services.events import EventPublisher, channel, events_after
+from fedvla.orchestration.db_reporter import DbReporter
+from fedvla.orchestration.dispatch import run_sender
 from tests.conftest import REDIS_URL, _unavailable
 from tests.orchestration.conftest import LiveServer, read_sse
-from worker.db_reporter import DbReporter
-from worker.dispatch import run_sender
 
 NO_REDIS = EventPublisher("")
 

@@ -7,14 +7,14 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.models import Run, RunStatus
-from app.services import runs
-from app.services.events import EventPublisher, events_after
+from fedvla.core.config import Settings
+from fedvla.core.models import Run, RunStatus
+from fedvla.core.services import runs
+from fedvla.core.services.events import EventPublisher, events_after
+from fedvla.orchestration.celery_app import RUN_TASK
+from fedvla.orchestration.dispatch import run_sender
+from fedvla.orchestration.tasks import make_worker_celery
 from tests.datasets import root_of
-from worker.celery_app import RUN_TASK
-from worker.dispatch import run_sender
-from worker.tasks import make_worker_celery
 
 NO_REDIS = EventPublisher("")
 

@@ -10,17 +10,17 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from app.core.config import Settings
-from app.main import create_app
-from app.models import Role, Run, RunEvent, RunStatus, SiteStatus, utcnow
-from app.services import run_files, runs
-from app.services import sites as site_service
-from app.services.events import EventPublisher
+from fedvla.core.config import Settings
+from fedvla.core.models import Role, Run, RunEvent, RunStatus, SiteStatus, utcnow
+from fedvla.core.services import run_files, runs
+from fedvla.core.services import sites as site_service
+from fedvla.core.services.events import EventPublisher
+from fedvla.engine.federation.reporter import CheckpointReport, ClientReport, RoundReport
+from fedvla.orchestration.db_reporter import DbReporter
+from fedvla.orchestration.registry import HeartbeatThread, register_worker
+from fedvla.web.main import create_app
 from tests.factories import deployment_body, make_site
 from tests.factories import make_experiment as make_experiment_from_body
-from worker.db_reporter import DbReporter
-from worker.federation.reporter import CheckpointReport, ClientReport, RoundReport
-from worker.registry import HeartbeatThread, register_worker
 
 NO_REDIS = EventPublisher("")
 
@@ -55,7 +55,7 @@ def test_launch_freezes_the_experiment_and_queues_it(
 
 
 def _name(session: Session, headers: dict[str, str]) -> str:
-    from app.services.tokens import authenticate
+    from fedvla.core.services.tokens import authenticate
 
     token = authenticate(session=session, secret=headers["Authorization"].split()[1])
     assert token is not None

@@ -12,16 +12,16 @@ from bs4 import BeautifulSoup
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from app.core.config import Settings
-from app.core.security import hash_token
-from app.models import ApiToken, Role
-from app.services import event_feed, runs
-from app.services import tokens as token_service
-from app.services.events import EventPublisher
+from fedvla.core.config import Settings
+from fedvla.core.models import ApiToken, Role
+from fedvla.core.security import hash_token
+from fedvla.core.services import event_feed, runs
+from fedvla.core.services import tokens as token_service
+from fedvla.core.services.events import EventPublisher
+from fedvla.engine.federation.reporter import CheckpointReport
+from fedvla.orchestration.db_reporter import DbReporter
 from tests.orchestration.conftest import LiveServer, read_sse
 from tests.orchestration.test_event_stream import _running_run
-from worker.db_reporter import DbReporter
-from worker.federation.reporter import CheckpointReport
 
 NO_REDIS = EventPublisher("")  # finishes the run in the path test
 CLOSE_BOUND_S = event_feed.CREDENTIAL_CHECK_S + 8.0

@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.models import Experiment, Run, RunStatus
-from app.services import runs
-from app.services.events import EventPublisher, events_after
+from fedvla.core.config import Settings
+from fedvla.core.models import Experiment, Run, RunStatus
+from fedvla.core.services import runs
+from fedvla.core.services.events import EventPublisher, events_after
+from fedvla.orchestration.supervisor import Outcome, last_error_line, supervise
 from tests.orchestration.conftest import wait_for
-from worker.supervisor import Outcome, last_error_line, supervise
 
 NO_REDIS = EventPublisher("")
 
@@ -147,7 +147,7 @@ def test_the_federation_dies_with_its_worker(tmp_path: Path) -> None:
     parent = f"""
         import subprocess, sys, time
         code = (
-            "import os, time; from worker.run_child import watch_parent;"
+            "import os, time; from fedvla.orchestration.run_child import watch_parent;"
             "watch_parent(os.getppid(), every_s=0.1);"
             "open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
         )

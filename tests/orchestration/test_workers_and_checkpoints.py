@@ -14,15 +14,15 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.core.config import Settings
-from app.models import Checkpoint, RunEvent, RunStatus, WorkerNode, utcnow
-from app.services import run_files, runs
-from app.services.events import EventPublisher
+from fedvla.core.config import Settings
+from fedvla.core.models import Checkpoint, RunEvent, RunStatus, WorkerNode, utcnow
+from fedvla.core.services import run_files, runs
+from fedvla.core.services.events import EventPublisher
+from fedvla.engine.federation.reporter import CheckpointReport, RoundReport
+from fedvla.orchestration.db_reporter import DbReporter
+from fedvla.orchestration.dispatch import run_sender
+from fedvla.orchestration.registry import HeartbeatThread, detect_gpus, register_worker
 from tests.orchestration.conftest import wait_for
-from worker.db_reporter import DbReporter
-from worker.dispatch import run_sender
-from worker.federation.reporter import CheckpointReport, RoundReport
-from worker.registry import HeartbeatThread, detect_gpus, register_worker
 
 NO_REDIS = EventPublisher("")
 

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from sqlmodel import Session
 
-from app.models import Role
+from fedvla.core.models import Role
 from tests.factories import make_site, make_token
 
 

@@ -103,14 +103,14 @@ def test_sign_out_ends_the_session(browser: Callable[..., Browser], secrets: Sec
 def test_revoked_token_ends_the_session(
     browser: Callable[..., Browser], secrets: Secrets, session: object
 ) -> None:
-    from app.services import tokens as token_service
+    from fedvla.core.services import tokens as token_service
 
     b = browser(secrets.viewer)
     assert b.get("/experiments").status_code == 200
     from sqlmodel import select
 
-    from app.core.security import hash_token
-    from app.models import ApiToken
+    from fedvla.core.models import ApiToken
+    from fedvla.core.security import hash_token
 
     token = session.exec(
         select(ApiToken).where(ApiToken.token_hash == hash_token(secrets.viewer))
@@ -147,7 +147,7 @@ def test_a_cookie_forged_with_the_old_public_key_is_refused(
 ) -> None:
     from sqlmodel import select
 
-    from app.models import ApiToken, Role
+    from fedvla.core.models import ApiToken, Role
 
     admin = session.exec(select(ApiToken).where(ApiToken.role == Role.admin)).first()  # type: ignore[attr-defined]
     assert admin is not None
@@ -167,8 +167,8 @@ def test_a_cookie_signed_with_the_real_key_still_needs_a_live_server_session(
     """Even whoever learns the signing key cannot make a session: the key names a row."""
     from sqlmodel import select
 
-    from app.core.security import session_secret_key
-    from app.models import ApiToken, Role
+    from fedvla.core.models import ApiToken, Role
+    from fedvla.core.security import session_secret_key
 
     key = session_secret_key(app.state.settings)  # type: ignore[attr-defined]
     admin = session.exec(select(ApiToken).where(ApiToken.role == Role.admin)).first()  # type: ignore[attr-defined]
@@ -197,9 +197,9 @@ def test_revoking_a_token_ends_every_session_signed_in_with_it(
 ) -> None:
     from sqlmodel import select
 
-    from app.core.security import hash_token
-    from app.models import ApiToken, WebSession
-    from app.services import tokens as token_service
+    from fedvla.core.models import ApiToken, WebSession
+    from fedvla.core.security import hash_token
+    from fedvla.core.services import tokens as token_service
 
     first, second = browser(secrets.viewer), browser(secrets.viewer)
     token = session.exec(
@@ -220,8 +220,8 @@ def test_without_a_configured_key_one_is_generated_once_into_the_data_dir(
 ) -> None:
     import stat
 
-    from app.core.config import Settings
-    from app.core.security import session_secret_key
+    from fedvla.core.config import Settings
+    from fedvla.core.security import session_secret_key
 
     assert isinstance(settings, Settings) and not settings.secret_key
     first = session_secret_key(settings)
@@ -241,7 +241,7 @@ def test_production_refuses_to_start_without_an_explicit_key(tmp_path: object) -
     import pytest
     from pydantic import ValidationError
 
-    from app.core.config import Settings
+    from fedvla.core.config import Settings
 
     with pytest.raises(ValidationError, match="FEDVLA_SECRET_KEY must be set"):
         Settings(environment="production", data_dir=tmp_path, secret_key="")  # type: ignore[arg-type]

@@ -5,9 +5,9 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from app.core.experiment_config import DatasetRef, Partition
-from app.models import Experiment, Run, RunStatus
-from app.schemas.experiments import ExperimentCreate
+from fedvla.core.experiment_config import DatasetRef, Partition
+from fedvla.core.models import Experiment, Run, RunStatus
+from fedvla.core.schemas.experiments import ExperimentCreate
 from tests.datasets import root_of
 from tests.factories import make_experiment, simulation_body
 from tests.web.conftest import Browser, Secrets, html

@@ -15,12 +15,12 @@ import uvicorn
 from fastapi import FastAPI
 from sqlmodel import Session
 
-from app.core.config import Settings
-from app.models import Role
-from app.services import runs as run_service
+from fedvla.core.config import Settings
+from fedvla.core.models import Role
+from fedvla.core.services import runs as run_service
+from fedvla.orchestration.dispatch import run_sender
 from tests.factories import finish_with_reports, make_experiment, make_token
 from tests.test_readme import README
-from worker.dispatch import run_sender
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from app.core.config import Settings
-from app.models import Run, RunStatus
-from app.services import runs as run_service
-from app.services.events import publisher_for
+from fedvla.core.config import Settings
+from fedvla.core.models import Run, RunStatus
+from fedvla.core.services import runs as run_service
+from fedvla.core.services.events import publisher_for
+from fedvla.engine.federation.reporter import CheckpointReport, ClientReport, RoundReport
+from fedvla.orchestration.db_reporter import DbReporter
+from fedvla.orchestration.dispatch import run_sender
 from tests.factories import make_experiment, simulation_body
 from tests.web.conftest import Browser, Secrets, html
-from worker.db_reporter import DbReporter
-from worker.dispatch import run_sender
-from worker.federation.reporter import CheckpointReport, ClientReport, RoundReport
 
 
 def launch(session: Session, settings: Settings, experiment_id: int) -> Run:

@@ -4,12 +4,15 @@ from collections.abc import Callable
 
 from sqlmodel import Session, select
 
-from app.core.config import Settings
-from app.core.security import hash_token
-from app.models import ApiToken, Role, Site, SiteAudit, SiteStatus
-from app.services import runs as run_service
-from app.services import workers as worker_service
-from app.services.events import publisher_for
+from fedvla.core.config import Settings
+from fedvla.core.models import ApiToken, Role, Site, SiteAudit, SiteStatus
+from fedvla.core.security import hash_token
+from fedvla.core.services import runs as run_service
+from fedvla.core.services import workers as worker_service
+from fedvla.core.services.events import publisher_for
+from fedvla.engine.federation.reporter import ClientReport, RoundReport
+from fedvla.orchestration.db_reporter import DbReporter
+from fedvla.orchestration.dispatch import run_sender
 from tests.factories import (
     make_experiment,
     make_site,
@@ -18,9 +21,6 @@ from tests.factories import (
     simulation_body,
 )
 from tests.web.conftest import Browser, Secrets, html
-from worker.db_reporter import DbReporter
-from worker.dispatch import run_sender
-from worker.federation.reporter import ClientReport, RoundReport
 
 SITE_FORM = {
     "name": "lab-b",

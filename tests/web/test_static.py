@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from app.web.templating import STATIC_DIR, TEMPLATES_DIR
+from fedvla.web.pages.templating import STATIC_DIR, TEMPLATES_DIR
 from tests.web.conftest import Browser, html
+
+ROOT = Path(__file__).resolve().parents[2]
 
 VENDORED = {
     "htmx.org": ["htmx/htmx.min.js", "htmx/LICENSE"],
@@ -18,7 +20,7 @@ VENDORED = {
 
 
 def test_vendored_assets_match_the_lock_file() -> None:
-    lock = json.loads((STATIC_DIR.parent / "package-lock.json").read_text())["packages"]
+    lock = json.loads((ROOT / "package-lock.json").read_text())["packages"]
     versions = dict(
         line.split() for line in (STATIC_DIR / "vendor" / "VERSIONS").read_text().splitlines()
     )

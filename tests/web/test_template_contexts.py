@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from jinja2 import meta
 
-from app.web import contexts
-from app.web.templating import TEMPLATES_DIR, templates
+from fedvla.web.pages import contexts
+from fedvla.web.pages.templating import TEMPLATES_DIR, templates
 
 COMMON = {
     "request", "page", "principal", "can", "csrf_token", "flashes", "alternate_json", "nav",

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 from sqlmodel import Session, select
 
-from app.models import ApiToken, Role
+from fedvla.core.models import ApiToken, Role
 from tests.web.conftest import Browser, Secrets, html
 
 

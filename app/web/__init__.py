@@ -1,1 +1,0 @@
-"""The HTMX dashboard: pages that call the same services as the REST API (see app.web.mount)."""

@@ -1,0 +1,155 @@
+"""Runs, their metrics, events and checkpoints, and the workers, as the API shows them."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedvla.core.models import RunStatus
+from fedvla.core.schemas.common import MAX_ID, RowId, UtcDatetime
+
+
+class ResumeFrom(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: RowId = Field(description="An earlier run of the same experiment.", examples=[3])
+    round: int = Field(
+        ge=0, le=MAX_ID, description="A round of that run that has a checkpoint.", examples=[2]
+    )
+
+
+class RunLaunchFromExperiment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resume_from: ResumeFrom | None = Field(
+        None, description="Start from this checkpoint; rounds continue its numbering."
+    )
+
+
+class RunLaunch(RunLaunchFromExperiment):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"experiment_id": 1},
+                {"experiment_id": 1, "resume_from": {"run_id": 3, "round": 2}},
+            ]
+        },
+    )
+
+    experiment_id: RowId = Field(examples=[1])
+
+
+class RunPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    experiment_id: int
+    status: RunStatus
+    config: dict[str, Any] = Field(description="The FederationConfig frozen at launch.")
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    worker: str | None
+    error: str | None
+    current_round: int
+    resumed_from_run_id: int | None
+    resumed_from_round: int | None
+    heartbeat_at: UtcDatetime | None
+
+
+class RunsPublic(BaseModel):
+    data: list[RunPublic]
+    count: int
+
+
+class RoundMetricPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    round: int
+    eval_loss: float | None
+    train_loss: float | None
+    duration_s: float
+    bytes_sent: int
+    bytes_received: int
+    clients_sampled: int
+    clients_succeeded: int
+    clients_failed: int
+    created_at: UtcDatetime
+
+
+class RoundMetricsPublic(BaseModel):
+    data: list[RoundMetricPublic]
+    count: int
+
+
+class ClientMetricPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    round: int
+    client: str
+    site_id: int | None
+    ok: bool
+    train_loss: float | None
+    samples: int
+    episodes: int
+    seconds: float
+    load_seconds: float
+    bytes_sent: int
+    bytes_received: int
+    error: str | None
+
+
+class ClientMetricsPublic(BaseModel):
+    data: list[ClientMetricPublic]
+    count: int
+
+
+class RunEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(description="Increasing; the SSE event id. Page on with ?after_id=<last id>.")
+    run_id: int
+    kind: str = Field(examples=["round"], description="status | log | round | checkpoint")
+    message: str
+    data: dict[str, Any]
+    created_at: UtcDatetime
+
+
+class RunEventsPublic(BaseModel):
+    data: list[RunEventPublic]
+    next_after_id: int = Field(description="Pass as after_id for the next page.")
+    finished: bool = Field(description="The run is final and no events follow this page.")
+
+
+class CheckpointPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    run_id: int
+    round: int
+    sha256: str = Field(description="Of model.safetensors.")
+    size_bytes: int
+    eval_loss: float | None
+    created_at: UtcDatetime
+
+
+class CheckpointsPublic(BaseModel):
+    data: list[CheckpointPublic]
+    count: int
+
+
+class WorkerPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    host: str
+    queue: str
+    gpus: list[dict[str, Any]] = Field(description="name, memory_bytes per GPU; empty: CPU only.")
+    started_at: UtcDatetime
+    heartbeat_at: UtcDatetime
+    online: bool = Field(description="A heartbeat arrived within FEDVLA_LOST_AFTER_S.")
+    current_run_id: int | None
+
+
+class WorkersPublic(BaseModel):
+    data: list[WorkerPublic]
+    count: int

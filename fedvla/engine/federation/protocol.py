@@ -1,0 +1,225 @@
+"""The messages between the ServerApp and the ClientApp: their keys, builders and parsers.
+
+Three keys are Flower's strategy defaults (FedAvg's ``arrayrecord_key``, ``configrecord_key``
+and ``weighted_by_key``): a train message carries the weights under "arrays" and its settings
+under "config", where FedAvg adds "server-round" and FedProx "proximal-mu"; a reply's update is
+weighted by the "num-examples" of its one MetricRecord.
+
+Server to client, every message: "config" = the instructions (the experiment, the data folder,
+the data plan). A train message adds "arrays" and, with federated normalisation, "norm-stats".
+Client to server: a query reply is the client's description (ClientInfo); a train reply is its
+weights under "arrays" and its TrainMetrics under "metrics".
+"""
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from pydantic import TypeAdapter
+
+from fedvla.core.experiment_config import DatasetRef, FederationConfig
+from fedvla.engine.data.features import DatasetFeatures
+from fedvla.engine.data.partition import DataPlan
+from fedvla.engine.data.stats import Stats
+from fedvla.engine.federation.transport import as_float, as_int, stats_from_record, stats_to_record
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+STATS_KEY = "norm-stats"
+NUM_EXAMPLES = "num-examples"
+SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"
+NO_SITE = -1
+"""The site id a client without one (simulation) sends: a ConfigRecord holds no None."""
+
+_PLAN = TypeAdapter(DataPlan)
+
+
+class ProtocolError(ValueError):
+    """A message lacks a record or a value the other side must send."""
+
+
+def kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """What every message from the server tells a client: enough to need no other config."""
+
+    federation: FederationConfig
+    data_dir: str
+    """The server's data folder (the tiny VLM's assets); a node's "data-dir" overrides it."""
+    plan: DataPlan
+    """Simulation: client i trains on plan.clients[i] (computed once, by the server)."""
+
+
+def instructions_record(instructions: Instructions) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            "federation": instructions.federation.model_dump_json(),
+            "data-dir": instructions.data_dir,
+            "data-plan": _PLAN.dump_json(instructions.plan).decode(),
+        }
+    )
+
+
+def read_instructions(msg: Message) -> Instructions:
+    record = _record(msg.content, CONFIG_KEY, ConfigRecord, "message")
+    where = f"message's {CONFIG_KEY!r}"
+    return Instructions(
+        federation=FederationConfig.model_validate_json(str(_value(record, "federation", where))),
+        data_dir=str(_value(record, "data-dir", where)),
+        plan=_PLAN.validate_json(str(_value(record, "data-plan", where))),
+    )
+
+
+def query_message(node_id: int, instructions: Instructions) -> Message:
+    """The first message to a client: describe yourself (answered with describe_reply)."""
+    content = RecordDict({CONFIG_KEY: instructions_record(instructions)})
+    return Message(content, dst_node_id=node_id, message_type=MessageType.QUERY)
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """A client's answer to the query: who it is and what its dataset holds."""
+
+    label: str
+    site_id: int | None
+    dataset: DatasetRef
+    features: dict[str, Any]
+    """lerobot's info.json "features" of the client's dataset."""
+    fps: int
+    stats: Stats
+    """The dataset's statistics of the normalised features."""
+    frames: int
+
+    @property
+    def dataset_features(self) -> DatasetFeatures:
+        """What the experiment needs every dataset to agree on."""
+        cameras = sorted(
+            k for k, f in self.features.items() if f.get("dtype") in ("image", "video")
+        )
+        return DatasetFeatures(
+            state_dim=int(self.features["observation.state"]["shape"][0]),
+            action_dim=int(self.features["action"]["shape"][0]),
+            cameras=tuple(cameras),
+            fps=self.fps,
+        )
+
+
+def describe_reply(info: ClientInfo) -> RecordDict:
+    return RecordDict(
+        {
+            CONFIG_KEY: ConfigRecord(
+                {
+                    "label": info.label,
+                    "site-id": NO_SITE if info.site_id is None else info.site_id,
+                    "dataset": info.dataset.model_dump_json(),
+                    "features": json.dumps(info.features),
+                    "fps": info.fps,
+                }
+            ),
+            STATS_KEY: stats_to_record(info.stats),
+            METRICS_KEY: MetricRecord({NUM_EXAMPLES: info.frames}),
+        }
+    )
+
+
+def read_client_info(content: RecordDict) -> ClientInfo:
+    record = _record(content, CONFIG_KEY, ConfigRecord, "query reply")
+    metrics = _record(content, METRICS_KEY, MetricRecord, "query reply")
+    where = f"query reply's {CONFIG_KEY!r}"
+    site_id = as_int(record.get("site-id", NO_SITE))
+    return ClientInfo(
+        label=str(_value(record, "label", where)),
+        site_id=None if site_id == NO_SITE else site_id,
+        dataset=DatasetRef.model_validate_json(str(_value(record, "dataset", where))),
+        features=json.loads(str(_value(record, "features", where))),
+        fps=as_int(_value(record, "fps", where)),
+        stats=stats_from_record(_record(content, STATS_KEY, ArrayRecord, "query reply")),
+        frames=as_int(_value(metrics, NUM_EXAMPLES, f"query reply's {METRICS_KEY!r}")),
+    )
+
+
+def add_train_payload(content: RecordDict, arrays: ArrayRecord, stats: ArrayRecord | None) -> None:
+    """Put the weights (and the federated statistics, if any) into a train message."""
+    content[ARRAYS_KEY] = arrays
+    if stats is not None:
+        content[STATS_KEY] = stats
+
+
+@dataclass(frozen=True)
+class TrainOrder:
+    """A train message, read by the client."""
+
+    arrays: ArrayRecord
+    stats: Stats | None
+    """The merged statistics to normalise with (federated normalisation), else None."""
+    server_round: int
+    proximal_mu: float
+
+
+def read_train_message(msg: Message) -> TrainOrder:
+    record = _record(msg.content, CONFIG_KEY, ConfigRecord, "train message")
+    stats = msg.content.get(STATS_KEY)
+    if stats is not None and not isinstance(stats, ArrayRecord):
+        raise ProtocolError(f"train message: {STATS_KEY!r} is not an ArrayRecord")
+    return TrainOrder(
+        arrays=_record(msg.content, ARRAYS_KEY, ArrayRecord, "train message"),
+        stats=stats_from_record(stats) if stats is not None else None,
+        server_round=as_int(_value(record, SERVER_ROUND, f"train message's {CONFIG_KEY!r}")),
+        proximal_mu=as_float(record.get(PROXIMAL_MU, 0.0)),
+    )
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    """A client's account of one round of local training (kebab-case keys on the wire)."""
+
+    train_loss: float
+    num_examples: int
+    """Samples trained on: the weight of this client's update."""
+    steps: int
+    episodes: int
+    seconds: float
+    load_seconds: float
+    skipped_frames: int
+    bytes_received: int
+    bytes_sent: int
+
+
+def train_reply(arrays: ArrayRecord, metrics: TrainMetrics, label: str) -> RecordDict:
+    record = MetricRecord({kebab(f.name): getattr(metrics, f.name) for f in fields(metrics)})
+    return RecordDict(
+        {ARRAYS_KEY: arrays, METRICS_KEY: record, CONFIG_KEY: ConfigRecord({"label": label})}
+    )
+
+
+def read_train_reply(content: RecordDict) -> tuple[ArrayRecord, TrainMetrics]:
+    arrays = _record(content, ARRAYS_KEY, ArrayRecord, "train reply")
+    record = _record(content, METRICS_KEY, MetricRecord, "train reply")
+    values: dict[str, Any] = {}
+    for field in fields(TrainMetrics):
+        value = _value(record, kebab(field.name), f"train reply's {METRICS_KEY!r}")
+        values[field.name] = as_int(value) if field.type is int else as_float(value)
+    return arrays, TrainMetrics(**values)
+
+
+def _record[R: (ArrayRecord, ConfigRecord, MetricRecord)](
+    content: RecordDict, key: str, kind: type[R], what: str
+) -> R:
+    if key not in content:
+        raise ProtocolError(f"{what} lacks the {kind.__name__} {key!r}")
+    record = content[key]
+    if not isinstance(record, kind):
+        raise ProtocolError(f"{what}: {key!r} is a {type(record).__name__}, not a {kind.__name__}")
+    return record
+
+
+def _value(record: ConfigRecord | MetricRecord, key: str, where: str) -> object:
+    if key not in record:
+        raise ProtocolError(f"{where} lacks {key!r}")
+    return record[key]

@@ -1,0 +1,229 @@
+"""Flower's strategies with narrow hooks: transport dtype, round offset (resume), bookkeeping.
+
+The hooks wrap configure_train and aggregate_train only; Flower's round loop, sampling, reply
+checks, metric aggregation and server optimisers (FedAdam) are used as they are. The weighted
+average of the arrays ("num-examples": samples actually trained) is aggregation.py's: the same
+result as Flower's, in one pass over memory, summed in a fixed client order.
+"""
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+from fedvla.core.experiment_config import FederationConfig, Strategy
+from fedvla.engine.federation.aggregation import weighted_average
+from fedvla.engine.federation.protocol import ARRAYS_KEY, add_train_payload, read_train_reply
+from fedvla.engine.federation.reporter import ClientReport
+from fedvla.engine.federation.transport import (
+    as_float,
+    encode_arrays,
+    out_of_band,
+    ray_carries_messages,
+    to_float32_record,
+)
+
+
+@dataclass
+class RoundLog:
+    """What the hooks saw during one round, read when the round is reported."""
+
+    started: float = field(default_factory=time.perf_counter)
+    sampled: list[int] = field(default_factory=list)
+    sent: list[Message] = field(default_factory=list)
+    """The round's train messages: their ids (set when the grid pushes them) name the node an
+    error reply from the SuperLink itself (a node lost mid-round) stands for."""
+    bytes_sent: int = 0
+    clients: list[ClientReport] = field(default_factory=list)
+
+
+class TrackedStrategy(FedAvg):
+    """Our hooks on FedAvg. Each concrete strategy below lists it first in its bases, so its
+    configure_train and aggregate_train wrap those of the Flower strategy listed next."""
+
+    round_offset: int = 0
+    transport_dtype: str = "float32"
+    labels: dict[int, str]
+    norm_stats: ArrayRecord | None = None
+    """Federated normalisation statistics, sent with every train message when set."""
+    site_ids: dict[int, int]
+    node_names: Callable[[int], str | None]
+    """Labels of nodes that joined after the clients were described (a re-keyed site)."""
+    log: RoundLog
+
+    def setup_tracking(self, *, round_offset: int, transport_dtype: str) -> None:
+        self.round_offset = round_offset
+        self.transport_dtype = transport_dtype
+        self.labels = {}
+        self.site_ids = {}
+        self.node_names = lambda node: None
+        self.log = RoundLog()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.log = RoundLog()
+        messages = list(
+            super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        )
+        payload = arrays
+        if self.transport_dtype != "float32" and messages:
+            state = {k: _tensor(v.numpy()) for k, v in arrays.items()}
+            payload = encode_arrays(state, self.transport_dtype)
+        if ray_carries_messages():
+            payload = out_of_band(payload)
+        for message in messages:
+            add_train_payload(message.content, payload, self.norm_stats)
+            self.log.sampled.append(message.metadata.dst_node_id)
+            self.log.sent.append(message)
+            self.log.bytes_sent += payload.count_bytes()
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        # Replies come in the order clients finished; a fixed order makes the sum reproducible.
+        replies = sorted(replies, key=lambda r: self._label(self._node_of(r)))
+        answered = set()
+        for reply in replies:
+            node = self._node_of(reply)
+            answered.add(node)
+            label = self._label(node)
+            if reply.has_error():
+                self.log.clients.append(
+                    ClientReport(
+                        client=label,
+                        site_id=self.site_ids.get(node),
+                        ok=False,
+                        error=reply.error.reason,
+                    )
+                )
+                continue
+            payload, metrics = read_train_reply(reply.content)
+            self.log.clients.append(
+                ClientReport(
+                    client=label,
+                    site_id=self.site_ids.get(node),
+                    ok=True,
+                    train_loss=metrics.train_loss,
+                    samples=metrics.num_examples,
+                    episodes=metrics.episodes,
+                    seconds=metrics.seconds,
+                    load_seconds=metrics.load_seconds,
+                    bytes_sent=payload.count_bytes(),
+                    bytes_received=metrics.bytes_received,
+                    skipped_frames=metrics.skipped_frames,
+                )
+            )
+            reply.content[ARRAYS_KEY] = to_float32_record(payload, self.transport_dtype)
+        for node in self.log.sampled:
+            if node not in answered:
+                self.log.clients.append(
+                    ClientReport(
+                        client=self._label(node),
+                        site_id=self.site_ids.get(node),
+                        ok=False,
+                        error="no reply in time",
+                    )
+                )
+        return super().aggregate_train(server_round + self.round_offset, replies)
+
+    def _label(self, node: int) -> str:
+        return self.labels.get(node) or self.node_names(node) or f"node-{node}"
+
+    def _node_of(self, reply: Message) -> int:
+        """The node a reply answers for: its source, or, for an error the SuperLink wrote
+        itself (source: the SuperLink's own id), the node the message it answers went to."""
+        node = reply.metadata.src_node_id
+        if node in self.log.sampled:
+            return node
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self.log.sent}
+        return sent_to.get(reply.metadata.reply_to_message_id, node)
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        """Strategy state that a resumed run needs (FedAdam's moments)."""
+        return {}
+
+    def restore_server_state(self, state: dict[str, np.ndarray]) -> None:
+        return None
+
+
+def _tensor(values: np.ndarray):  # type: ignore[no-untyped-def]
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(values))
+
+
+class WeightedAverage(FedAvg):
+    """FedAvg.aggregate_train with aggregation.weighted_average in place of Flower's average.
+
+    Listed after the strategy in the bases, so FedAdam's aggregate_train (which averages through
+    super() and then applies its server optimiser) reaches it too.
+    """
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [reply.content for reply in valid]
+        weights = [
+            as_float(next(iter(content.metric_records.values()))[self.weighted_by_key])
+            for content in contents
+        ]
+        updates = [next(iter(content.array_records.values())) for content in contents]
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return weighted_average(updates, weights), metrics
+
+
+class TrackedFedAvg(TrackedStrategy, WeightedAverage):
+    pass
+
+
+class TrackedFedProx(TrackedStrategy, FedProx, WeightedAverage):
+    pass
+
+
+class TrackedFedAdam(TrackedStrategy, FedAdam, WeightedAverage):
+    def server_state(self) -> dict[str, np.ndarray]:
+        state = {f"m_t|{k}": np.asarray(v) for k, v in (self.m_t or {}).items()}
+        state.update({f"v_t|{k}": np.asarray(v) for k, v in (self.v_t or {}).items()})
+        return state
+
+    def restore_server_state(self, state: dict[str, np.ndarray]) -> None:
+        self.m_t = {k.split("|", 1)[1]: v for k, v in state.items() if k.startswith("m_t|")}
+        self.v_t = {k.split("|", 1)[1]: v for k, v in state.items() if k.startswith("v_t|")}
+
+
+StrategyFactory = Callable[[FederationConfig, dict[str, Any]], TrackedStrategy]
+"""Builds a strategy from the config and the arguments every strategy takes."""
+
+STRATEGIES: dict[Strategy, StrategyFactory] = {
+    Strategy.fedavg: lambda config, common: TrackedFedAvg(**common),
+    Strategy.fedprox: lambda config, common: TrackedFedProx(
+        proximal_mu=config.proximal_mu, **common
+    ),
+    Strategy.fedadam: lambda config, common: TrackedFedAdam(
+        eta=config.server_learning_rate, **common
+    ),
+}
+"""Every strategy an experiment may name (fedvla.core.experiment_config.Strategy), by name."""
+
+
+def make_strategy(config: FederationConfig, *, round_offset: int) -> TrackedStrategy:
+    common: dict[str, Any] = {
+        "fraction_train": config.fraction_train,
+        "fraction_evaluate": 0.0,  # evaluation is server-side, on held-out data
+        "min_train_nodes": config.min_clients,
+        "min_available_nodes": config.min_clients,
+        "min_evaluate_nodes": 0,
+    }
+    strategy = STRATEGIES[config.strategy](config, common)
+    strategy.setup_tracking(round_offset=round_offset, transport_dtype=config.transport_dtype)
+    return strategy

@@ -1,0 +1,124 @@
+"""A Grid that shows the ServerApp only the nodes of the experiment's sites.
+
+A SuperLink admits every approved site; a run must train only on the sites of its experiment.
+A site's node id changes when it re-keys (its new key is registered once it is approved
+again), so the allowed set is read again, at most every REFRESH_S, from the SuperLink's node
+list matched to the sites' public keys as the database holds them now.
+
+It also looks for replies every REPLY_PULL_INTERVAL_S, where Flower's grid sleeps 3 s between
+looks (on average 1.5 s added to every round), and pulls their arrays with a shorter backoff
+(fedvla.engine.federation.transport.pull_objects_sooner).
+"""
+
+import time
+from collections.abc import Callable, Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from fedvla.core.config import Settings
+from fedvla.core.db import make_engine
+from fedvla.core.models import Site
+from fedvla.engine.federation.transport import pull_objects_sooner
+from fedvla.sites.node_registry import nodes_of_sites
+from fedvla.sites.superlink import SuperLinkError, list_nodes
+
+REFRESH_S = 2.0
+REPLY_PULL_INTERVAL_S = 0.05
+
+
+def experiment_sites(settings: Settings, site_ids: list[int]) -> list[Site]:
+    engine = make_engine(settings.database_url)
+    try:
+        with Session(engine) as session:
+            return list(session.exec(select(Site).where(col(Site.id).in_(site_ids))))
+    finally:
+        engine.dispose()
+
+
+def experiment_nodes(settings: Settings, site_ids: list[int]) -> dict[int, str]:
+    """Node id -> site name of the experiment's sites' registered nodes."""
+    return nodes_of_sites(experiment_sites(settings, site_ids), list_nodes(settings))
+
+
+class ExperimentGrid(Grid):
+    """Delegates to Flower's grid; ``get_node_ids`` answers only the allowed nodes.
+
+    ``allowed`` reads the allowed nodes (node id -> site name); when it fails (the SuperLink
+    or the database away for a moment) the last answer stands.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        allowed: Callable[[], dict[int, str]],
+        refresh_s: float = REFRESH_S,
+    ) -> None:
+        from flwr.superlink.grid import http_grid
+
+        pull_objects_sooner(http_grid)  # this ServerApp process's grid pulls replies sooner
+        self.grid = grid
+        self.allowed = allowed
+        self.refresh_s = refresh_s
+        self.names: dict[int, str] = {}
+        self._read_at: float | None = None
+
+    def _refresh(self) -> dict[int, str]:
+        now = time.monotonic()
+        if self._read_at is None or now - self._read_at >= self.refresh_s:
+            try:
+                self.names = self.allowed()
+            except (SuperLinkError, SQLAlchemyError, OSError):
+                if self._read_at is None:
+                    raise
+            self._read_at = now
+        return self.names
+
+    def node_name(self, node: int) -> str | None:
+        """The site name of an allowed node."""
+        return self._refresh().get(node)
+
+    def set_run(self, run: Run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        allowed = self._refresh()
+        return [node for node in self.grid.get_node_ids() if node in allowed]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Flower's send_and_receive, looking for the replies every REPLY_PULL_INTERVAL_S."""
+        waiting = set(self.grid.push_messages(messages))
+        deadline = time.monotonic() + (timeout or 0.0)
+        replies: list[Message] = []
+        while waiting and (timeout is None or time.monotonic() < deadline):
+            arrived = list(self.grid.pull_messages(waiting))
+            replies.extend(arrived)
+            waiting -= {reply.metadata.reply_to_message_id for reply in arrived}
+            if waiting:
+                time.sleep(REPLY_PULL_INTERVAL_S)
+        return replies

@@ -1,0 +1,73 @@
+"""The ServerApp of deployment runs: the engine's federation (fedvla.engine.federation.server_app)
+on the experiment's sites only, reporting into our database, exactly as a simulation run does.
+
+It runs in a ``flwr-serverapp`` process that the SuperLink's SuperExec starts. That process
+inherits the SuperLink's environment, which holds the FEDVLA_* settings it reads and no others
+(fedvla.sites.superlink.SERVER_APP_SETTINGS): the database URL never travels in the run
+config, which SuperNodes can read. The run config names only our run id (``fedvla-run-id``).
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid
+from sqlmodel import Session, col, select
+
+from fedvla.core.config import Settings
+from fedvla.core.models import Site
+from fedvla.core.services import run_files
+from fedvla.engine.federation.reporter import RoundReport
+from fedvla.engine.federation.run_config import federation_config_from_run_config
+from fedvla.engine.federation.server_app import ServerRun, federation_server_app
+from fedvla.orchestration.db_reporter import DbReporter
+from fedvla.orchestration.deployment.experiment_grid import ExperimentGrid, experiment_nodes
+
+RUN_ID_KEY = "fedvla-run-id"
+
+
+class SiteReporter(DbReporter):
+    """Client metrics carry their site's id: clients are labelled with their site's name
+    (the kit's node config ``site-label``)."""
+
+    def __init__(self, settings: Settings, run_id: int, site_ids: list[int]) -> None:
+        super().__init__(settings.database_url, settings.redis_url, run_id)
+        with Session(self.engine) as session:
+            rows = session.exec(select(Site).where(col(Site.id).in_(site_ids)))
+            self.site_ids = {site.name: site.id for site in rows}
+
+    def round_finished(self, report: RoundReport) -> None:
+        clients = [
+            replace(c, site_id=self.site_ids.get(c.client, c.site_id)) for c in report.clients
+        ]
+        super().round_finished(replace(report, clients=clients))
+
+
+@contextmanager
+def _on_superlink(grid: Grid, context: Context) -> Iterator[ServerRun]:
+    run_id = int(context.run_config[RUN_ID_KEY])
+    config = federation_config_from_run_config(
+        {k: v for k, v in context.run_config.items() if k != RUN_ID_KEY}
+    )
+    settings = Settings()
+    reporter = SiteReporter(settings, run_id, config.site_ids)
+    with Session(reporter.engine) as session:
+        output_dir = run_files.run_dir_of(session, settings, run_id)
+    try:
+        reporter.log(f"ServerApp on the SuperLink: Flower run {context.run_id}")
+        experiment_grid = ExperimentGrid(grid, lambda: experiment_nodes(settings, config.site_ids))
+        yield ServerRun(
+            experiment_grid,
+            config,
+            reporter,
+            output_dir=output_dir,
+            data_dir=Path(settings.data_dir),
+            node_names=experiment_grid.node_name,
+        )
+    finally:
+        reporter.close()
+
+
+app = federation_server_app(_on_superlink)

@@ -1,0 +1,334 @@
+"""A site's startup kit: everything an approved site needs to bring its SuperNode online.
+
+The kit is a zip of: README.md, ca.crt (the SuperLink's CA, to verify its TLS certificate),
+kit.json (the SuperLink address, the site's declaration, the embodiment of each experiment it
+is in: what ``fedvla site check`` compares the local dataset with), supernode.sh (the exact
+command line of the site's node, flower-supernode and fedvla's warm site trainer
+(fedvla.orchestration.site_node), with the site's node config), docker-compose.yml and
+kubernetes.yaml (the same command as a service). It holds no private key: the site generates
+its key pair with ``fedvla site keygen`` and only the public key ever reaches the server.
+"""
+
+import io
+import json
+import shlex
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from fedvla.core.config import Settings
+from fedvla.core.errors import Conflict
+from fedvla.core.experiment_config import Mode
+from fedvla.core.models import Experiment, ExperimentSite, Site, SiteFeatures, SiteStatus
+from fedvla.core.services import compatibility
+from fedvla.engine.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
+from fedvla.engine.camera_map import format_camera_map
+from fedvla.sites.certificates import ensure_tls, server_tls_hosts
+from fedvla.sites.keys import PRIVATE_KEY_FILE
+
+KIT_ROOT = "fedvla-site"
+KEY_PATH = f"keys/{PRIVATE_KEY_FILE}"
+CONTAINER_KIT = "/kit"
+CONTAINER_DATASET = "/dataset"
+CONTAINER_KEY = "/keys/" + PRIVATE_KEY_FILE
+CONTAINER_WORK = "/data"
+IMAGE = "fedvla-worker:latest"
+SITE_NODE_MODULE = "fedvla.orchestration.site_node"
+SITE_NODE_COMMAND = ["python", "-m", SITE_NODE_MODULE]
+"""The site's node: flower-supernode (process isolation) with the warm site trainer."""
+
+
+def dataset_node_config(dataset: str) -> dict[str, str]:
+    """The ClientApp's dataset keys (fedvla.engine.federation.client_app): a repo id, or a local
+    folder."""
+    if dataset.startswith(("/", "./", "../", "~")):
+        return {"dataset-repo-id": f"local/{PurePosixPath(dataset).name}", "dataset-root": dataset}
+    return {"dataset-repo-id": dataset}
+
+
+def node_config(
+    site: Site,
+    *,
+    dataset_root: str | None = None,
+    work_dir: str = "var",
+    camera_map: dict[str, str] | None = None,
+) -> str:
+    """``--node-config``: space separated key="value" pairs, as flower-supernode parses them."""
+    values = {"site-label": site.name, **dataset_node_config(site.dataset), "data-dir": work_dir}
+    if dataset_root is not None:
+        values["dataset-root"] = dataset_root
+    if camera_map:
+        values[CAMERA_MAP_KEY] = format_camera_map(camera_map)
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+
+
+def supernode_args(
+    settings: Settings,
+    site: Site,
+    *,
+    ca: str = "ca.crt",
+    key: str = KEY_PATH,
+    dataset_root: str | None = None,
+    work_dir: str = "var",
+    camera_map: dict[str, str] | None = None,
+) -> list[str]:
+    """flower-supernode's arguments for this site (SITE_NODE_COMMAND passes them on)."""
+    return [
+        "--superlink",
+        settings.superlink_address,
+        "--root-certificates",
+        ca,
+        "--auth-supernode-private-key",
+        key,
+        "--node-config",
+        node_config(site, dataset_root=dataset_root, work_dir=work_dir, camera_map=camera_map),
+    ]
+
+
+def experiments_of(session: Session, site: Site) -> list[Experiment]:
+    query = (
+        select(Experiment)
+        .join(ExperimentSite, col(ExperimentSite.experiment_id) == col(Experiment.id))
+        .where(ExperimentSite.site_id == site.id, Experiment.mode == Mode.deployment)
+        .order_by(col(Experiment.id))
+    )
+    return list(session.exec(query))
+
+
+def kit_camera_map(session: Session, site: Site) -> dict[str, str]:
+    """The site's cameras renamed to its first deployment experiment's (empty if they agree)."""
+    for experiment in experiments_of(session, site):
+        assert experiment.id is not None
+        reference = compatibility.reference_site(_sites_of(session, experiment.id))
+        if reference is not None and reference.id != site.id:
+            return compatibility.camera_mapping(
+                SiteFeatures.model_validate(site.features),
+                SiteFeatures.model_validate(reference.features),
+            )
+    return {}
+
+
+def _sites_of(session: Session, experiment_id: int) -> list[Site]:
+    query = (
+        select(Site)
+        .join(ExperimentSite, col(ExperimentSite.site_id) == col(Site.id))
+        .where(ExperimentSite.experiment_id == experiment_id)
+    )
+    return list(session.exec(query))
+
+
+def kit_config(
+    session: Session, settings: Settings, site: Site, camera_map: dict[str, str]
+) -> dict[str, Any]:
+    """kit.json: what the site's tools need to know (``fedvla site check`` reads it)."""
+    experiments = []
+    for experiment in experiments_of(session, site):
+        assert experiment.id is not None
+        reference = compatibility.reference_site(_sites_of(session, experiment.id)) or site
+        experiments.append(
+            {
+                "id": experiment.id,
+                "name": experiment.name,
+                "reference_site": reference.name,
+                "robot_type": reference.robot_type,
+                "features": reference.features,
+            }
+        )
+    return {
+        "format": 1,
+        "superlink": settings.superlink_address,
+        "site": {
+            "id": site.id,
+            "name": site.name,
+            "robot_type": site.robot_type,
+            "dataset": site.dataset,
+            "features": site.features,
+        },
+        "experiments": experiments,
+        "camera_map": camera_map,
+        "supernode_args": supernode_args(settings, site, camera_map=camera_map),
+    }
+
+
+def _shell_script(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
+    flat = supernode_args(settings, site, camera_map=camera_map)
+    pairs = [f"{flat[i]} {shlex.quote(flat[i + 1])}" for i in range(0, len(flat), 2)]
+    args = " \\\n  ".join(pairs)
+    return f"""#!/bin/sh
+# Brings site {site.name!r}'s Flower SuperNode online. Run it in this folder, after
+# 'fedvla site keygen keys' and 'fedvla site check' (see README.md).
+set -eu
+cd "$(dirname "$0")"
+exec {" ".join(SITE_NODE_COMMAND)} \\
+  {args}
+"""
+
+
+def _compose(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
+    dataset = dataset_node_config(site.dataset).get("dataset-root")
+    args = supernode_args(
+        settings,
+        site,
+        ca=f"{CONTAINER_KIT}/ca.crt",
+        key=CONTAINER_KEY,
+        dataset_root=CONTAINER_DATASET if dataset else None,
+        work_dir=CONTAINER_WORK,
+        camera_map=camera_map,
+    )
+    volumes = [f"./ca.crt:{CONTAINER_KIT}/ca.crt:ro", f"./keys:{Path(CONTAINER_KEY).parent}:ro"]
+    if dataset:
+        volumes.append(f"{dataset}:{CONTAINER_DATASET}:ro")
+    volumes.append("supernode-data:/data")
+    lines = [
+        f"# Site {site.name!r}: its Flower SuperNode as a service ('docker compose up -d').",
+        "# The image is fedvla's worker image (Dockerfile.worker of the fedvla repository).",
+        "services:",
+        "  supernode:",
+        f"    image: {IMAGE}",
+        "    restart: unless-stopped",
+        "    command:",
+        *[f"      - {part}" for part in SITE_NODE_COMMAND],
+        *[f"      - {json.dumps(arg)}" for arg in args],
+        "    environment:",
+        '      HF_HUB_OFFLINE: "1"',
+        "    volumes:",
+        *[f"      - {json.dumps(v)}" for v in volumes],
+        "volumes:",
+        "  supernode-data: {}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _kubernetes(settings: Settings, site: Site, ca_pem: str, camera_map: dict[str, str]) -> str:
+    name = "fedvla-supernode"
+    dataset = dataset_node_config(site.dataset).get("dataset-root")
+    args = supernode_args(
+        settings,
+        site,
+        ca="/kit/ca.crt",
+        key=CONTAINER_KEY,
+        dataset_root=CONTAINER_DATASET if dataset else None,
+        work_dir=CONTAINER_WORK,
+        camera_map=camera_map,
+    )
+    ca_block = "\n".join("    " + line for line in ca_pem.strip().splitlines())
+    mounts = [
+        ("kit", "/kit"),
+        ("key", str(Path(CONTAINER_KEY).parent)),
+        ("work", CONTAINER_WORK),
+    ]
+    volumes = [
+        ("kit", f"configMap:\n            name: {name}-kit"),
+        ("key", f"secret:\n            secretName: {name}-key\n            defaultMode: 0400"),
+        ("work", "emptyDir: {}"),
+    ]
+    if dataset:
+        mounts.append(("dataset", CONTAINER_DATASET))
+        volumes.append(("dataset", f"hostPath:\n            path: {json.dumps(dataset)}"))
+    indent = " " * 14
+    mount_yaml = "\n".join(
+        f"{indent[2:]}- name: {n}\n{indent}mountPath: {p}\n{indent}readOnly: {ro}"
+        for n, p, ro in ((n, p, "false" if n == "work" else "true") for n, p in mounts)
+    )
+    volume_yaml = "\n".join(f"        - name: {n}\n          {v}" for n, v in volumes)
+    arg_yaml = "\n".join(f"            - {json.dumps(a)}" for a in args)
+    return f"""# Site {site.name!r}: its Flower SuperNode on Kubernetes. Create the key Secret
+# first, from the private key generated on this site (it never leaves the site's cluster):
+#   kubectl create secret generic {name}-key --from-file={PRIVATE_KEY_FILE}=keys/{PRIVATE_KEY_FILE}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {name}-kit
+data:
+  ca.crt: |
+{ca_block}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  labels:
+    app: {name}
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      containers:
+        - name: supernode
+          image: {IMAGE}
+          command: {json.dumps(SITE_NODE_COMMAND)}
+          args:
+{arg_yaml}
+          env:
+            - name: HF_HUB_OFFLINE
+              value: "1"
+          volumeMounts:
+{mount_yaml}
+      volumes:
+{volume_yaml}
+"""
+
+
+def _readme(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
+    return f"""# Startup kit of site {site.name!r}
+
+The coordinator's SuperLink is at `{settings.superlink_address}` (TLS; `ca.crt` verifies it).
+Your node is admitted only with the key pair whose public key the coordinator approved.
+
+1. Install fedvla with its engine on the robot's machine (`bash scripts/bootstrap.sh --extra
+   worker` in a clone of the fedvla repository, or build its image from `Dockerfile.worker`).
+2. Generate the node's key pair HERE, once: `fedvla site keygen keys`. It writes
+   `keys/{PRIVATE_KEY_FILE}` (private: never send it anywhere) and prints the public key.
+   Paste the public key into your site's page (or PATCH /api/v1/sites/{site.id}); the
+   coordinator approves it. A new key sends the site back for approval.
+3. Check your dataset against the experiment before joining:
+   `fedvla site check --dataset /path/to/your/lerobot/dataset --experiment-config kit.json`.
+   It prints what it found (dims, joints, cameras, fps, episodes) and each mismatch with its fix;
+   it exits non-zero if the dataset cannot train in the experiment.
+4. Start the node, one of:
+   - `sh supernode.sh` (the exact command line of the node, node config included: Flower's
+     SuperNode and fedvla's site trainer, which keeps the policy and dataset loaded between
+     rounds);
+   - `docker compose up -d` (docker-compose.yml; set the dataset volume to your folder);
+   - `kubectl apply -f kubernetes.yaml` after creating the key Secret (see its header).
+5. The dashboard shows your node online within a minute. Training starts when the
+   coordinator launches a run; your data never leaves this machine, only model updates do.
+
+Node config: `{node_config(site, camera_map=camera_map)}`.
+"""
+
+
+def build_kit(session: Session, settings: Settings, site: Site) -> bytes:
+    """The zip; Conflict unless the site is approved."""
+    if site.status != SiteStatus.approved:
+        raise Conflict(
+            f"Site {site.name!r} is {site.status}: a startup kit is for approved sites",
+            field="status",
+            reason=f"{site.status}, not approved",
+        )
+    tls = ensure_tls(settings.superlink_dir / "tls", server_tls_hosts(settings))
+    ca_pem = tls.ca_certificate.read_text()
+    cameras = kit_camera_map(session, site)
+    files = {
+        "README.md": _readme(settings, site, cameras),
+        "ca.crt": ca_pem,
+        "kit.json": json.dumps(kit_config(session, settings, site, cameras), indent=2) + "\n",
+        "supernode.sh": _shell_script(settings, site, cameras),
+        "docker-compose.yml": _compose(settings, site, cameras),
+        "kubernetes.yaml": _kubernetes(settings, site, ca_pem, cameras),
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, text in files.items():
+            info = zipfile.ZipInfo(f"{KIT_ROOT}/{name}")
+            info.external_attr = (0o755 if name.endswith(".sh") else 0o644) << 16
+            archive.writestr(info, text)
+    return buffer.getvalue()
