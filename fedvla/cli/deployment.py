@@ -6,6 +6,7 @@ Registered on the ``fedvla`` command in fedvla.cli.main. Errors are one message 
 
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -31,11 +32,13 @@ def site_keygen(
     """Generate the SuperNode's P-384 key pair HERE and print the public key to register.
 
     The private key stays in DIRECTORY (mode 0600); only the public key goes to the server.
+    DIRECTORY also records this Python, which the kit's supernode.sh runs the node with.
     """
-    from fedvla.sites.keys import generate_node_keys
+    from fedvla.sites.keys import INTERPRETER_FILE, generate_node_keys
 
     try:
         files = generate_node_keys(directory, overwrite=force)
+        (directory / INTERPRETER_FILE).write_text(sys.executable + "\n")
     except (FileExistsError, OSError) as error:
         raise fail(str(error)) from None
     typer.echo(f"Private key (keep it here, never send it): {files.private_key}", err=True)

@@ -18,6 +18,9 @@ from fedvla.core.public_keys import public_pem
 PRIVATE_KEY_FILE = "supernode.key"
 PUBLIC_KEY_FILE = "supernode.pub"
 PUBLIC_PEM_FILE = "supernode.pub.pem"
+INTERPRETER_FILE = "interpreter"
+"""Beside the keys: the Python that ran ``fedvla site keygen``, which the kit's supernode.sh runs
+the site node with (so fedvla need not be on PATH)."""
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,23 @@ from fedvla.core.services import compatibility
 from fedvla.engine.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
 from fedvla.engine.camera_map import format_camera_map
 from fedvla.sites.certificates import ensure_tls, server_tls_hosts
-from fedvla.sites.keys import PRIVATE_KEY_FILE
+from fedvla.sites.keys import INTERPRETER_FILE, PRIVATE_KEY_FILE
 
 KIT_ROOT = "fedvla-site"
-KEY_PATH = f"keys/{PRIVATE_KEY_FILE}"
+KEY_DIR = "keys"
+KEY_PATH = f"{KEY_DIR}/{PRIVATE_KEY_FILE}"
 CONTAINER_KIT = "/kit"
 CONTAINER_DATASET = "/dataset"
 CONTAINER_KEY = "/keys/" + PRIVATE_KEY_FILE
 CONTAINER_WORK = "/data"
 IMAGE = "fedvla-worker:latest"
+"""The worker image (Dockerfile.worker: ``docker build -f Dockerfile.worker -t fedvla-worker .``);
+the kit's compose file takes FEDVLA_IMAGE instead where a registry holds it."""
+CONTAINER_USER = 1000  # the worker image's fedvla user
+CONTAINER_HF_HOME = "/data/huggingface"
+SUPERNODE_PORT = 9094  # flower-supernode's Runtime API (loopback); FEDVLA_SUPERNODE_PORT moves it
+UNDIALABLE_HOSTS = {"0.0.0.0", "::", ""}
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SITE_NODE_MODULE = "fedvla.orchestration.site_node"
 SITE_NODE_COMMAND = ["python", "-m", SITE_NODE_MODULE]
 """The site's node: flower-supernode (process isolation) with the warm site trainer."""
@@ -85,6 +93,30 @@ def supernode_args(
         "--node-config",
         node_config(site, dataset_root=dataset_root, work_dir=work_dir, camera_map=camera_map),
     ]
+
+
+def dialable_address(settings: Settings) -> str:
+    """The SuperLink address a kit may carry; Conflict when a site elsewhere could not dial it.
+
+    A loopback address is this server's own: it reaches a site only on the same machine, so it
+    is written into a kit only when FEDVLA_SUPERLINK_PUBLIC_ADDRESS names it on purpose.
+    """
+    address = settings.superlink_address
+    host = address.rpartition(":")[0].strip("[]")
+    fix = "set FEDVLA_SUPERLINK_PUBLIC_ADDRESS to the host:port sites dial (the public front)"
+    if host in UNDIALABLE_HOSTS:
+        raise Conflict(
+            f"Startup kits would dial {address}, which no site can reach: {fix}",
+            field="superlink_public_address",
+            reason=f"{host or 'an empty host'} is not an address to dial",
+        )
+    if host in LOOPBACK_HOSTS and not settings.superlink_public_address:
+        raise Conflict(
+            f"Startup kits would dial {address}, this server's loopback: {fix}",
+            field="superlink_public_address",
+            reason=f"unset, so kits would dial {address}",
+        )
+    return address
 
 
 def experiments_of(session: Session, site: Site) -> list[Experiment]:
@@ -154,15 +186,43 @@ def kit_config(
 
 def _shell_script(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
     flat = supernode_args(settings, site, camera_map=camera_map)
-    pairs = [f"{flat[i]} {shlex.quote(flat[i + 1])}" for i in range(0, len(flat), 2)]
+    pairs = [
+        f'{flat[i]} "$KEYS/{PRIVATE_KEY_FILE}"'
+        if flat[i] == "--auth-supernode-private-key"
+        else f"{flat[i]} {shlex.quote(flat[i + 1])}"
+        for i in range(0, len(flat), 2)
+    ]
     args = " \\\n  ".join(pairs)
+    module = SITE_NODE_COMMAND[-1]
     return f"""#!/bin/sh
-# Brings site {site.name!r}'s Flower SuperNode online. Run it in this folder, after
-# 'fedvla site keygen keys' and 'fedvla site check' (see README.md).
+# Brings site {site.name!r}'s Flower SuperNode online, from anywhere, after 'fedvla site keygen'
+# and 'fedvla site check' (see README.md). Optional settings:
+#   FEDVLA_SITE_KEYS       the folder keygen wrote the key pair into; by default {KEY_DIR}/ beside
+#                          this file, or beside the kit's folder (keygen ran where the kit was
+#                          unzipped)
+#   FEDVLA_PYTHON          the Python that has fedvla; by default the one that ran keygen (it
+#                          noted itself in that folder's {INTERPRETER_FILE} file)
+#   FEDVLA_SUPERNODE_PORT  the node's local Runtime API port, {SUPERNODE_PORT}: one per node on
+#                          a host
 set -eu
 cd "$(dirname "$0")"
-exec {" ".join(SITE_NODE_COMMAND)} \\
-  {args}
+if [ -n "${{FEDVLA_SITE_KEYS:-}}" ]; then
+  KEYS="$FEDVLA_SITE_KEYS"
+elif [ -f {KEY_DIR}/{PRIVATE_KEY_FILE} ]; then
+  KEYS={KEY_DIR}
+else
+  KEYS=../{KEY_DIR}
+fi
+if [ ! -f "$KEYS/{PRIVATE_KEY_FILE}" ]; then
+  echo "no {KEY_DIR}/{PRIVATE_KEY_FILE} beside this kit: run 'fedvla site keygen {KEY_DIR}'" \\
+    "in the folder you unzipped it into, or set FEDVLA_SITE_KEYS to the folder keygen" \\
+    "wrote" >&2
+  exit 2
+fi
+PYTHON="${{FEDVLA_PYTHON:-$(cat "$KEYS/{INTERPRETER_FILE}" 2>/dev/null || command -v python3)}}"
+exec "$PYTHON" -m {module} \\
+  {args} \\
+  --port "${{FEDVLA_SUPERNODE_PORT:-{SUPERNODE_PORT}}}"
 """
 
 
@@ -177,22 +237,40 @@ def _compose(settings: Settings, site: Site, camera_map: dict[str, str]) -> str:
         work_dir=CONTAINER_WORK,
         camera_map=camera_map,
     )
-    volumes = [f"./ca.crt:{CONTAINER_KIT}/ca.crt:ro", f"./keys:{Path(CONTAINER_KEY).parent}:ro"]
+    keys = f"${{FEDVLA_SITE_KEYS:-../{KEY_DIR}}}"  # keygen's folder, beside the unzipped kit
+    volumes = [f"./ca.crt:{CONTAINER_KIT}/ca.crt:ro", f"{keys}:{Path(CONTAINER_KEY).parent}:ro"]
     if dataset:
         volumes.append(f"{dataset}:{CONTAINER_DATASET}:ro")
     volumes.append("supernode-data:/data")
+    volumes.append(f"${{HF_HOME:-~/.cache/huggingface}}:{CONTAINER_HF_HOME}")
+    user = f"${{FEDVLA_SITE_UID:-{CONTAINER_USER}}}:${{FEDVLA_SITE_GID:-{CONTAINER_USER}}}"
     lines = [
         f"# Site {site.name!r}: its Flower SuperNode as a service ('docker compose up -d').",
-        "# The image is fedvla's worker image (Dockerfile.worker of the fedvla repository).",
+        "# The image is fedvla's worker image: build it from the fedvla repository with",
+        "#   docker build -f Dockerfile.worker -t fedvla-worker .",
+        "# or set FEDVLA_IMAGE to where your registry holds it. The container runs as the",
+        "# user that owns ../keys (or FEDVLA_SITE_KEYS), so it can read the private key (keygen",
+        "# made it 0600):",
+        "#   FEDVLA_SITE_UID=$(id -u) FEDVLA_SITE_GID=$(id -g) docker compose up -d",
         "services:",
         "  supernode:",
-        f"    image: {IMAGE}",
+        f"    image: ${{FEDVLA_IMAGE:-{IMAGE}}}",
         "    restart: unless-stopped",
+        f"    user: {json.dumps(user)}",
         "    command:",
         *[f"      - {part}" for part in SITE_NODE_COMMAND],
         *[f"      - {json.dumps(arg)}" for arg in args],
         "    environment:",
         '      HF_HUB_OFFLINE: "1"',
+        f"      HF_HOME: {CONTAINER_HF_HOME}",
+        "    shm_size: 8gb  # the data loader's worker processes hand batches over /dev/shm",
+        "    deploy:",
+        "      resources:",
+        "        reservations:",
+        "          devices:",
+        "            - driver: nvidia",
+        "              count: all",
+        "              capabilities: [gpu]",
         "    volumes:",
         *[f"      - {json.dumps(v)}" for v in volumes],
         "volumes:",
@@ -218,11 +296,13 @@ def _kubernetes(settings: Settings, site: Site, ca_pem: str, camera_map: dict[st
         ("kit", "/kit"),
         ("key", str(Path(CONTAINER_KEY).parent)),
         ("work", CONTAINER_WORK),
+        ("shm", "/dev/shm"),
     ]
     volumes = [
         ("kit", f"configMap:\n            name: {name}-kit"),
-        ("key", f"secret:\n            secretName: {name}-key\n            defaultMode: 0400"),
+        ("key", f"secret:\n            secretName: {name}-key\n            defaultMode: 0440"),
         ("work", "emptyDir: {}"),
+        ("shm", "emptyDir:\n            medium: Memory"),
     ]
     if dataset:
         mounts.append(("dataset", CONTAINER_DATASET))
@@ -230,7 +310,7 @@ def _kubernetes(settings: Settings, site: Site, ca_pem: str, camera_map: dict[st
     indent = " " * 14
     mount_yaml = "\n".join(
         f"{indent[2:]}- name: {n}\n{indent}mountPath: {p}\n{indent}readOnly: {ro}"
-        for n, p, ro in ((n, p, "false" if n == "work" else "true") for n, p in mounts)
+        for n, p, ro in ((n, p, "false" if n in ("work", "shm") else "true") for n, p in mounts)
     )
     volume_yaml = "\n".join(f"        - name: {n}\n          {v}" for n, v in volumes)
     arg_yaml = "\n".join(f"            - {json.dumps(a)}" for a in args)
@@ -261,15 +341,24 @@ spec:
       labels:
         app: {name}
     spec:
+      securityContext:  # the image's user; the key Secret is readable by its group
+        runAsUser: {CONTAINER_USER}
+        runAsGroup: {CONTAINER_USER}
+        fsGroup: {CONTAINER_USER}
       containers:
         - name: supernode
-          image: {IMAGE}
+          image: {IMAGE}  # docker build -f Dockerfile.worker -t fedvla-worker . (then push)
           command: {json.dumps(SITE_NODE_COMMAND)}
           args:
 {arg_yaml}
           env:
             - name: HF_HUB_OFFLINE
               value: "1"
+            - name: HF_HOME
+              value: {CONTAINER_WORK}/huggingface
+          resources:
+            limits:
+              nvidia.com/gpu: 1
           volumeMounts:
 {mount_yaml}
       volumes:
@@ -285,19 +374,25 @@ Your node is admitted only with the key pair whose public key the coordinator ap
 
 1. Install fedvla with its engine on the robot's machine (`bash scripts/bootstrap.sh --extra
    worker` in a clone of the fedvla repository, or build its image from `Dockerfile.worker`).
-2. Generate the node's key pair HERE, once: `fedvla site keygen keys`. It writes
-   `keys/{PRIVATE_KEY_FILE}` (private: never send it anywhere) and prints the public key.
-   Paste the public key into your site's page (or PATCH /api/v1/sites/{site.id}); the
-   coordinator approves it. A new key sends the site back for approval.
+2. The node's key pair: you generated it before registering, with `fedvla site keygen keys` in
+   a folder of this site's own. Unzip this kit in that same folder, so that `keys/` sits beside
+   `fedvla-site/` (or set FEDVLA_SITE_KEYS to the folder keygen wrote). `keys/{PRIVATE_KEY_FILE}`
+   is private: never send it anywhere. A new key (`fedvla site keygen --force keys`, then its
+   public key on your site's page or PATCH /api/v1/sites/{site.id}) sends the site back for
+   approval.
 3. Check your dataset against the experiment before joining:
-   `fedvla site check --dataset /path/to/your/lerobot/dataset --experiment-config kit.json`.
-   It prints what it found (dims, joints, cameras, fps, episodes) and each mismatch with its fix;
-   it exits non-zero if the dataset cannot train in the experiment.
+   `fedvla site check --dataset /path/to/your/lerobot/dataset --experiment-config
+   fedvla-site/kit.json`. It prints what it found (dims, joints, cameras, fps, episodes) and each
+   mismatch with its fix; it exits non-zero if the dataset cannot train in the experiment.
 4. Start the node, one of:
-   - `sh supernode.sh` (the exact command line of the node, node config included: Flower's
-     SuperNode and fedvla's site trainer, which keeps the policy and dataset loaded between
-     rounds);
-   - `docker compose up -d` (docker-compose.yml; set the dataset volume to your folder);
+   - `sh fedvla-site/supernode.sh`: the exact command line of the node, node config included
+     (Flower's SuperNode and fedvla's site trainer, which keeps the policy and dataset loaded
+     between rounds). It runs the Python that ran keygen (FEDVLA_PYTHON overrides it), so
+     fedvla need not be on PATH; a second node on the same machine needs its own local port,
+     FEDVLA_SUPERNODE_PORT (default {SUPERNODE_PORT});
+   - `FEDVLA_SITE_UID=$(id -u) FEDVLA_SITE_GID=$(id -g) docker compose up -d` in `fedvla-site/`
+     (docker-compose.yml: a GPU, `../keys` or FEDVLA_SITE_KEYS, the dataset and your Hugging Face
+     cache mounted, the container running as the owner of the key);
    - `kubectl apply -f kubernetes.yaml` after creating the key Secret (see its header).
 5. The dashboard shows your node online within a minute. Training starts when the
    coordinator launches a run; your data never leaves this machine, only model updates do.
@@ -314,6 +409,7 @@ def build_kit(session: Session, settings: Settings, site: Site) -> bytes:
             field="status",
             reason=f"{site.status}, not approved",
         )
+    dialable_address(settings)
     tls = ensure_tls(settings.superlink_dir / "tls", server_tls_hosts(settings))
     ca_pem = tls.ca_certificate.read_text()
     cameras = kit_camera_map(session, site)

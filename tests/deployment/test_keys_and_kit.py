@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi.testclient import TestClient
@@ -15,13 +16,49 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from fedvla.cli.main import cli
+from fedvla.core.config import Settings
+from fedvla.core.errors import Conflict
 from fedvla.core.models import Site, SiteStatus
 from fedvla.core.public_keys import parse_public_key
 from fedvla.core.services import sites as site_service
+from fedvla.sites import startup_kit
 from tests.api.conftest import World
 from tests.factories import bearer, deployment_body, make_experiment, make_site, site_body
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Kits carry the address sites dial: here, on purpose, this machine's loopback."""
+    return settings.model_copy(update={"superlink_public_address": "127.0.0.1:9092"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({}, "unset, so kits would dial 127.0.0.1:9092"),
+        ({"fleet_host": "0.0.0.0"}, "0.0.0.0 is not an address to dial"),
+        ({"superlink_public_address": "0.0.0.0:9092"}, "0.0.0.0 is not an address to dial"),
+    ],
+)
+def test_no_kit_dials_an_address_a_remote_site_cannot_reach(
+    overrides: dict[str, str], reason: str
+) -> None:
+    with pytest.raises(Conflict) as refused:
+        startup_kit.dialable_address(Settings(environment="test", **overrides))  # type: ignore[arg-type]
+
+    [problem] = refused.value.errors
+    assert (problem.field, problem.reason) == ("superlink_public_address", reason)
+    assert "set FEDVLA_SUPERLINK_PUBLIC_ADDRESS" in str(refused.value)
+
+
+def test_a_public_address_or_a_named_host_is_what_kits_dial() -> None:
+    public = Settings(environment="test", superlink_public_address="fl.lab.org:443")
+    named = Settings(environment="test", fleet_host="10.0.0.5")
+
+    assert startup_kit.dialable_address(public) == "fl.lab.org:443"
+    assert startup_kit.dialable_address(named) == "10.0.0.5:9092"
 
 
 def _pem(key: object) -> str:
@@ -115,14 +152,26 @@ def test_startup_kit_has_everything_and_no_private_key(
     assert config["superlink"] == "127.0.0.1:9092"
     assert [e["id"] for e in config["experiments"]] == [world.experiment_id]
     assert config["supernode_args"][:2] == ["--superlink", "127.0.0.1:9092"]
-    assert "exec python -m fedvla.orchestration.site_node" in text["supernode.sh"]
-    assert "--auth-supernode-private-key keys/supernode.key" in text["supernode.sh"]
+    assert 'exec "$PYTHON" -m fedvla.orchestration.site_node' in text["supernode.sh"]
+    assert '--auth-supernode-private-key "$KEYS/supernode.key"' in text["supernode.sh"]
+    assert '--port "${FEDVLA_SUPERNODE_PORT:-9094}"' in text["supernode.sh"]
     assert f'site-label="{own.name}"' in text["supernode.sh"]
     assert f'dataset-repo-id="{own.dataset}"' in text["supernode.sh"]
     assert "fedvla site check" in text["README.md"] and "fedvla site keygen" in text["README.md"]
     assert "kind: Deployment" in text["kubernetes.yaml"]
     assert "secretName: fedvla-supernode-key" in text["kubernetes.yaml"]
-    assert "fedvla.orchestration.site_node" in text["docker-compose.yml"]
+    assert "nvidia.com/gpu: 1" in text["kubernetes.yaml"]
+    assert (
+        "fsGroup: 1000" in text["kubernetes.yaml"] and "medium: Memory" in text["kubernetes.yaml"]
+    )
+    compose = yaml.safe_load(text["docker-compose.yml"])["services"]["supernode"]
+    assert "fedvla.orchestration.site_node" in compose["command"]
+    assert compose["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert compose["shm_size"] == "8gb"
+    assert compose["user"] == "${FEDVLA_SITE_UID:-1000}:${FEDVLA_SITE_GID:-1000}"
+    assert compose["image"] == "${FEDVLA_IMAGE:-fedvla-worker:latest}"
+    assert "${HF_HOME:-~/.cache/huggingface}:/data/huggingface" in compose["volumes"]
+    assert "${FEDVLA_SITE_KEYS:-../keys}:/keys:ro" in compose["volumes"]
 
 
 def test_startup_kit_only_for_admins_and_the_own_operator_of_an_approved_site(
@@ -310,8 +359,10 @@ def test_kit_files_are_what_their_tools_accept(
     kit = _kit(client, site.id, world.secrets["admin"])
     script = kit.read("fedvla-site/supernode.sh").decode()
     command = shlex.split(script.split("exec ", 1)[1].replace("\\\n", " "))
-    assert command[:3] == ["python", "-m", "fedvla.orchestration.site_node"]
-    args = _parse_args_run_supernode().parse_args(command[3:])
+    assert command[:3] == ["$PYTHON", "-m", "fedvla.orchestration.site_node"]
+    assert command[-2:] == ["--port", "${FEDVLA_SUPERNODE_PORT:-9094}"]
+    args = _parse_args_run_supernode().parse_args([*command[3:-1], "9094"])  # as sh expands it
+    assert args.port == 9094
     assert args.superlink == "127.0.0.1:9092"
     assert args.root_certificates == "ca.crt"
     assert parse_config_args([args.node_config]) == {

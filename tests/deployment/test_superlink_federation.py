@@ -3,11 +3,13 @@ site nodes (flower-supernode with the warm site trainer) with their own syntheti
 keys, the tiny policy, two rounds reported into the database and the policy built once per site;
 an unregistered and a revoked node refused."""
 
+import io
 import os
 import re
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -388,3 +390,90 @@ def test_a_re_keyed_site_is_in_the_experiments_nodes_once_approved_again(
     [(new, name)] = experiment_nodes(settings, [site.id]).items()
     assert (name, new != old) == ("lab-g", True)
     assert superlink_admin.site_node(settings, site).status == "registered"
+
+
+def test_two_nodes_start_on_one_host_from_two_unzipped_kits_as_shipped(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The operator's path with no edits: keygen in a folder, register, approve, unzip the kit
+    there, `sh fedvla-site/supernode.sh`. Two sites on one host differ only by
+    FEDVLA_SUPERNODE_PORT; fedvla is not on PATH (the script runs the Python keygen noted)."""
+    settings = deployment.settings.model_copy(
+        update={"superlink_public_address": f"127.0.0.1:{deployment.settings.fleet_port}"}
+    )
+    session = deployment.session
+    fedvla = str(Path(sys.executable).parent / "fedvla")
+    bare = {**os.environ, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    bare.pop("VIRTUAL_ENV", None)
+    sites: list[Site] = []
+    for name in ("kit-a", "kit-b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        keygen = subprocess.run(
+            [fedvla, "site", "keygen", "keys"], cwd=folder, capture_output=True, text=True
+        )
+        assert keygen.returncode == 0, keygen.stderr
+        site = site_service.create_site(
+            session=session,
+            data=SiteCreate.model_validate(
+                site_body(
+                    name=name,
+                    dataset=str(tmp_path / "dataset"),
+                    features=_features(),
+                    public_key=keygen.stdout,
+                )
+            ),
+            actor="tests",
+        )
+        site_service.set_status(
+            session=session, site=site, status=SiteStatus.approved, actor="t", reason=""
+        )
+        with zipfile.ZipFile(io.BytesIO(startup_kit.build_kit(session, settings, site))) as kit:
+            kit.extractall(folder)
+        sites.append(site)
+    assert sorted(node_registry.sync_registrations(session, settings).registered) == [
+        "kit-a",
+        "kit-b",
+    ]
+
+    for site in sites:
+        script = tmp_path / site.name / "fedvla-site" / "supernode.sh"
+        log = (tmp_path / site.name / "node.log").open("wb")
+        deployment.nodes.append(
+            subprocess.Popen(
+                ["sh", str(script)],
+                env={**bare, "FEDVLA_SUPERNODE_PORT": str(free_port())},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    deadline = time.monotonic() + 120
+    while not all(superlink_admin.site_node(settings, s).online for s in sites):
+        for site, node in zip(sites, deployment.nodes, strict=True):
+            assert node.poll() is None, (tmp_path / site.name / "node.log").read_text()
+        assert time.monotonic() < deadline, "the kits' nodes did not come online"
+        time.sleep(1)
+
+
+def test_a_kit_started_without_its_keys_says_where_they_go(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    settings = deployment.settings.model_copy(
+        update={"superlink_public_address": f"127.0.0.1:{deployment.settings.fleet_port}"}
+    )
+    site, _ = deployment.site("kit-c", tmp_path, SiteStatus.approved)
+    with zipfile.ZipFile(
+        io.BytesIO(startup_kit.build_kit(deployment.session, settings, site))
+    ) as kit:
+        kit.extractall(tmp_path / "unzipped")
+
+    started = subprocess.run(
+        ["sh", str(tmp_path / "unzipped" / "fedvla-site" / "supernode.sh")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert started.returncode == 2
+    assert "run 'fedvla site keygen keys' in the folder you unzipped it into" in started.stderr
