@@ -91,12 +91,17 @@ class Deployment:
             )
         return site, keys
 
-    def start_node(self, site: Site, keys: NodeKeyFiles) -> subprocess.Popen[bytes]:
-        """flower-supernode exactly as the site's startup kit says, in the site's folder."""
+    def start_node(
+        self, site: Site, keys: NodeKeyFiles, camera_map: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """The site node exactly as the site's startup kit says (its camera map, unless the
+        kit's is given), in the site's folder."""
         node = start_supernode(
             self.settings,
             site,
-            camera_map=startup_kit.kit_camera_map(self.session, site),
+            camera_map=(
+                startup_kit.kit_camera_map(self.session, site) if camera_map is None else camera_map
+            ),
             key=keys.private_key,
             ca=self.root / "kit-ca.crt",
             folder=self.root / site.name,
@@ -238,7 +243,9 @@ def test_two_sites_train_two_rounds_on_our_superlink(
         "observation.images.wrist": "observation.images.front"
     }
     deployment.start_node(first, first_keys)
-    deployment.start_node(second, second_keys)
+    # The second site's kit was downloaded before it joined the experiment: no camera map in its
+    # node config. The server sends it with each message of the run.
+    deployment.start_node(second, second_keys, camera_map={})
     deployment.start_node(bystander, bystander_keys)  # approved, online, not in the experiment
     _wait_online(settings, 3)
     node = superlink_admin.site_node(settings, first)

@@ -30,6 +30,7 @@ from fedvla.engine.federation.protocol import (
     read_train_message,
     read_train_reply,
     train_reply,
+    with_camera_map,
 )
 from fedvla.engine.federation.strategy import make_strategy
 
@@ -140,6 +141,21 @@ def test_instructions_survive_the_query_message() -> None:
     assert message.metadata.message_type == MessageType.QUERY
     assert message.metadata.dst_node_id == 7
     assert read_instructions(message) == instructions
+
+
+def test_a_camera_map_goes_to_its_own_message_only() -> None:
+    instructions = Instructions(_config(), "/srv/data", _plan())
+    shared = RecordDict({CONFIG_KEY: instructions_record(instructions)})
+    to_site = Message(shared, dst_node_id=7, message_type=MessageType.QUERY)
+    to_other = Message(shared, dst_node_id=8, message_type=MessageType.QUERY)
+    renamed = {"observation.images.wrist": "observation.images.front"}
+
+    with_camera_map(to_site, renamed)
+
+    assert read_instructions(to_site).camera_map == renamed
+    assert read_instructions(to_other).camera_map is None  # the shared records are untouched
+    with_camera_map(to_other, {})
+    assert read_instructions(to_other).camera_map == {}  # agreeing cameras: no renaming
 
 
 def test_client_info_survives_the_query_reply() -> None:

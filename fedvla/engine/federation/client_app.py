@@ -90,11 +90,15 @@ def client_state(instructions: Instructions, context: Context) -> ClientState:
     global policies_built
     config = instructions.federation
     run_id = str(context.run_id)
+    cameras = instructions.camera_map
+    if cameras is None and CAMERA_MAP_KEY in context.node_config:  # a server that sends none
+        cameras = parse_camera_map(str(context.node_config[CAMERA_MAP_KEY]))
     key = (
         json.dumps(context.node_config, sort_keys=True),
         config.model_dump_json(
             include={"policy", "seed", "device", "client_datasets", "partition"}
         ),
+        json.dumps(cameras, sort_keys=True),
     )
     state = _cache.get(key)
     if state is not None and state.run_id != run_id:
@@ -110,8 +114,7 @@ def client_state(instructions: Instructions, context: Context) -> ClientState:
         source = resolve_policy_source(config.policy)
         chunk = _chunk_size(source, data_dir)
         data = task.open_dataset(ref, chunk_size=chunk, owner=label)
-        if CAMERA_MAP_KEY in context.node_config:  # deployment: the kit renames the site's cameras
-            cameras = parse_camera_map(str(context.node_config[CAMERA_MAP_KEY]))
+        if cameras:  # deployment: the site's cameras renamed to the experiment's
             data = apply_camera_map(data, cameras)
         policy_key = (
             config.model_dump_json(include={"policy", "seed", "device"}),

@@ -6,7 +6,9 @@ under "config", where FedAvg adds "server-round" and FedProx "proximal-mu"; a re
 weighted by the "num-examples" of its one MetricRecord.
 
 Server to client, every message: "config" = the instructions (the experiment, the data folder,
-the data plan). A train message adds "arrays" and, with federated normalisation, "norm-stats".
+the data plan; in deployment, "camera-map": the site's cameras renamed to the experiment's, as
+the server computes them when the run starts). A train message adds "arrays" and, with federated
+normalisation, "norm-stats".
 Client to server: a query reply is the client's description (ClientInfo); a train reply is its
 weights under "arrays" and its TrainMetrics under "metrics".
 """
@@ -19,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from pydantic import TypeAdapter
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig
+from fedvla.engine.camera_map import format_camera_map, parse_camera_map
 from fedvla.engine.data.features import DatasetFeatures
 from fedvla.engine.data.partition import DataPlan
 from fedvla.engine.data.stats import Stats
@@ -31,6 +34,7 @@ STATS_KEY = "norm-stats"
 NUM_EXAMPLES = "num-examples"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
+CAMERA_MAP = "camera-map"
 NO_SITE = -1
 """The site id a client without one (simulation) sends: a ConfigRecord holds no None."""
 
@@ -54,6 +58,9 @@ class Instructions:
     """The server's data folder (the tiny VLM's assets); a node's "data-dir" overrides it."""
     plan: DataPlan
     """Simulation: client i trains on plan.clients[i] (computed once, by the server)."""
+    camera_map: dict[str, str] | None = None
+    """Deployment: this site's cameras renamed to the experiment's ({} when they agree); None
+    where the server sends none (simulation, or a server older than the site's kit)."""
 
 
 def instructions_record(instructions: Instructions) -> ConfigRecord:
@@ -69,11 +76,23 @@ def instructions_record(instructions: Instructions) -> ConfigRecord:
 def read_instructions(msg: Message) -> Instructions:
     record = _record(msg.content, CONFIG_KEY, ConfigRecord, "message")
     where = f"message's {CONFIG_KEY!r}"
+    cameras = record.get(CAMERA_MAP)
     return Instructions(
         federation=FederationConfig.model_validate_json(str(_value(record, "federation", where))),
         data_dir=str(_value(record, "data-dir", where)),
         plan=_PLAN.validate_json(str(_value(record, "data-plan", where))),
+        camera_map=None if cameras is None else parse_camera_map(str(cameras)),
     )
+
+
+def with_camera_map(msg: Message, mapping: dict[str, str]) -> None:
+    """Gives this message, and no other, a site's camera map: its own copy of the content, whose
+    records the server's messages to every node share."""
+    config = ConfigRecord(dict(_record(msg.content, CONFIG_KEY, ConfigRecord, "message")))
+    config[CAMERA_MAP] = format_camera_map(mapping)
+    content = RecordDict(dict(msg.content))
+    content[CONFIG_KEY] = config
+    msg.content = content
 
 
 def query_message(node_id: int, instructions: Instructions) -> Message:

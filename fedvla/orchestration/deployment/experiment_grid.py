@@ -5,13 +5,17 @@ A site's node id changes when it re-keys (its new key is registered once it is a
 again), so the allowed set is read again, at most every REFRESH_S, from the SuperLink's node
 list matched to the sites' public keys as the database holds them now.
 
+Each message it sends carries its site's camera map (the site's cameras renamed to the
+experiment's), computed when the run starts from the sites as the database holds them then, not
+from the startup kit, which may predate the experiment.
+
 It also looks for replies every REPLY_PULL_INTERVAL_S, where Flower's grid sleeps 3 s between
 looks (on average 1.5 s added to every round), and pulls their arrays with a shorter backoff
 (fedvla.engine.federation.transport.pull_objects_sooner).
 """
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -21,7 +25,9 @@ from sqlmodel import Session, col, select
 
 from fedvla.core.config import Settings
 from fedvla.core.db import make_engine
-from fedvla.core.models import Site
+from fedvla.core.models import Site, SiteFeatures
+from fedvla.core.services import compatibility
+from fedvla.engine.federation.protocol import with_camera_map
 from fedvla.engine.federation.transport import pull_objects_sooner
 from fedvla.sites.node_registry import nodes_of_sites
 from fedvla.sites.superlink import SuperLinkError, list_nodes
@@ -44,6 +50,21 @@ def experiment_nodes(settings: Settings, site_ids: list[int]) -> dict[int, str]:
     return nodes_of_sites(experiment_sites(settings, site_ids), list_nodes(settings))
 
 
+def experiment_camera_maps(settings: Settings, site_ids: list[int]) -> dict[str, dict[str, str]]:
+    """Site name -> its cameras renamed to the experiment's reference site's ({} if they agree)."""
+    sites = experiment_sites(settings, site_ids)
+    reference = compatibility.reference_site(sites)
+    if reference is None:
+        return {}
+    expected = SiteFeatures.model_validate(reference.features)
+    return {
+        site.name: compatibility.camera_mapping(
+            SiteFeatures.model_validate(site.features), expected
+        )
+        for site in sites
+    }
+
+
 class ExperimentGrid(Grid):
     """Delegates to Flower's grid; ``get_node_ids`` answers only the allowed nodes.
 
@@ -56,6 +77,7 @@ class ExperimentGrid(Grid):
         grid: Grid,
         allowed: Callable[[], dict[int, str]],
         refresh_s: float = REFRESH_S,
+        camera_maps: Mapping[str, dict[str, str]] | None = None,
     ) -> None:
         from flwr.superlink.grid import http_grid
 
@@ -63,6 +85,7 @@ class ExperimentGrid(Grid):
         self.grid = grid
         self.allowed = allowed
         self.refresh_s = refresh_s
+        self.camera_maps = dict(camera_maps or {})
         self.names: dict[int, str] = {}
         self._read_at: float | None = None
 
@@ -102,8 +125,17 @@ class ExperimentGrid(Grid):
         allowed = self._refresh()
         return [node for node in self.grid.get_node_ids() if node in allowed]
 
+    def _for_their_sites(self, messages: Iterable[Message]) -> list[Message]:
+        """The messages, each to a site given that site's camera map."""
+        messages = list(messages)
+        for message in messages:
+            name = self.node_name(message.metadata.dst_node_id)
+            if name is not None and name in self.camera_maps:
+                with_camera_map(message, self.camera_maps[name])
+        return messages
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
+        return self.grid.push_messages(self._for_their_sites(messages))
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.grid.pull_messages(message_ids)
@@ -112,7 +144,7 @@ class ExperimentGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Flower's send_and_receive, looking for the replies every REPLY_PULL_INTERVAL_S."""
-        waiting = set(self.grid.push_messages(messages))
+        waiting = set(self.grid.push_messages(self._for_their_sites(messages)))
         deadline = time.monotonic() + (timeout or 0.0)
         replies: list[Message] = []
         while waiting and (timeout is None or time.monotonic() < deadline):

@@ -23,7 +23,11 @@ from fedvla.engine.federation.reporter import RoundReport
 from fedvla.engine.federation.run_config import federation_config_from_run_config
 from fedvla.engine.federation.server_app import ServerRun, federation_server_app
 from fedvla.orchestration.db_reporter import DbReporter
-from fedvla.orchestration.deployment.experiment_grid import ExperimentGrid, experiment_nodes
+from fedvla.orchestration.deployment.experiment_grid import (
+    ExperimentGrid,
+    experiment_camera_maps,
+    experiment_nodes,
+)
 
 RUN_ID_KEY = "fedvla-run-id"
 
@@ -57,7 +61,11 @@ def _on_superlink(grid: Grid, context: Context) -> Iterator[ServerRun]:
         output_dir = run_files.run_dir_of(session, settings, run_id)
     try:
         reporter.log(f"ServerApp on the SuperLink: Flower run {context.run_id}")
-        experiment_grid = ExperimentGrid(grid, lambda: experiment_nodes(settings, config.site_ids))
+        experiment_grid = ExperimentGrid(
+            grid,
+            lambda: experiment_nodes(settings, config.site_ids),
+            camera_maps=experiment_camera_maps(settings, config.site_ids),
+        )
         yield ServerRun(
             experiment_grid,
             config,
