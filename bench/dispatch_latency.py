@@ -73,13 +73,22 @@ def _drop(settings: Settings) -> None:
 
 
 def measure(broker: str, runs: int, workdir: Path) -> dict[str, Any]:
+    from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
+
     settings = _settings(broker, workdir)
+    # A real dataset (experiments are checked at create); each run is cancelled before it trains.
+    dataset = generate_dataset(
+        workdir / f"{broker}-dataset", SyntheticSpec(episodes=3, frames_per_episode=4)
+    )
     seeded = seed_database(
         settings,
         {
             "name": "bench",
             "policy": "tiny",
-            "partition": {"dataset": {"repo_id": "bench/none"}, "num_clients": 2},
+            "partition": {
+                "dataset": {"repo_id": "synthetic/so100", "root": str(dataset)},
+                "num_clients": 2,
+            },
         },
     )
     engine, headers = seeded.engine, seeded.headers

@@ -68,7 +68,12 @@ def measure(mode: str, runs: int, assets: Path, workdir: Path) -> dict[str, Any]
         gpu_queue=f"bench-{uuid.uuid4().hex[:6]}",
         warm_start=mode == "warm",
     )
-    fields = tiny_experiment_fields(assets, name="fast-start", num_rounds=1)
+    dataset = {"repo_id": "local/synthetic", "root": str(assets / "synthetic")}
+    fields = tiny_experiment_fields(
+        name="fast-start",
+        num_rounds=1,
+        partition={"dataset": dataset, "num_clients": 2, "holdout_episodes": 1},
+    )
     seeded = seed_database(settings, fields)
     engine, headers = seeded.engine, seeded.headers
     worker_name = f"{settings.gpu_queue}@bench"

@@ -78,6 +78,7 @@ def prepare(data_dir: Path, redis_url: str, rounds: int, checkpoints: int) -> tu
     from fedvla.core.schemas.experiments import ExperimentCreate
     from fedvla.core.services import experiments, runs, tokens
     from fedvla.core.services.events import EventPublisher
+    from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
     from fedvla.engine.federation.reporter import CheckpointReport, ClientReport, RoundReport
     from fedvla.orchestration.db_reporter import DbReporter
     from fedvla.orchestration.dispatch import run_sender
@@ -86,6 +87,10 @@ def prepare(data_dir: Path, redis_url: str, rounds: int, checkpoints: int) -> tu
     upgrade_database(settings.database_url)
     engine = make_engine(settings.database_url)
     quiet = EventPublisher("")
+    # Never read (no worker trains here), but a real dataset: experiments are checked at create.
+    dataset = generate_dataset(
+        data_dir / "dataset", SyntheticSpec(episodes=3, frames_per_episode=4)
+    )
     with Session(engine) as session:
         experiment = experiments.create_experiment(
             session=session,
@@ -95,7 +100,10 @@ def prepare(data_dir: Path, redis_url: str, rounds: int, checkpoints: int) -> tu
                     "policy": "tiny",
                     "num_rounds": rounds,
                     "min_clients": 2,
-                    "partition": {"dataset": {"repo_id": "bench/so100"}, "num_clients": 2},
+                    "partition": {
+                        "dataset": {"repo_id": "synthetic/so100", "root": str(dataset)},
+                        "num_clients": 2,
+                    },
                 }
             ),
         )

@@ -27,6 +27,7 @@ from sqlmodel import Session, col
 from fedvla.core.config import Settings
 from fedvla.core.db import make_engine
 from fedvla.core.models import ApiToken, Role, Run
+from fedvla.core.schemas.experiments import EXPERIMENT_EXAMPLE
 from fedvla.core.security import hash_token
 from tests.api.conftest import declared_statuses
 from tests.factories import (
@@ -116,11 +117,31 @@ def _seed(settings: Settings) -> tuple[str, str, int]:
         engine.dispose()
 
 
+def _caches_with_the_documented_example(root: Path) -> dict[str, str]:
+    """Hugging Face caches holding what ExperimentCreate's documented example names (its dataset,
+    6 episodes for 2 clients and 4 held out; smolvla_base as the hub cache lays out a download),
+    so that the examples phase creates an experiment: the checks at create find them."""
+    from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
+
+    example = EXPERIMENT_EXAMPLE
+    repo_id = example["partition"]["dataset"]["repo_id"]
+    generate_dataset(
+        root / "lerobot" / repo_id, SyntheticSpec(repo_id=repo_id, episodes=6, frames_per_episode=2)
+    )
+    revision = "0" * 40
+    policy = root / "hf" / "hub" / f"models--{example['policy'].replace('/', '--')}"
+    (policy / "refs").mkdir(parents=True)
+    (policy / "refs" / "main").write_text(revision)
+    (policy / "snapshots" / revision).mkdir(parents=True)
+    return {"HF_LEROBOT_HOME": str(root / "lerobot"), "HF_HOME": str(root / "hf")}
+
+
 @pytest.fixture
 def served(settings: Settings, tmp_path: Path) -> Iterator[Served]:
     admin, viewer, run_id = _seed(settings)
     env = {
         **os.environ,
+        **_caches_with_the_documented_example(tmp_path / "caches"),
         "FEDVLA_ENVIRONMENT": "test",
         "FEDVLA_DATA_DIR": str(settings.data_dir),
         "FEDVLA_DATABASE_URL": settings.database_url,

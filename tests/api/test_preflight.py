@@ -120,6 +120,16 @@ def _refusal(client: TestClient, world: World, body: dict[str, Any]) -> dict[str
             "policy",
             ["missing config.json, model.safetensors"],
         ),
+        (  # found by the fuzzer: a name longer than any file name is a 422, not a 500
+            simulation_body(policy="0" * 500),
+            "policy",
+            ["not a path this server can look up (file name too long)"],
+        ),
+        (
+            simulation_body(partition=_partition({"repo_id": "x/y", "root": "/" + "d" * 300})),
+            "partition.dataset",
+            ["not a path this server can look up (file name too long)"],
+        ),
     ],
 )
 def test_create_refuses_what_the_worker_could_not_run(

@@ -250,11 +250,20 @@ def _policy_problem(source: str) -> FieldProblem | None:
     return None
 
 
+def _unreadable(error: OSError | ValueError) -> str:
+    why = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else str(error)
+    return f"not a path this server can look up ({why.lower()}); fix: give a shorter, plain path"
+
+
 def problems(config: FederationConfig) -> list[FieldProblem]:
     """Everything about the experiment's policy and data that would stop it on the worker,
     each naming its field and the fix; empty when none is found."""
     found: list[FieldProblem] = []
-    if (policy := _policy_problem(config.policy)) is not None:
+    try:
+        policy = _policy_problem(config.policy)
+    except (OSError, ValueError) as error:  # a name no file system takes: too long, a NUL
+        policy = FieldProblem(field="policy", reason=_unreadable(error))
+    if policy is not None:
         found.append(policy)
     reference: tuple[str, DatasetInfo] | None = None
     for field, ref in _datasets(config):
@@ -265,6 +274,9 @@ def problems(config: FederationConfig) -> list[FieldProblem]:
                 _check_partition(config, info)
         except _Unusable as unusable:
             found.append(unusable.problem)
+            continue
+        except (OSError, ValueError) as error:
+            found.append(FieldProblem(field=field, reason=_unreadable(error)))
             continue
         if reference is None:
             reference = (field, info)

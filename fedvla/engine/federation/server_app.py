@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedvla.core.experiment_config import FederationConfig
 from fedvla.engine.data.features import DatasetError, DatasetFeatures, check_dataset
 from fedvla.engine.data.partition import DataPlan, plan_data
+from fedvla.engine.data.stats import Stats
 from fedvla.engine.federation import checkpoints, task
 from fedvla.engine.federation.protocol import (
     ClientInfo,
@@ -72,6 +74,32 @@ def federation_server_app(setup: RunSetup) -> ServerApp:
     return app
 
 
+def _merged_stats(clients: dict[int, ClientInfo], reporter: Reporter) -> Stats:
+    """Every client's statistics merged, less those that are not finite: a client whose data
+    holds NaN or infinity would otherwise make every client normalise into NaN. Such a client
+    still trains (and fails alone, its loss diverging); the log names it."""
+    finite = {
+        c.label: c.stats
+        for c in clients.values()
+        if all(
+            np.isfinite(np.asarray(v, dtype=np.float64)).all()
+            for f in c.stats.values()
+            for v in f.values()
+        )
+    }
+    for c in clients.values():
+        if c.label not in finite:
+            reporter.log(
+                f"{c.label}: its statistics are not finite (NaN or infinite values in its "
+                "data): left out of the merge"
+            )
+    if not finite:
+        raise FederationError(
+            "no client's statistics are finite: every dataset holds NaN or infinite values"
+        )
+    return task.merge_stats(list(finite.values()))
+
+
 def run_server(run: ServerRun) -> None:
     config, reporter = run.config, run.reporter
     plan = run.plan if run.plan is not None else plan_data(config)
@@ -81,7 +109,7 @@ def run_server(run: ServerRun) -> None:
     reporter.log(
         "clients: " + ", ".join(f"{c.label} ({c.frames} frames)" for c in clients.values())
     )
-    merged = task.merge_stats([c.stats for c in clients.values()])
+    merged = _merged_stats(clients, reporter)
     first = next(iter(clients.values()))
     bundle = task.build_bundle(
         source,
