@@ -66,6 +66,7 @@ def system(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
         broker_url=f"sqla+sqlite:///{root / 'broker.db'}",
         redis_url="",
         gpu_queue=f"gpu-{uuid.uuid4().hex[:8]}",
+        superlink_public_address="fleet.lab.example:9092",  # what startup kits dial
         **FAST,
     )
     engine = make_engine(settings.database_url)

@@ -8,6 +8,7 @@ from fedvla.core.config import Settings
 from fedvla.core.models import ApiToken, Role, Site, SiteAudit, SiteStatus
 from fedvla.core.security import hash_token
 from fedvla.core.services import runs as run_service
+from fedvla.core.services import sites as site_service
 from fedvla.core.services import workers as worker_service
 from fedvla.core.services.events import publisher_for
 from fedvla.engine.federation.reporter import ClientReport, RoundReport
@@ -230,3 +231,19 @@ def test_site_page_shows_compatibility_and_node_status(
     assert node.status_code == 200
     assert html(node).find(id="site-node").text.strip().startswith("Node")
     assert "startup kit" not in b.get(f"/sites/{site.id}").text  # not approved, not its operator
+
+
+def test_an_approved_site_page_says_why_no_kit_can_be_made(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session
+) -> None:
+    """These tests' server sets no public SuperLink address and its front binds loopback: a kit
+    would dial this machine. The page says so and offers no download that would fail."""
+    site = site_service.set_status(
+        session=session, site=make_site(session), status=SiteStatus.approved, actor="t", reason=""
+    )
+    page = html(browser(secrets.admin).get(f"/sites/{site.id}"))
+
+    problem = page.find(id="kit-unavailable")
+    assert problem is not None
+    assert "set FEDVLA_SUPERLINK_PUBLIC_ADDRESS" in problem.text
+    assert page.find("a", string="Download the startup kit") is None

@@ -159,6 +159,9 @@ class SitePage:
     compatibility: Annotated[
         list[CompatibilityReport], "Its declaration checked alone, then against each experiment."
     ]
+    kit_unavailable: Annotated[
+        str | None, "Why no startup kit can be made on this server (its address), if so."
+    ] = None
 
 
 @dataclass

@@ -5,12 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
-from fedvla.core.errors import DomainError, FieldProblem
+from fedvla.core.errors import Conflict, DomainError, FieldProblem
 from fedvla.core.models import RobotType, Site, SiteStatus
 from fedvla.core.schemas.sites import SiteCreate, SitePublic, SiteUpdate, StatusChange
 from fedvla.core.services import compatibility, contributions
 from fedvla.core.services import sites as service
-from fedvla.sites import superlink_admin
+from fedvla.sites import startup_kit, superlink_admin
 from fedvla.web.api.deps import SessionDep, SettingsDep, ensure_site_access
 from fedvla.web.pages import forms
 from fedvla.web.pages import session as web_session
@@ -98,14 +98,22 @@ async def create_site(request: Request, session: SessionDep, token: WebSiteRegis
 
 
 @router.get("/sites/{site_id}", name="web_site")
-def show_site(request: Request, site_id: int, session: SessionDep, token: WebToken) -> Response:
+def show_site(
+    request: Request, site_id: int, session: SessionDep, settings: SettingsDep, token: WebToken
+) -> Response:
     site = service.get_site(session=session, site_id=site_id)
     ensure_site_access(token, site_id)
+    try:
+        startup_kit.dialable_address(settings)
+        kit_unavailable = None
+    except Conflict as refused:
+        kit_unavailable = refused.detail
     page = SitePage(
         site=_public(site),
         audit=service.audit_log(session=session, site_id=site_id),
         contributions=contributions.site_contributions(session, site_id),
         compatibility=compatibility.reports_for_site(session=session, site=site),
+        kit_unavailable=kit_unavailable,
     )
     return render(
         request, "site.html", page, token=token, alternate=f"/api/v1/sites/{site_id}", nav="sites"
