@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from fedvla.core.config import Settings
 from fedvla.core.errors import Conflict
 from fedvla.core.experiment_config import Mode
-from fedvla.core.models import Experiment, ExperimentSite, Site, SiteFeatures, SiteStatus
+from fedvla.core.models import Experiment, ExperimentSite, Site, SiteStatus
 from fedvla.core.services import compatibility
 from fedvla.engine.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
 from fedvla.engine.camera_map import format_camera_map
@@ -133,12 +133,9 @@ def kit_camera_map(session: Session, site: Site) -> dict[str, str]:
     """The site's cameras renamed to its first deployment experiment's (empty if they agree)."""
     for experiment in experiments_of(session, site):
         assert experiment.id is not None
-        reference = compatibility.reference_site(_sites_of(session, experiment.id))
-        if reference is not None and reference.id != site.id:
-            return compatibility.camera_mapping(
-                SiteFeatures.model_validate(site.features),
-                SiteFeatures.model_validate(reference.features),
-            )
+        renamed = compatibility.cameras_renamed_for(site, _sites_of(session, experiment.id))
+        if renamed is not None:
+            return renamed
     return {}
 
 

@@ -251,6 +251,18 @@ def reference_site(sites: Sequence[Site]) -> Site | None:
     return chosen[0] if chosen else None
 
 
+def cameras_renamed_for(site: Site, sites: Sequence[Site]) -> dict[str, str] | None:
+    """The site's cameras renamed to the reference site's of the experiment of ``sites`` ({} if
+    they agree); None when the site is that reference itself, or there is none."""
+    reference = reference_site(sites)
+    if reference is None or reference.id == site.id:
+        return None
+    return camera_mapping(
+        SiteFeatures.model_validate(site.features),
+        SiteFeatures.model_validate(reference.features),
+    )
+
+
 def _report(
     site: Site, experiment: Experiment | None, reference: str, mismatches: list[Mismatch]
 ) -> CompatibilityReport:

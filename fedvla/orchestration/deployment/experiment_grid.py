@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from fedvla.core.config import Settings
 from fedvla.core.db import make_engine
-from fedvla.core.models import Site, SiteFeatures
+from fedvla.core.models import Site
 from fedvla.core.services import compatibility
 from fedvla.engine.federation.protocol import with_camera_map
 from fedvla.engine.federation.transport import pull_objects_sooner
@@ -53,16 +53,7 @@ def experiment_nodes(settings: Settings, site_ids: list[int]) -> dict[int, str]:
 def experiment_camera_maps(settings: Settings, site_ids: list[int]) -> dict[str, dict[str, str]]:
     """Site name -> its cameras renamed to the experiment's reference site's ({} if they agree)."""
     sites = experiment_sites(settings, site_ids)
-    reference = compatibility.reference_site(sites)
-    if reference is None:
-        return {}
-    expected = SiteFeatures.model_validate(reference.features)
-    return {
-        site.name: compatibility.camera_mapping(
-            SiteFeatures.model_validate(site.features), expected
-        )
-        for site in sites
-    }
+    return {site.name: compatibility.cameras_renamed_for(site, sites) or {} for site in sites}
 
 
 class ExperimentGrid(Grid):
