@@ -82,6 +82,27 @@ class RoundMetricsPublic(BaseModel):
     count: int
 
 
+class ResourceSamplePublic(BaseModel):
+    """The federation's process tree at one moment, as its worker sampled it."""
+
+    at: UtcDatetime
+    rss_bytes: int = Field(description="Resident memory of the federation's processes together.")
+    cpu_percent: float = Field(description="CPU use of those processes (100 = one core).")
+    processes: int = Field(description="How many processes the federation had.")
+    gpu_memory_bytes: int | None = Field(
+        None, description="GPU memory its processes held; absent where no GPU could be read."
+    )
+    gpu_utilization_percent: float | None = Field(
+        None, description="Mean utilisation of the GPUs it used; absent where unknown."
+    )
+
+
+class ResourceSamplesPublic(BaseModel):
+    data: list[ResourceSamplePublic]
+    count: int
+    interval_s: float = Field(description="The worker's sampling interval (0: not sampled).")
+
+
 class ClientMetricPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
