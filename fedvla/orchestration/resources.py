@@ -1,5 +1,9 @@
-"""What a run's federation uses of its machine: the memory (RSS) and CPU of its process tree and,
+"""What a run's federation uses of its machine: the memory and CPU of its process tree and,
 where nvidia-smi answers, the GPU memory its processes hold and the utilisation of those GPUs.
+
+Memory is the tree's proportional set size (PSS): the federation forks its clients, which share
+most pages with it, and a sum of their RSS counts each shared page once per process (a 2-client
+tiny run read 2 GB by RSS). Where PSS cannot be read (not Linux, no access), RSS is summed.
 
 The supervisor samples every ``resource_sample_interval_s`` and records each sample as a
 ``resources`` event, so the run page draws it live and the API serves it with the run's role
@@ -20,7 +24,7 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class ResourceSample:
-    rss_bytes: int
+    memory_bytes: int
     cpu_percent: float
     processes: int
     gpu_memory_bytes: int | None = None
@@ -30,7 +34,7 @@ class ResourceSample:
         return {name: value for name, value in asdict(self).items() if value is not None}
 
     def message(self) -> str:
-        text = f"memory {self.rss_bytes / MIB:.0f} MiB, CPU {self.cpu_percent:.0f}%"
+        text = f"memory {self.memory_bytes / MIB:.0f} MiB, CPU {self.cpu_percent:.0f}%"
         if self.gpu_memory_bytes is not None:
             text += f", GPU memory {self.gpu_memory_bytes / MIB:.0f} MiB"
         if self.gpu_utilization_percent is not None:
@@ -60,24 +64,34 @@ class TreeSampler:
             tree = [root, *root.children(recursive=True)]
         except psutil.Error:
             return None
-        rss = 0
+        memory = 0
         cpu = 0.0
         alive: dict[int, psutil.Process] = {}
         for process in tree:
             known = self._known.get(process.pid, process)
             with contextlib.suppress(psutil.Error):
-                rss += known.memory_info().rss
+                memory += _memory_of(known)
                 cpu += known.cpu_percent(None)  # 0.0 on a process's first sample
                 alive[process.pid] = known
         self._known = alive
         gpu = gpu_use(self.nvidia_smi, set(alive)) if self.nvidia_smi else None
         return ResourceSample(
-            rss_bytes=rss,
+            memory_bytes=memory,
             cpu_percent=round(cpu, 1),
             processes=len(alive),
             gpu_memory_bytes=gpu.memory_bytes if gpu else None,
             gpu_utilization_percent=gpu.utilization_percent if gpu else None,
         )
+
+
+def _memory_of(process: psutil.Process) -> int:
+    """PSS where it can be read, else RSS."""
+    try:
+        pss: int = process.memory_full_info().pss
+        return pss
+    except (psutil.AccessDenied, AttributeError):
+        rss: int = process.memory_info().rss
+        return rss
 
 
 def gpu_use(nvidia_smi: str, pids: set[int]) -> GpuUse | None:

@@ -336,12 +336,12 @@ def test_the_workers_memory_is_sampled_and_drawn(
     count = points(page, "memory")
     assert count >= 1, "no resource sample on the page"
     wait_for_points(page, "memory", count + 1)  # live, over the event stream
-    assert "memory (RSS)" in series_labels(page, "memory")
+    assert "memory" in series_labels(page, "memory")
     assert "CPU" in series_labels(page, "utilization")
     with api(system) as client:
         samples = client.get(f"/runs/{RUNS['long']}/resources").json()
     assert samples["count"] >= count
-    assert all(s["rss_bytes"] > 0 for s in samples["data"])
+    assert all(s["memory_bytes"] > 0 for s in samples["data"])
     if all(s.get("gpu_memory_bytes") is None for s in samples["data"]):
         assert "GPU memory" not in series_labels(page, "memory")  # not shown as zero
     expect(page.locator("#run-log")).not_to_contain_text("resources:")

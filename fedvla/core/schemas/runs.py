@@ -86,7 +86,11 @@ class ResourceSamplePublic(BaseModel):
     """The federation's process tree at one moment, as its worker sampled it."""
 
     at: UtcDatetime
-    rss_bytes: int = Field(description="Resident memory of the federation's processes together.")
+    memory_bytes: int = Field(
+        description="Memory of the federation's processes together: their proportional set size "
+        "(shared pages split among the processes sharing them), or summed RSS where PSS cannot "
+        "be read."
+    )
     cpu_percent: float = Field(description="CPU use of those processes (100 = one core).")
     processes: int = Field(description="How many processes the federation had.")
     gpu_memory_bytes: int | None = Field(

@@ -199,7 +199,7 @@
     bytes_sent: "sent (MB)",
     bytes_received: "received (MB)",
     duration_s: "seconds",
-    rss_bytes: "memory (RSS)",
+    memory_bytes: "memory",
     gpu_memory_bytes: "GPU memory",
     cpu_percent: "CPU",
     gpu_utilization_percent: "GPU",
@@ -209,8 +209,15 @@
     return (labels && labels[key]) || LABELS[key] || key.replace(/_/g, " ");
   }
 
-  // Numeric keys with at least one value, in first-seen order.
+  // Numeric keys with at least one value: the known ones in LABELS' order, then the others by
+  // name, so a series keeps its colour whether the page loaded it or a live event brought it.
   function numericKeys(records, skip) {
+    const known = Object.keys(LABELS);
+    const rank = function (k) { const i = known.indexOf(k); return i < 0 ? known.length : i; };
+    return foundKeys(records, skip).sort(function (a, b) { return rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0); });
+  }
+
+  function foundKeys(records, skip) {
     const keys = [];
     records.forEach(function (r) {
       Object.keys(r).forEach(function (k) {
