@@ -10,7 +10,6 @@ The supervisor samples every ``resource_sample_interval_s`` and records each sam
 rules. GPU fields are absent (None) when no GPU can be read, never zero for "unknown".
 """
 
-import contextlib
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
@@ -25,7 +24,8 @@ MIB = 1024 * 1024
 @dataclass(frozen=True)
 class ResourceSample:
     memory_bytes: int
-    cpu_percent: float
+    cpu_percent: float | None
+    """None on a sampler's first sample: psutil measures CPU use between two calls."""
     processes: int
     gpu_memory_bytes: int | None = None
     gpu_utilization_percent: float | None = None
@@ -34,7 +34,9 @@ class ResourceSample:
         return {name: value for name, value in asdict(self).items() if value is not None}
 
     def message(self) -> str:
-        text = f"memory {self.memory_bytes / MIB:.0f} MiB, CPU {self.cpu_percent:.0f}%"
+        text = f"memory {self.memory_bytes / MIB:.0f} MiB"
+        if self.cpu_percent is not None:
+            text += f", CPU {self.cpu_percent:.0f}%"
         if self.gpu_memory_bytes is not None:
             text += f", GPU memory {self.gpu_memory_bytes / MIB:.0f} MiB"
         if self.gpu_utilization_percent is not None:
@@ -58,26 +60,35 @@ class TreeSampler:
         self._known: dict[int, psutil.Process] = {}
 
     def sample(self) -> ResourceSample | None:
-        """None when the root process is gone."""
+        """None when the root process is gone (or exiting)."""
         try:
             root = psutil.Process(self.pid)
+            if root.status() == psutil.STATUS_ZOMBIE:
+                return None
             tree = [root, *root.children(recursive=True)]
         except psutil.Error:
             return None
+        first = not self._known
         memory = 0
         cpu = 0.0
         alive: dict[int, psutil.Process] = {}
         for process in tree:
             known = self._known.get(process.pid, process)
-            with contextlib.suppress(psutil.Error):
-                memory += _memory_of(known)
-                cpu += known.cpu_percent(None)  # 0.0 on a process's first sample
-                alive[process.pid] = known
+            try:
+                used = _memory_of(known)
+                busy = known.cpu_percent(None)  # 0.0 on a process's first sample
+            except psutil.Error:  # gone, or a zombie, since the tree was listed
+                continue
+            memory += used
+            cpu += busy
+            alive[process.pid] = known
         self._known = alive
+        if not alive:
+            return None
         gpu = gpu_use(self.nvidia_smi, set(alive)) if self.nvidia_smi else None
         return ResourceSample(
             memory_bytes=memory,
-            cpu_percent=round(cpu, 1),
+            cpu_percent=None if first else round(cpu, 1),
             processes=len(alive),
             gpu_memory_bytes=gpu.memory_bytes if gpu else None,
             gpu_utilization_percent=gpu.utilization_percent if gpu else None,

@@ -53,6 +53,9 @@ def test_a_sample_counts_the_whole_process_tree() -> None:
         sample = sampler.sample()
         assert sample is not None and sample.processes == 2
         assert sample.memory_bytes > 2 * 64 * 2**20
+        assert sample.cpu_percent is None  # CPU use is measured between two samples
+        again = sampler.sample()
+        assert again is not None and again.cpu_percent is not None and again.cpu_percent >= 0
         assert sample.gpu_memory_bytes is None and "gpu_memory_bytes" not in sample.as_data()
     finally:
         _kill_tree(parent)

@@ -91,7 +91,9 @@ class ResourceSamplePublic(BaseModel):
         "(shared pages split among the processes sharing them), or summed RSS where PSS cannot "
         "be read."
     )
-    cpu_percent: float = Field(description="CPU use of those processes (100 = one core).")
+    cpu_percent: float | None = Field(
+        None, description="CPU use of those processes (100 = one core); absent on the first sample."
+    )
     processes: int = Field(description="How many processes the federation had.")
     gpu_memory_bytes: int | None = Field(
         None, description="GPU memory its processes held; absent where no GPU could be read."

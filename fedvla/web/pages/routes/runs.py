@@ -62,10 +62,14 @@ def chart_data(
     clients: Sequence[ClientMetric],
     resources: Sequence[RunEvent] = (),
 ) -> dict[str, Any]:
-    """What fedvla/web/static/js/dashboard.js draws; live round events (same RoundReport fields)
-    extend it. Round 0, the evaluation before training, is no round: the rounds table shows it, the
-    charts
-    do not."""
+    """What fedvla/web/static/js/dashboard.js draws; live round and resources events (the same
+    fields) extend it. Round 0, the evaluation before training, is no round: the rounds table shows
+    it, the charts do not.
+
+    The charts offer every numeric field they find: a round's ``*loss*`` and ``*mse*`` fields on
+    the loss chart, ``bytes_*`` on the bytes chart, ``*_s`` on the duration chart; a sample's
+    ``*_bytes`` on the memory chart and ``*_percent`` on the utilisation chart. An optional
+    ``"labels": {field: text}`` names fields the script does not know."""
     return {
         "rounds": [
             {
