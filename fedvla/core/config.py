@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     lost_after_s: float = Field(
         60.0, gt=0, description="A running run without a heartbeat for this long failed."
     )
+    resource_sample_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description="How often a worker samples its running federation's memory, CPU and GPU use "
+        "(0: never).",
+    )
     cancel_grace_s: float = Field(
         5.0, ge=0, description="After SIGTERM, seconds before a cancelled federation is killed."
     )

@@ -273,7 +273,7 @@ class RunEvent(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", ondelete="CASCADE")
-    kind: str = Field(max_length=20, description="status | log | round | checkpoint")
+    kind: str = Field(max_length=20, description="status | log | round | checkpoint | resources")
     message: str = Field(default="", sa_type=sa.Text)
     data: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     created_at: datetime = Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True))

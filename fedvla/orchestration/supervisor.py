@@ -27,6 +27,7 @@ from fedvla.core.models import RunStatus
 from fedvla.core.services import run_files, runs
 from fedvla.core.services.events import EventPublisher, append_event
 from fedvla.orchestration import warm
+from fedvla.orchestration.resources import TreeSampler
 from fedvla.orchestration.run_child import forked_main
 
 log = logging.getLogger(__name__)
@@ -193,9 +194,11 @@ def _supervise(engine: Engine, publisher: EventPublisher, child: FederationProce
             event = append_event(session, run_id, "log", f"federation process {child.pid} started")
             session.commit()
             publisher.publish([event])
+        usage = _ResourceRecorder(engine, publisher, settings, child)
         while (returncode := child.poll()) is None:
             if (status := beat.status()) != RunStatus.running:
                 return _stop_for(engine, publisher, child, settings, run_id, status)
+            usage.maybe_record()
             time.sleep(CHECK_EVERY_S)
         child.reap_group()
         outcome = (
@@ -232,6 +235,43 @@ class _Heartbeat:
                 self.last = time.monotonic()
                 return runs.heartbeat(session, self.run_id)
             return runs.run_status(session, self.run_id)
+
+
+class _ResourceRecorder:
+    """Every resource_sample_interval_s, the federation's memory, CPU and GPU use as a
+    ``resources`` event (see fedvla/orchestration/resources.py). A failed sample is logged and
+    skipped: it must never stop the run."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        publisher: EventPublisher,
+        settings: Settings,
+        child: FederationProcess,
+    ) -> None:
+        self.engine = engine
+        self.publisher = publisher
+        self.interval_s = settings.resource_sample_interval_s
+        self.run_id = child.run_id
+        self.sampler = TreeSampler(child.pid) if self.interval_s > 0 else None
+        self.next_at = time.monotonic() + min(self.interval_s, 1.0)  # first one soon
+
+    def maybe_record(self) -> None:
+        if self.sampler is None or time.monotonic() < self.next_at:
+            return
+        self.next_at = time.monotonic() + self.interval_s
+        try:
+            sample = self.sampler.sample()
+            if sample is None:
+                return
+            with Session(self.engine) as session:
+                event = append_event(
+                    session, self.run_id, "resources", sample.message(), sample.as_data()
+                )
+                session.commit()
+                self.publisher.publish([event])
+        except Exception:
+            log.exception("run %s: sampling its resource use failed", self.run_id)
 
 
 def _wait_for_warm_process(beat: _Heartbeat) -> RunStatus:

@@ -82,6 +82,33 @@ class RoundMetricsPublic(BaseModel):
     count: int
 
 
+class ResourceSamplePublic(BaseModel):
+    """The federation's process tree at one moment, as its worker sampled it."""
+
+    at: UtcDatetime
+    memory_bytes: int = Field(
+        description="Memory of the federation's processes together: their proportional set size "
+        "(shared pages split among the processes sharing them), or summed RSS where PSS cannot "
+        "be read."
+    )
+    cpu_percent: float | None = Field(
+        None, description="CPU use of those processes (100 = one core); absent on the first sample."
+    )
+    processes: int = Field(description="How many processes the federation had.")
+    gpu_memory_bytes: int | None = Field(
+        None, description="GPU memory its processes held; absent where no GPU could be read."
+    )
+    gpu_utilization_percent: float | None = Field(
+        None, description="Mean utilisation of the GPUs it used; absent where unknown."
+    )
+
+
+class ResourceSamplesPublic(BaseModel):
+    data: list[ResourceSamplePublic]
+    count: int
+    interval_s: float = Field(description="The worker's sampling interval (0: not sampled).")
+
+
 class ClientMetricPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

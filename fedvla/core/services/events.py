@@ -21,7 +21,7 @@ from fedvla.core.schemas.common import utc_json
 
 log = logging.getLogger(__name__)
 
-EVENT_KINDS = ("status", "log", "round", "checkpoint")
+EVENT_KINDS = ("status", "log", "round", "checkpoint", "resources")
 _LOCK_NAMESPACE = 4242
 """First key of the PostgreSQL advisory lock pair (namespace, run id) that orders a run's events."""
 
@@ -68,6 +68,19 @@ def events_after(
         .order_by(col(RunEvent.id))
         .limit(limit)
     ).all()
+
+
+def events_of_kind(
+    session: Session, run_id: int, kind: str, limit: int = 10_000
+) -> Sequence[RunEvent]:
+    """The newest ``limit`` events of one kind, oldest first."""
+    newest = session.exec(
+        select(RunEvent)
+        .where(RunEvent.run_id == run_id, RunEvent.kind == kind)
+        .order_by(col(RunEvent.id).desc())
+        .limit(limit)
+    ).all()
+    return list(reversed(newest))
 
 
 class EventPublisher:

@@ -110,6 +110,8 @@ class Progress:
     first_round: Annotated[int, "Round numbering starts after this one (resumed runs)."]
     elapsed_s: Annotated[float | None, "Seconds since the run started."]
     eta_s: Annotated[float | None, "Estimated seconds to go, from the mean round duration."]
+    waiting_s: Annotated[float | None, "Seconds since a run not yet started was queued."] = None
+    live: Annotated[bool, "Queued or running: the page ticks its clock."] = False
 
     @property
     def percent(self) -> int:

@@ -17,6 +17,8 @@ from fedvla.core.schemas.common import MAX_ID, RowId
 from fedvla.core.schemas.runs import (
     ClientMetricPublic,
     ClientMetricsPublic,
+    ResourceSamplePublic,
+    ResourceSamplesPublic,
     RoundMetricPublic,
     RoundMetricsPublic,
     RunEventPublic,
@@ -28,7 +30,7 @@ from fedvla.core.schemas.runs import (
 )
 from fedvla.core.services import runs as service
 from fedvla.core.services.event_feed import EventHub, while_permitted
-from fedvla.core.services.events import event_json, publisher_for
+from fedvla.core.services.events import event_json, events_of_kind, publisher_for
 from fedvla.core.services.redaction import for_reader, model_for_reader
 from fedvla.orchestration.dispatch import run_sender
 from fedvla.web.api.deps import (
@@ -155,6 +157,26 @@ def list_rounds(run_id: IdPath, session: SessionDep, token: ReaderToken) -> Roun
     rows = service.round_metrics(session, run_id)
     return RoundMetricsPublic(
         data=[RoundMetricPublic.model_validate(row) for row in rows], count=len(rows)
+    )
+
+
+@router.get("/runs/{run_id}/resources", response_model=ResourceSamplesPublic, responses=FORBIDDEN)
+@in_threadpool
+def list_resources(
+    run_id: IdPath,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: ReaderToken,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="The newest this many.")] = 2000,
+) -> ResourceSamplesPublic:
+    """Memory, CPU and (where nvidia-smi answers) GPU use of the run's federation, sampled by its
+    worker every ``FEDVLA_RESOURCE_SAMPLE_INTERVAL_S``; oldest first. Live, the same samples come
+    as ``resources`` events on ``/runs/{id}/events``."""
+    service.get_run(session, run_id, token)
+    events = events_of_kind(session, run_id, "resources", limit)
+    data = [ResourceSamplePublic.model_validate({"at": e.created_at, **e.data}) for e in events]
+    return ResourceSamplesPublic(
+        data=data, count=len(data), interval_s=settings.resource_sample_interval_s
     )
 
 

@@ -9,10 +9,11 @@ from sqlmodel import Session
 from starlette.responses import RedirectResponse, Response
 
 from fedvla.core.models import ClientMetric, RoundMetric, Run, RunEvent, RunStatus, as_utc
+from fedvla.core.schemas.common import utc_json
 from fedvla.core.services import checkpoints as checkpoint_service
 from fedvla.core.services import experiments as experiment_service
 from fedvla.core.services import runs as service
-from fedvla.core.services.events import publisher_for
+from fedvla.core.services.events import events_of_kind, publisher_for
 from fedvla.orchestration.dispatch import run_sender
 from fedvla.web.api.deps import SessionDep, SettingsDep
 from fedvla.web.pages import session as web_session
@@ -24,6 +25,7 @@ from fedvla.web.pages.templating import render
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
 
 LOG_TAIL = 200
+RESOURCE_POINTS = 2000
 EVENT_PAGE = 1000
 
 
@@ -41,14 +43,33 @@ def progress_of(run: Run, rounds: Sequence[RoundMetric]) -> Progress:
     eta = None
     if run.status == RunStatus.running and trained:
         eta = sum(trained) / len(trained) * max(0, planned - done)
-    return Progress(round=done, num_rounds=planned, first_round=first, elapsed_s=elapsed, eta_s=eta)
+    waiting = None
+    if started is None and run.status == RunStatus.queued:
+        waiting = (datetime.now(UTC) - as_utc(run.created_at)).total_seconds()
+    return Progress(
+        round=done,
+        num_rounds=planned,
+        first_round=first,
+        elapsed_s=elapsed,
+        eta_s=eta,
+        waiting_s=waiting,
+        live=run.status in (RunStatus.queued, RunStatus.running),
+    )
 
 
-def chart_data(rounds: Sequence[RoundMetric], clients: Sequence[ClientMetric]) -> dict[str, Any]:
-    """What fedvla/web/static/js/dashboard.js draws; live round events (same RoundReport fields)
-    extend it. Round 0, the evaluation before training, is no round: the rounds table shows it, the
-    charts
-    do not."""
+def chart_data(
+    rounds: Sequence[RoundMetric],
+    clients: Sequence[ClientMetric],
+    resources: Sequence[RunEvent] = (),
+) -> dict[str, Any]:
+    """What fedvla/web/static/js/dashboard.js draws; live round and resources events (the same
+    fields) extend it. Round 0, the evaluation before training, is no round: the rounds table shows
+    it, the charts do not.
+
+    The charts offer every numeric field they find: a round's ``*loss*`` and ``*mse*`` fields on
+    the loss chart, ``bytes_*`` on the bytes chart, ``*_s`` on the duration chart; a sample's
+    ``*_bytes`` on the memory chart and ``*_percent`` on the utilisation chart. An optional
+    ``"labels": {field: text}`` names fields the script does not know."""
     return {
         "rounds": [
             {
@@ -66,7 +87,13 @@ def chart_data(rounds: Sequence[RoundMetric], clients: Sequence[ClientMetric]) -
             {"round": c.round, "client": c.client, "train_loss": c.train_loss, "ok": c.ok}
             for c in clients
         ],
+        "resources": [resource_point(event) for event in resources],
     }
+
+
+def resource_point(event: RunEvent) -> dict[str, Any]:
+    """A ``resources`` event as the resource chart's point; live events carry the same."""
+    return {"created_at": utc_json(event.created_at), **event.data}
 
 
 def _log_tail(session: Session, run_id: int) -> tuple[list[RunEvent], int]:
@@ -75,7 +102,8 @@ def _log_tail(session: Session, run_id: int) -> tuple[list[RunEvent], int]:
     after = 0
     while True:
         events, _ = service.run_events(session, run_id, after, EVENT_PAGE)
-        tail = [*tail, *events][-LOG_TAIL:]
+        shown = [e for e in events if e.kind != "resources"]  # the resource chart shows those
+        tail = [*tail, *shown][-LOG_TAIL:]
         if len(events) < EVENT_PAGE:
             break
         after = events[-1].id or after
@@ -152,7 +180,9 @@ def run_page(session: Session, run: Run, token: WebToken) -> RunPage:
         last_round=experiment.config.num_rounds,
         log=log,
         last_event_id=last_event_id,
-        chart_data=chart_data(rounds, clients),
+        chart_data=chart_data(
+            rounds, clients, events_of_kind(session, run.id, "resources", RESOURCE_POINTS)
+        ),
         events_url=f"/api/v1/runs/{run.id}/events?after_id={last_event_id}",
     )
 
