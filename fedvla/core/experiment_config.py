@@ -89,7 +89,7 @@ class FederationSettings(BaseModel):
     server_momentum: float = Field(
         0.9,
         ge=0.0,
-        lt=1.0,
+        le=0.999,
         description="FedAvgM's server momentum on the averaged update (server learning rate 1).",
     )
     num_rounds: int = Field(3, ge=1, le=10_000)
