@@ -36,7 +36,7 @@ class PickPlaceSpec:
     repo_id: str = "synthetic/so101_pick_place"
     episodes: int = 4
     seconds_per_segment: float = 1.2
-    """Mean length of one motion between waypoints (10 segments an episode); lengths vary +-30%."""
+    """Mean length of one motion between waypoints (9 segments an episode); lengths vary +-30%."""
     cameras: tuple[str, ...] = ("front", "wrist")
     image_shape: tuple[int, int] = (24, 32)
     fps: int = 30
