@@ -393,7 +393,7 @@ def _total_frames(root: Path) -> int:
     return int(json.loads((root / "meta" / "info.json").read_text())["total_frames"])
 
 
-def write_synthetic(case: dict[str, Any], command: str, recorder: Recorder, out: Path) -> None:
+def write_synthetic(case: dict[str, Any], recorder: Recorder, out: Path) -> None:
     png = out / "learning_parity.png"
     plot(
         [
@@ -482,9 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dataset).",
                 command,
             )
-            write_synthetic(
-                synthetic_case(work, data_dir, args.quick), command, recorder, args.out_dir
-            )
+            write_synthetic(synthetic_case(work, data_dir, args.quick), recorder, args.out_dir)
         if args.case in ("all", "so101"):
             recorder = Recorder(
                 "learning_parity_so101",
