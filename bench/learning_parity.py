@@ -9,8 +9,15 @@ curve is its own run from the start (so it is "trained for that many steps", not
 its optimizer reset each round). Target: FedAvg IID final eval loss within 1.10x of centralized.
 Writes bench/results/learning_parity.{json,md,png}.
 
+The SO-101-format case (fedvla.engine.data.pick_place: recordings with a real SO-101's units and
+dynamics) follows the protocol of issue 13: 4 episodes, one held out for the server's evaluation,
+2 clients, 8 rounds, centralized training at the same samples per round; it runs FedAvg with the
+defaults (cosine schedule), with a constant learning rate, and the levers that close the gap
+(SO101_RUNS). Writes bench/results/learning_parity_so101.{json,md,png}.
+
     .venv/bin/python bench/learning_parity.py            # default size, ~10 min on 2 cores
     .venv/bin/python bench/learning_parity.py --quick    # smoke size
+    .venv/bin/python bench/learning_parity.py --case so101   # one case only
 """
 
 import os
@@ -27,6 +34,7 @@ from common import Recorder, bench_parser, markdown_table
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
 from fedvla.engine.data.partition import plan_data
+from fedvla.engine.data.pick_place import PickPlaceSpec, generate_pick_place
 from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset
 from fedvla.engine.federation.reporter import CheckpointReport, RoundReport
 from fedvla.engine.federation.schedule import LearningRateSchedule
@@ -71,6 +79,38 @@ QUICK_RUNS = [("fedavg", "iid", "cosine"), ("fedprox", "task", "cosine")]
 """--quick covers both strategies and both partitions in two federations instead of four. The
 full run adds FedAvg IID with a constant learning rate: the effect of the schedule."""
 
+SO101_SIZES = Sizes(clients=2, episodes=4, holdout_episodes=1, eval_batches=16)
+"""The issue's protocol: 4 recorded episodes, one held out, 2 clients, 8 rounds."""
+SO101_QUICK = replace(QUICK, clients=2, episodes=3, holdout_episodes=1)
+SO101_DATA = PickPlaceSpec(episodes=4)
+SO101_QUICK_DATA = PickPlaceSpec(episodes=3, seconds_per_segment=0.3)
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One federated run of the SO-101-format case: FederationConfig settings and Sizes changes
+    (a smaller local batch with more local steps keeps the samples per round)."""
+
+    label: str
+    strategy: str = "fedavg"
+    settings: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, Any] = field(default_factory=dict)
+
+
+SO101_DEFAULT = "fedavg"
+SO101_RUNS = [
+    Lever(SO101_DEFAULT),
+    Lever(
+        "fedavg-batch4x16",
+        sizes={"batch_size": 4, "local_steps": 16, "eval_batches": 32},
+    ),
+    Lever("fedavg-constant-lr", settings={"lr_schedule": "constant"}),
+    Lever("fedavgm-0.9", strategy="fedavgm", settings={"server_momentum": 0.9}),
+]
+"""fedavg-batch4x16: each client trains the same samples per round in as many steps as the
+centralized run (batch 4, 16 steps), and is evaluated on the same held-out samples (32 x 4)."""
+SO101_QUICK_RUNS = [Lever(SO101_DEFAULT)]
+
 
 @dataclass
 class Recording:
@@ -107,7 +147,9 @@ def federation_config(
     scheme: str,
     transport_dtype: str = "float32",
     lr_schedule: str = "cosine",
+    **settings: Any,
 ) -> FederationConfig:
+    """The benchmark's federation; `settings` (FederationConfig fields) override its defaults."""
     return FederationConfig(
         policy="tiny",
         strategy=strategy,  # type: ignore[arg-type]
@@ -131,6 +173,7 @@ def federation_config(
             scheme=scheme,  # type: ignore[arg-type]
             holdout_episodes=sizes.holdout_episodes,
         ),
+        **settings,
     )
 
 
@@ -223,53 +266,33 @@ def run_centralized(config: FederationConfig, data_dir: Path) -> dict[str, Any]:
     }
 
 
-def plot(curves: dict[str, list[float | None]], steps_per_round: int, target: Path) -> None:
+def plot(panels: list[tuple[str, dict[str, list[float | None]], int]], target: Path) -> None:
+    """One panel per case: (title, eval-loss curves by run, samples per round)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for label, losses in curves.items():
-        points = [(i * steps_per_round, v) for i, v in enumerate(losses) if v is not None]
-        style = "k--" if label == "centralized" else "-"
-        axes.plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=label)
-    axes.set_xlabel("total gradient steps (all clients)")
-    axes.set_ylabel("held-out eval loss (flow matching)")
-    axes.set_title("Tiny SmolVLA on the synthetic dataset: federated vs centralized")
-    axes.grid(alpha=0.3)
-    axes.legend()
+    figure, all_axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5))
+    for axes, (title, curves, samples_per_round) in zip(
+        [all_axes] if len(panels) == 1 else all_axes, panels, strict=True
+    ):
+        for label, losses in curves.items():
+            points = [(i * samples_per_round, v) for i, v in enumerate(losses) if v is not None]
+            style = "k--" if label == "centralized" else "-"
+            axes.plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=label)
+        axes.set_xlabel("samples trained (all clients)")
+        axes.set_ylabel("held-out eval loss (flow matching)")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(target, dpi=110)
     plt.close(figure)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
-    args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else Sizes()
-    recorder = Recorder(
-        "learning_parity",
-        "Final held-out eval loss of FedAvg/FedProx (3 clients, IID and by task) vs centralized "
-        "training at the same total gradient steps (tiny policy, synthetic dataset).",
-        COMMAND + (" --quick" if args.quick else ""),
-    )
-    runs: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-learning-") as scratch:
-        work = Path(scratch)
-        data_dir = work / "data"
-        dataset = make_dataset(work, sizes)
-        base = federation_config(dataset, sizes, strategy="fedavg", scheme="iid")
-        runs["centralized"] = run_centralized(base, data_dir)
-        for strategy, scheme, lr_schedule in QUICK_RUNS if args.quick else FULL_RUNS:
-            config = federation_config(
-                dataset, sizes, strategy=strategy, scheme=scheme, lr_schedule=lr_schedule
-            )
-            label = f"{strategy}-{scheme}" + (
-                "" if lr_schedule == "cosine" else f"-{lr_schedule}-lr"
-            )
-            runs[label] = run_federated(config, work, data_dir)
-            print(f"{label}: {runs[label]['eval_loss']}")
+def finish(runs: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    """Each run's final loss and ratio to centralized, added to it; the table's rows."""
     central_final = runs["centralized"]["eval_loss"][-1]
     rows = []
     for label, run in runs.items():
@@ -285,37 +308,191 @@ def main(argv: list[str] | None = None) -> int:
                 run["wall_seconds"],
             ]
         )
+    return rows
+
+
+RUN_HEADERS = ["run", "eval loss at start", "final eval loss", "ratio to centralized", "wall s"]
+
+
+def synthetic_case(work: Path, data_dir: Path, quick: bool) -> dict[str, Any]:
+    sizes = QUICK if quick else Sizes()
+    dataset = make_dataset(work, sizes)
+    base = federation_config(dataset, sizes, strategy="fedavg", scheme="iid")
+    runs: dict[str, dict[str, Any]] = {"centralized": run_centralized(base, data_dir)}
+    for strategy, scheme, lr_schedule in QUICK_RUNS if quick else FULL_RUNS:
+        config = federation_config(
+            dataset, sizes, strategy=strategy, scheme=scheme, lr_schedule=lr_schedule
+        )
+        label = f"{strategy}-{scheme}" + ("" if lr_schedule == "cosine" else f"-{lr_schedule}-lr")
+        runs[label] = run_federated(config, work, data_dir)
+        print(f"{label}: {runs[label]['eval_loss']}")
+    rows = finish(runs)
     ratio = runs["fedavg-iid"]["ratio_to_centralized"]
-    met = ratio <= TARGET_FEDAVG_IID_RATIO
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    png = args.out_dir / "learning_parity.png"
+    return {
+        "sizes": asdict(sizes),
+        "runs": runs,
+        "rows": rows,
+        "target": {
+            "fedavg_iid_ratio_max": TARGET_FEDAVG_IID_RATIO,
+            "measured": ratio,
+            "met": ratio <= TARGET_FEDAVG_IID_RATIO,
+        },
+        "samples_per_round": sizes.clients * sizes.local_steps * sizes.batch_size,
+    }
+
+
+def so101_case(work: Path, data_dir: Path, quick: bool) -> dict[str, Any]:
+    sizes = SO101_QUICK if quick else SO101_SIZES
+    spec = SO101_QUICK_DATA if quick else SO101_DATA
+    root = work / "so101"
+    generate_pick_place(root, spec)
+    dataset = DatasetRef(repo_id=spec.repo_id, root=str(root))
+    base = federation_config(dataset, sizes, strategy="fedavg", scheme="iid")
+    runs: dict[str, dict[str, Any]] = {"centralized": run_centralized(base, data_dir)}
+    if not quick:
+        # The schedule's effect on centralized training too, so that each has its own baseline.
+        constant = base.model_copy(update={"lr_schedule": "constant"})
+        runs["centralized-constant-lr"] = run_centralized(constant, data_dir)
+    for run in SO101_QUICK_RUNS if quick else SO101_RUNS:
+        run_sizes = replace(sizes, **run.sizes)
+        config = federation_config(
+            dataset, run_sizes, strategy=run.strategy, scheme="iid", **run.settings
+        )
+        runs[run.label] = run_federated(config, work, data_dir)
+        runs[run.label]["settings"] = {"strategy": run.strategy, **run.sizes, **run.settings}
+        print(f"so101 {run.label}: {runs[run.label]['eval_loss']}")
+    rows = finish(runs)
+    default = runs[SO101_DEFAULT]["ratio_to_centralized"]
+    best_label = min(
+        (label for label in runs if not label.startswith("centralized")),
+        key=lambda label: runs[label]["ratio_to_centralized"],
+    )
+    best = runs[best_label]["ratio_to_centralized"]
+    return {
+        "sizes": asdict(sizes),
+        "dataset": asdict(spec),
+        "frames": _total_frames(root),
+        "runs": runs,
+        "rows": rows,
+        "target": {
+            "ratio_max": TARGET_FEDAVG_IID_RATIO,
+            "default": SO101_DEFAULT,
+            "default_measured": default,
+            "default_met": default <= TARGET_FEDAVG_IID_RATIO,
+            "best": best_label,
+            "best_measured": best,
+            "best_met": best <= TARGET_FEDAVG_IID_RATIO,
+        },
+        "samples_per_round": sizes.clients * sizes.local_steps * sizes.batch_size,
+    }
+
+
+def _total_frames(root: Path) -> int:
+    import json
+
+    return int(json.loads((root / "meta" / "info.json").read_text())["total_frames"])
+
+
+def write_synthetic(case: dict[str, Any], recorder: Recorder, out: Path) -> None:
+    png = out / "learning_parity.png"
     plot(
-        {label: run["eval_loss"] for label, run in runs.items()},
-        runs["centralized"]["steps_per_round"],
+        [
+            (
+                "Tiny SmolVLA on the synthetic dataset (3 clients)",
+                {label: run["eval_loss"] for label, run in case["runs"].items()},
+                case["samples_per_round"],
+            )
+        ],
         png,
     )
-    table = markdown_table(
-        ["run", "eval loss at start", "final eval loss", "ratio to centralized", "wall s"], rows
-    )
+    ratio = case["target"]["measured"]
+    table = markdown_table(RUN_HEADERS, case.pop("rows"))
     table += "\n" + markdown_table(
         ["target", "measured", "result"],
-        [[f"FedAvg IID within {TARGET_FEDAVG_IID_RATIO}x of centralized", round(ratio, 3), met]],
+        [
+            [
+                f"FedAvg IID within {TARGET_FEDAVG_IID_RATIO}x of centralized",
+                round(ratio, 3),
+                case["target"]["met"],
+            ]
+        ],
     )
-    table += f"\nCurves: {png.name}. Sizes: {asdict(sizes)}\n"
-    recorder.write(
-        {
-            "sizes": asdict(sizes),
-            "runs": runs,
-            "target": {
-                "fedavg_iid_ratio_max": TARGET_FEDAVG_IID_RATIO,
-                "measured": ratio,
-                "met": met,
-            },
-            "plot": png.name,
-        },
-        table,
-        out_dir=args.out_dir,
+    table += f"\nCurves: {png.name}. Sizes: {case['sizes']}\n"
+    recorder.write({**case, "plot": png.name}, table, out_dir=out)
+
+
+def write_so101(case: dict[str, Any], recorder: Recorder, out: Path) -> None:
+    png = out / "learning_parity_so101.png"
+    plot(
+        [
+            (
+                "Tiny SmolVLA, SO-101-format pick and place (2 clients)",
+                {label: run["eval_loss"] for label, run in case["runs"].items()},
+                case["samples_per_round"],
+            )
+        ],
+        png,
     )
+    target = case["target"]
+    table = (
+        f"{case['frames']} frames in {case['dataset']['episodes']} episodes (one held out for "
+        "the server's evaluation), 2 clients, the same samples per round as centralized.\n\n"
+    )
+    table += markdown_table(RUN_HEADERS, case.pop("rows"))
+    table += "\n" + markdown_table(
+        ["target", "measured", "result"],
+        [
+            [
+                f"{target['default']} (the defaults) within {TARGET_FEDAVG_IID_RATIO}x",
+                round(target["default_measured"], 3),
+                target["default_met"],
+            ],
+            [
+                f"best lever ({target['best']}) within {TARGET_FEDAVG_IID_RATIO}x",
+                round(target["best_measured"], 3),
+                target["best_met"],
+            ],
+        ],
+    )
+    settings = {label: run.get("settings") for label, run in case["runs"].items()}
+    table += f"\nRuns' settings: {settings}\n\nCurves: {png.name}. Sizes: {case['sizes']}\n"
+    recorder.write({**case, "plot": png.name}, table, out_dir=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument(
+        "--case",
+        choices=["all", "synthetic", "so101"],
+        default="all",
+        help="synthetic writes learning_parity.*, so101 learning_parity_so101.*",
+    )
+    args = parser.parse_args(argv)
+    command = COMMAND + (" --quick" if args.quick else "")
+    command += "" if args.case == "all" else f" --case {args.case}"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-learning-") as scratch:
+        work = Path(scratch)
+        data_dir = work / "data"
+        if args.case in ("all", "synthetic"):
+            recorder = Recorder(
+                "learning_parity",
+                "Final held-out eval loss of FedAvg/FedProx (3 clients, IID and by task) vs "
+                "centralized training at the same total gradient steps (tiny policy, synthetic "
+                "dataset).",
+                command,
+            )
+            write_synthetic(synthetic_case(work, data_dir, args.quick), recorder, args.out_dir)
+        if args.case in ("all", "so101"):
+            recorder = Recorder(
+                "learning_parity_so101",
+                "Final held-out eval loss of FedAvg and its levers (2 clients) vs centralized "
+                "training at the same samples per round (tiny policy, SO-101-format "
+                "pick-and-place recordings: 6 joints in degrees, 30 fps, two cameras, one of 4 "
+                "episodes held out).",
+                command,
+            )
+            write_so101(so101_case(work, data_dir, args.quick), recorder, args.out_dir)
     return 0
 
 

@@ -303,7 +303,7 @@ def learning_rows() -> list[Row]:
         for label, run in result["runs"].items()
         if label != "centralized"
     )
-    return [
+    rows = [
         [
             "5. Final eval loss / centralized (3 clients, tiny policy, synthetic data)",
             ratios,
@@ -314,6 +314,28 @@ def learning_rows() -> list[Row]:
             f"`{result['command']}`",
         ]
     ]
+    so101 = _load("learning_parity_so101")
+    if so101 is not None:
+        target = so101["target"]
+        ratios = ", ".join(
+            f"{label} {run['ratio_to_centralized']:.3f}"
+            for label, run in so101["runs"].items()
+            if label != "centralized"
+        )
+        rows.append(
+            [
+                "5. Final eval loss / centralized, equal samples (2 clients, tiny policy, "
+                "SO-101-format pick and place, 1 of 4 episodes held out)",
+                ratios,
+                f"≤ {target['ratio_max']:.2f}",
+                f"defaults ({target['default']}): {_verdict(target['default_met'])}; "
+                f"{target['best']}: {_verdict(target['best_met'])}",
+                _day(so101),
+                _load_note(so101),
+                f"`{so101['command']}`",
+            ]
+        )
+    return rows
 
 
 def gpu_rows() -> list[Row]:

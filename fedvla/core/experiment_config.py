@@ -23,6 +23,7 @@ class Strategy(StrEnum):
     fedavg = "fedavg"
     fedprox = "fedprox"
     fedadam = "fedadam"
+    fedavgm = "fedavgm"
 
 
 class Mode(StrEnum):
@@ -85,6 +86,12 @@ class FederationSettings(BaseModel):
     strategy: Strategy = Strategy.fedavg
     proximal_mu: float = Field(0.0, ge=0.0, le=1e6, description="FedProx's mu.")
     server_learning_rate: float = Field(0.01, gt=0.0, le=1e3, description="FedAdam's eta.")
+    server_momentum: float = Field(
+        0.9,
+        ge=0.0,
+        le=0.999,
+        description="FedAvgM's server momentum on the averaged update (server learning rate 1).",
+    )
     num_rounds: int = Field(3, ge=1, le=10_000)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     min_clients: int = Field(2, ge=1, le=10_000)

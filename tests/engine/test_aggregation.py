@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam
+from flwr.serverapp.strategy import FedAdam, FedAvgM
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
@@ -141,3 +141,30 @@ def test_fedadam_applies_its_server_step_to_the_engines_average() -> None:
     # FedAdam moves from the current weights towards the average by at most its step size.
     assert np.all(stepped > 0) and np.all(stepped < 1.0)
     assert strategy.m_t is not None and strategy.v_t is not None
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_fedavgm_steps_with_momentum_and_resumes_with_it() -> None:
+    def round_with(strategy, server_round: int, average: float):  # type: ignore[no-untyped-def]
+        update = ArrayRecord({"w": Array(np.full(4, average, dtype=np.float32))})
+        arrays, _ = strategy.aggregate_train(server_round, [_reply(1, update, 10)])
+        assert arrays is not None
+        return arrays
+
+    strategy = _strategy("fedavgm", 1)
+    assert isinstance(strategy, FedAvgM) and strategy.server_momentum == 0.9
+    strategy.current_arrays = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
+    # Round 1: no momentum yet, the average itself (a step of +1).
+    first = round_with(strategy, 1, 1.0)
+    np.testing.assert_allclose(first["w"].numpy(), 1.0)
+    # Round 2: the clients again move +1 from the new weights; momentum adds 0.9 of round 1's.
+    second = round_with(strategy, 2, 2.0)
+    np.testing.assert_allclose(second["w"].numpy(), 1.0 + 1.0 + 0.9, rtol=1e-6)
+
+    resumed = _strategy("fedavgm", 1)
+    resumed.restore_server_state(strategy.server_state())
+    resumed.current_arrays = second
+    again = round_with(resumed, 3, 2.9 + 1.0)
+    continued = round_with(strategy, 3, 2.9 + 1.0)
+    np.testing.assert_array_equal(again["w"].numpy(), continued["w"].numpy())
+    assert again["w"].numpy()[0] > 2.9 + 1.0  # the carried momentum moved it further

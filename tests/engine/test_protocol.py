@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
+from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition, Strategy
 from fedvla.engine.data.partition import DataPlan
 from fedvla.engine.federation.protocol import (
     ARRAYS_KEY,
@@ -224,7 +224,7 @@ def test_train_reply_round_trip_and_flower_reads_its_weight() -> None:
     assert reply[METRICS_KEY][NUM_EXAMPLES] == 32  # type: ignore[index]
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam"])
+@pytest.mark.parametrize("strategy", [s.value for s in Strategy])
 def test_no_strategy_sends_evaluate_messages(strategy: str) -> None:
     """The ClientApp has no evaluate handler: the server evaluates on held-out data."""
     tracked = make_strategy(_config(strategy), round_offset=0)

@@ -20,6 +20,7 @@ VALID_FORM = {
     "strategy": "fedavg",
     "proximal_mu": "0",
     "server_learning_rate": "0.01",
+    "server_momentum": "0.9",
     "num_rounds": "2",
     "fraction_train": "1",
     "min_clients": "2",

@@ -1,9 +1,10 @@
 """Flower's strategies with narrow hooks: transport dtype, round offset (resume), bookkeeping.
 
 The hooks wrap configure_train and aggregate_train only; Flower's round loop, sampling, reply
-checks, metric aggregation and server optimisers (FedAdam) are used as they are. The weighted
-average of the arrays ("num-examples": samples actually trained) is aggregation.py's: the same
-result as Flower's, in one pass over memory, summed in a fixed client order.
+checks, metric aggregation and server optimisers (FedAdam, FedAvgM's momentum) are used as they
+are. The weighted average of the arrays ("num-examples": samples actually trained) is
+aggregation.py's: the same result as Flower's, in one pass over memory, summed in a fixed client
+order.
 """
 
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from fedvla.core.experiment_config import FederationConfig, Strategy
 from fedvla.engine.federation.aggregation import weighted_average
@@ -201,6 +202,24 @@ class TrackedFedAdam(TrackedStrategy, FedAdam, WeightedAverage):
         self.v_t = {k.split("|", 1)[1]: v for k, v in state.items() if k.startswith("v_t|")}
 
 
+class TrackedFedAvgM(TrackedStrategy, FedAvgM, WeightedAverage):
+    """Flower's FedAvgM: the average's step from the global weights, with momentum, applied at
+    server learning rate 1 (Hsu et al., 2019)."""
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        if self.momentum_vector is None or self.current_arrays is None:
+            return {}
+        names = list(self.current_arrays.keys())
+        return {
+            f"momentum|{index:06d}|{name}": np.asarray(value)
+            for index, (name, value) in enumerate(zip(names, self.momentum_vector, strict=True))
+        }
+
+    def restore_server_state(self, state: dict[str, np.ndarray]) -> None:
+        kept = sorted(k for k in state if k.startswith("momentum|"))
+        self.momentum_vector = [state[k] for k in kept] or None
+
+
 StrategyFactory = Callable[[FederationConfig, dict[str, Any]], TrackedStrategy]
 """Builds a strategy from the config and the arguments every strategy takes."""
 
@@ -211,6 +230,9 @@ STRATEGIES: dict[Strategy, StrategyFactory] = {
     ),
     Strategy.fedadam: lambda config, common: TrackedFedAdam(
         eta=config.server_learning_rate, **common
+    ),
+    Strategy.fedavgm: lambda config, common: TrackedFedAvgM(
+        server_momentum=config.server_momentum, **common
     ),
 }
 """Every strategy an experiment may name (fedvla.core.experiment_config.Strategy), by name."""
