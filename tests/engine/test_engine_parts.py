@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array
+from flwr.app import Array, ConfigRecord, RecordDict
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
 from fedvla.engine.data.features import DatasetError, check_dataset
 from fedvla.engine.data.partition import split_partition
 from fedvla.engine.federation import task
+from fedvla.engine.federation.protocol import ARRAYS_KEY, CONFIG_KEY, add_train_payload, read_packed
 from fedvla.engine.federation.run_config import (
     federation_config_from_run_config,
     run_config_from_federation_config,
@@ -252,6 +253,9 @@ def test_updates_pickle_their_bytes_out_of_band_for_ray(dtype: str) -> None:
     assert back.array.data == packed.array.data and back.array.shape == packed.array.shape
     older = pickle.loads(pickle.dumps(wrapped, protocol=4))  # in band where 5 is not used
     assert older.array.data == packed.array.data
+    content = RecordDict({CONFIG_KEY: ConfigRecord()})
+    add_train_payload(content, wrapped, None)  # the message keeps it out of band
+    assert type(read_packed(content, ARRAYS_KEY, "train message").array) is OutOfBandArray
 
 
 @pytest.mark.slow

@@ -185,7 +185,9 @@ def read_client_info(content: RecordDict) -> ClientInfo:
 
 def put_packed(content: RecordDict, key: str, packed: PackedArrays) -> None:
     """Packed arrays under ``key`` (ARRAYS_KEY or STATS_KEY), their layout in the "config"."""
-    content[key] = ArrayRecord({PACKED: packed.array})
+    record = ArrayRecord()  # item by item: ArrayRecord(dict) would make a plain Array of an
+    record[PACKED] = packed.array  # OutOfBandArray (transport.out_of_band_array)
+    content[key] = record
     _record(content, CONFIG_KEY, ConfigRecord, "message")[LAYOUTS[key]] = packed.layout
 
 
