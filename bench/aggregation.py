@@ -2,7 +2,8 @@
 
 Client updates are random float32 arrays with the shapes of smolvla_base's trainable parameters
 (99.9M, built on the meta device from bench/comm_bytes.py's config), wrapped as the engine's
-train replies (ArrayRecord + the client's MetricRecord). For N = 2, 4, 8, 16 it times:
+train replies (the update packed in one Array + the client's MetricRecord). For N = 2, 4, 8, 16
+it times:
   engine  - fedvla/engine/federation/strategy.py's TrackedFedAvg.aggregate_train (the engine's path:
             its bookkeeping, Flower's reply checks and metric aggregation, then
             fedvla/engine/federation/aggregation.py's weighted average: one blocked pass over the
@@ -44,6 +45,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
 from fedvla.engine.federation.protocol import TrainMetrics, train_reply
 from fedvla.engine.federation.strategy import make_strategy
+from fedvla.engine.federation.transport import pack_record
 
 COMMAND = ".venv/bin/python bench/aggregation.py"
 TARGET_FRACTION_OF_BOUND = 0.5
@@ -97,7 +99,8 @@ def client_reply(index: int, shapes: dict[str, tuple[int, ...]], samples: int) -
         bytes_sent=record.count_bytes(),
     )
     instruction = Message(RecordDict(), dst_node_id=index + 1, message_type="train")
-    return Message(train_reply(record, metrics, f"c{index}"), reply_to=instruction)
+    packed = pack_record(record, "float32")  # as a client sends it: one Array
+    return Message(train_reply(packed, metrics, f"c{index}"), reply_to=instruction)
 
 
 def float_views(reply: Message) -> list[np.ndarray]:
@@ -165,11 +168,9 @@ def timed(replies: list[Message], repeats: int) -> dict[str, list[float]]:
 def check_same_average(replies: list[Message]) -> float:
     """Largest difference between the engine's average and numpy's (weights equal)."""
     engine = engine_aggregate(replies)
-    expected = [t / len(replies) for t in streaming_add(replies)]
-    return max(
-        float(np.max(np.abs(a.numpy().ravel() - e)))
-        for a, e in zip(engine.values(), expected, strict=True)
-    )
+    expected = np.concatenate([t / len(replies) for t in streaming_add(replies)])
+    averaged = np.concatenate([a.numpy().ravel() for a in engine.values()])
+    return float(np.max(np.abs(averaged - expected)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from fedvla.core.services import experiments, runs, sites  # noqa: E402
 from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
 from fedvla.engine.policy.tiny import tiny_vlm_dir  # noqa: E402
 from fedvla.orchestration.deployment.local_nodes import free_port, start_superlink, start_supernode  # noqa: E402
-from fedvla.orchestration.site_node import read_task_records  # noqa: E402
+from fedvla.orchestration.site_node import PULL_LOG_PREFIX, read_task_records  # noqa: E402
 from fedvla.orchestration.supervisor import child_env  # noqa: E402
 from fedvla.sites.keys import generate_node_keys  # noqa: E402
 from fedvla.sites.node_registry import sync_registrations  # noqa: E402
@@ -160,10 +160,9 @@ def main() -> int:
         loads.append(load_average())
         outcome["simulation"] = _run(settings, engine, simulation)
         loads.append(load_average())
-        site_tasks = {
-            f"site-{i}": read_task_records((root / f"site-{i}" / "supernode.log").read_text())
-            for i in (1, 2)
-        }
+        logs = {f"site-{i}": (root / f"site-{i}" / "supernode.log").read_text() for i in (1, 2)}
+        site_tasks = {name: read_task_records(text) for name, text in logs.items()}
+        site_pulls = {name: read_task_records(text, PULL_LOG_PREFIX) for name, text in logs.items()}
     finally:
         for node in nodes:
             if node.poll() is None:
@@ -172,7 +171,7 @@ def main() -> int:
         superlink.stop()
         engine.dispose()
 
-    results = summarise(outcome, site_tasks, args.rounds, args.local_steps)
+    results = summarise(outcome, site_tasks, site_pulls, args.rounds, args.local_steps)
     results["load_average_between_runs"] = loads
     recorder.write(results, table(results), out_dir=args.out_dir)
     ok = all(o["exit_code"] == 0 for o in outcome.values())
@@ -220,6 +219,7 @@ def _run(settings: Settings, engine: Any, run_id: int) -> dict[str, Any]:
 def summarise(
     outcome: dict[str, dict[str, Any]],
     site_tasks: dict[str, list[dict[str, Any]]],
+    site_pulls: dict[str, list[dict[str, Any]]],
     rounds: int,
     local_steps: int,
 ) -> dict[str, Any]:
@@ -244,11 +244,20 @@ def summarise(
             "fixed_at_site_s": [round(t["seconds"] - t["train_seconds"], 3) for t in later],
             "runtime_api_pull_s": [t["pull_seconds"] for t in later],
             "runtime_api_push_s": [t["push_seconds"] for t in later],
+            # The SuperNode pulling each message's objects from the SuperLink (in the trainer's
+            # pull above): the query, then one per round; rounds 2+ here.
+            "supernode_pull_s": [p["seconds"] for p in site_pulls.get(name, [])[2:]],
+            "supernode_pull_objects": [p["objects"] for p in site_pulls.get(name, [])[2:]],
         }
     fixed_at_site = statistics.median(v for s in per_site.values() for v in s["fixed_at_site_s"])
     fixed_in_trainer = statistics.median(
         v for s in per_site.values() for v in s["fixed_in_trainer_s"]
     )
+
+    def median_of(key: str) -> float | None:
+        values = [v for s in per_site.values() for v in s[key]]
+        return round(statistics.median(values), 3) if values else None
+
     return {
         "sites": 2,
         "rounds": rounds,
@@ -262,6 +271,9 @@ def summarise(
         "round_ratio_met": ratio <= ROUND_RATIO_TARGET,
         "site_fixed_median_s": round(fixed_at_site, 3),
         "site_fixed_in_trainer_median_s": round(fixed_in_trainer, 3),
+        "site_runtime_pull_median_s": median_of("runtime_api_pull_s"),
+        "site_runtime_push_median_s": median_of("runtime_api_push_s"),
+        "supernode_pull_median_s": median_of("supernode_pull_s"),
         "site_fixed_target_s": SITE_FIXED_TARGET_S,
         "site_fixed_met": fixed_at_site < SITE_FIXED_TARGET_S,
         "sites_detail": per_site,
@@ -289,6 +301,11 @@ def table(results: dict[str, Any]) -> str:
     built = {n: s["policies_built"] for n, s in results["sites_detail"].items()}
     return markdown_table(["", "deployment", "simulation", "measure", "target"], rows) + (
         f"\nPolicies built per site over {results['rounds']} rounds: {built}.\n"
+        f"\nWhere a site's fixed cost goes (medians, rounds 2+): the trainer waiting for the "
+        f"train message from its SuperNode {results['site_runtime_pull_median_s']} s (of which "
+        f"the SuperNode pulling its objects from the SuperLink "
+        f"{results['supernode_pull_median_s']} s), pushing the reply to the SuperNode "
+        f"{results['site_runtime_push_median_s']} s.\n"
     )
 
 

@@ -242,8 +242,14 @@ def deployment_rows() -> list[Row]:
         [
             "4. Per-round fixed cost at a site (warm site trainer), tiny policy",
             f"{result['site_fixed_median_s']} s outside training per train task "
-            f"({result['site_fixed_in_trainer_median_s']} s of it in the trainer); "
-            f"policies built: {built}",
+            f"({result['site_fixed_in_trainer_median_s']} s of it in the trainer"
+            + (
+                f", {result['supernode_pull_median_s']} s the SuperNode pulling the train "
+                "message from the SuperLink"
+                if result.get("supernode_pull_median_s") is not None
+                else ""
+            )
+            + f"); policies built: {built}",
             f"< {result['site_fixed_target_s']:g} s",
             _verdict(result["site_fixed_met"]),
             _day(result),

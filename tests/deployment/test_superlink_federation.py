@@ -33,7 +33,7 @@ from fedvla.core.schemas.sites import SiteCreate
 from fedvla.core.services import runs as run_service
 from fedvla.core.services import sites as site_service
 from fedvla.orchestration.deployment.local_nodes import free_port, start_superlink, start_supernode
-from fedvla.orchestration.site_node import read_task_records
+from fedvla.orchestration.site_node import PULL_LOG_PREFIX, read_task_records
 from fedvla.orchestration.supervisor import child_env
 from fedvla.sites import node_registry, startup_kit, superlink_admin
 from fedvla.sites.keys import NodeKeyFiles, generate_node_keys
@@ -291,6 +291,12 @@ def test_two_sites_train_two_rounds_on_our_superlink(
         assert [t["policies_built"] for t in tasks] == [1, 1, 1]
         assert len({t["trainer_pid"] for t in tasks}) == 1
         assert all(t["train_seconds"] > 0 for t in tasks[1:])
+        # The update and the statistics travel packed: a train message is a handful of objects
+        # (unpacked, the tiny policy's 29 tensors and 20 statistics were over 60).
+        log = (tmp_path / name / "supernode.log").read_text()
+        pulls = read_task_records(log, PULL_LOG_PREFIX)
+        assert len(pulls) == 3, pulls
+        assert all(p["objects"] <= 12 for p in pulls), pulls
 
 
 def _queued_run(deployment: Deployment, dataset: Path, names: list[str]) -> Run:

@@ -11,6 +11,7 @@ from fedvla.engine.federation import aggregation
 from fedvla.engine.federation.aggregation import AggregationError, weighted_average
 from fedvla.engine.federation.protocol import TrainMetrics, train_reply
 from fedvla.engine.federation.strategy import make_strategy
+from fedvla.engine.federation.transport import pack_record
 
 
 def _update(seed: int) -> ArrayRecord:
@@ -80,6 +81,13 @@ def test_weights_must_sum_above_zero() -> None:
         weighted_average([update, update], [0, 0])
 
 
+def _float32_update(seed: int) -> ArrayRecord:
+    """The arrays of an update that a client sends: all in the transport dtype."""
+    return ArrayRecord(
+        {k: v for k, v in _update(seed).items() if v.dtype == str(np.dtype(np.float32))}
+    )
+
+
 def _reply(node: int, update: ArrayRecord, samples: int) -> Message:
     metrics = TrainMetrics(
         train_loss=1.0,
@@ -93,7 +101,8 @@ def _reply(node: int, update: ArrayRecord, samples: int) -> Message:
         bytes_sent=update.count_bytes(),
     )
     instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
-    return Message(train_reply(update, metrics, f"client-{node}"), reply_to=instruction)
+    packed = pack_record(update, "float32")
+    return Message(train_reply(packed, metrics, f"client-{node}"), reply_to=instruction)
 
 
 def _strategy(name: str, clients: int):  # type: ignore[no-untyped-def]
@@ -113,7 +122,7 @@ def _strategy(name: str, clients: int):  # type: ignore[no-untyped-def]
 @pytest.mark.usefixtures("task_identity")
 @pytest.mark.parametrize("name", ["fedavg", "fedprox"])
 def test_strategy_sum_does_not_depend_on_which_client_answered_first(name: str) -> None:
-    updates = [_update(seed) for seed in range(4)]
+    updates = [_float32_update(seed) for seed in range(4)]
     weights = [7, 3, 11, 5]
 
     def aggregate(order: list[int]) -> ArrayRecord:

@@ -5,13 +5,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig
 from fedvla.engine.data.partition import plan_data
 from fedvla.engine.federation import client_app, task
-from fedvla.engine.federation.protocol import Instructions, instructions_record
-from fedvla.engine.federation.transport import decode_arrays, encode_arrays, stats_to_record
+from fedvla.engine.federation.protocol import (
+    Instructions,
+    add_train_payload,
+    instructions_record,
+    read_train_reply,
+)
+from fedvla.engine.federation.transport import (
+    pack_arrays,
+    stats_to_record,
+    unpack_arrays,
+    unpack_values,
+)
 from fedvla.engine.policy.loading import trainable_state
 from tests.engine.helpers import tiny_bundle
 
@@ -86,10 +96,9 @@ def test_train_uses_federated_stats_and_replies_trainable_weights_only(
     merged = task.open_dataset(images_dataset, chunk_size=4, owner="x").stats
     merged = {k: {s: np.asarray(v) * 1.0 for s, v in d.items()} for k, d in merged.items()}
     merged["observation.state"]["mean"] = merged["observation.state"]["mean"] + 0.5
-    arrays = encode_arrays(weights, "bfloat16")  # type: ignore[arg-type]
-    message = _message(
-        config, MessageType.TRAIN, arrays=arrays, **{"norm-stats": stats_to_record(merged)}
-    )
+    arrays = pack_arrays(weights, "bfloat16")  # type: ignore[arg-type]
+    message = _message(config, MessageType.TRAIN)
+    add_train_payload(message.content, arrays, stats_to_record(merged))
     reply = client_app.app(message, _context(images_dataset, data_dir))
 
     state = next(iter(client_app._cache.values()))
@@ -99,10 +108,9 @@ def test_train_uses_federated_stats_and_replies_trainable_weights_only(
     metrics = reply.content["metrics"]
     assert metrics["num-examples"] == 2 * 4  # type: ignore[index]
     assert metrics["bytes-received"] == arrays.count_bytes()  # type: ignore[index]
-    sent = reply.content["arrays"]
-    assert isinstance(sent, ArrayRecord)
-    assert set(sent.keys()) == set(weights)
-    trained = decode_arrays(sent, "bfloat16")
+    sent, _ = read_train_reply(reply.content)
+    assert set(unpack_values(sent)) == set(weights)
+    trained = unpack_arrays(sent, "bfloat16")
     assert any(not np.allclose(trained[k].numpy(), weights[k].numpy(), atol=1e-2) for k in weights)  # type: ignore[attr-defined]
 
 
@@ -110,7 +118,8 @@ def test_weights_that_do_not_train_are_refused(images_dataset: DatasetRef, data_
     config = _config(images_dataset)
     weights = _global_weights(data_dir, images_dataset)
     weights["model.vlm_with_expert.vlm.lm_head.weight"] = weights[next(iter(weights))]
-    message = _message(config, MessageType.TRAIN, arrays=encode_arrays(weights, "bfloat16"))  # type: ignore[arg-type]
+    message = _message(config, MessageType.TRAIN)
+    add_train_payload(message.content, pack_arrays(weights, "bfloat16"), None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="received weights that do not train"):
         client_app.app(message, _context(images_dataset, data_dir))
 

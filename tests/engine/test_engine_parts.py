@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array
+from flwr.app import Array, ConfigRecord, RecordDict
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
 from fedvla.engine.data.features import DatasetError, check_dataset
 from fedvla.engine.data.partition import split_partition
 from fedvla.engine.federation import task
+from fedvla.engine.federation.protocol import ARRAYS_KEY, CONFIG_KEY, add_train_payload, read_packed
 from fedvla.engine.federation.run_config import (
     federation_config_from_run_config,
     run_config_from_federation_config,
@@ -23,7 +24,7 @@ from fedvla.engine.federation.transport import (
     array_values,
     decode_arrays,
     encode_arrays,
-    out_of_band,
+    pack_arrays,
     ray_carries_messages,
     to_array,
 )
@@ -241,19 +242,20 @@ def test_arrays_serialise_as_flower_does_and_read_back_without_a_copy(values: np
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_updates_pickle_their_bytes_out_of_band_for_ray(dtype: str) -> None:
-    record = out_of_band(
-        encode_arrays({"w": torch.linspace(-1, 1, 4096), "b": torch.ones(3)}, dtype)
-    )
-    assert all(type(array) is OutOfBandArray for array in record.values())
+    packed = pack_arrays({"w": torch.linspace(-1, 1, 4096), "b": torch.ones(3)}, dtype)
+    wrapped = packed.out_of_band()
+    assert type(wrapped.array) is OutOfBandArray and wrapped.array.data is packed.array.data
     buffers: list[pickle.PickleBuffer] = []
-    stream = pickle.dumps(record, protocol=5, buffer_callback=buffers.append)
-    assert len(buffers) == 2 and len(stream) < 4096  # the values travel beside the stream
+    stream = pickle.dumps(wrapped, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 1 and len(stream) < 4096  # the values travel beside the stream
     back = pickle.loads(stream, buffers=buffers)
-    assert all(type(array) is OutOfBandArray for array in back.values())
-    for key, array in record.items():
-        assert back[key].data == array.data and back[key].shape == array.shape
-    older = pickle.loads(pickle.dumps(record, protocol=4))  # in band where protocol 5 is not used
-    assert older["w"].data == record["w"].data
+    assert type(back.array) is OutOfBandArray and back.layout == packed.layout
+    assert back.array.data == packed.array.data and back.array.shape == packed.array.shape
+    older = pickle.loads(pickle.dumps(wrapped, protocol=4))  # in band where 5 is not used
+    assert older.array.data == packed.array.data
+    content = RecordDict({CONFIG_KEY: ConfigRecord()})
+    add_train_payload(content, wrapped, None)  # the message keeps it out of band
+    assert type(read_packed(content, ARRAYS_KEY, "train message").array) is OutOfBandArray
 
 
 @pytest.mark.slow

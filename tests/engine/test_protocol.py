@@ -5,6 +5,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -33,6 +34,15 @@ from fedvla.engine.federation.protocol import (
     with_camera_map,
 )
 from fedvla.engine.federation.strategy import make_strategy
+from fedvla.engine.federation.transport import (
+    PackedArrays,
+    pack_arrays,
+    pack_record,
+    stats_to_record,
+    to_array,
+    unpack_arrays,
+    unpack_values,
+)
 
 DATASET = DatasetRef(repo_id="synthetic/so100", root="/data/so100")
 FEATURES = {
@@ -90,6 +100,10 @@ def _info(site_id: int | None = 4) -> ClientInfo:
 
 def _weights() -> ArrayRecord:
     return ArrayRecord({"expert.weight": Array(np.ones((2, 3), dtype=np.float32))})
+
+
+def _packed() -> PackedArrays:
+    return pack_record(_weights(), "float32")
 
 
 class _Grid(Grid):
@@ -187,7 +201,7 @@ def test_the_strategy_train_message_reads_back(strategy: str, mu: float) -> None
     config = _config(strategy)
     tracked = make_strategy(config, round_offset=2)
     instructions = Instructions(config, "/srv/data", _plan())
-    tracked.norm_stats = describe_reply(_info())[STATS_KEY]  # type: ignore[assignment]
+    tracked.norm_stats = stats_to_record(STATS)
 
     # Execute
     messages = list(
@@ -200,7 +214,7 @@ def test_the_strategy_train_message_reads_back(strategy: str, mu: float) -> None
         order = read_train_message(message)
         assert order.server_round == 3  # the round offset of a resumed run
         assert order.proximal_mu == mu
-        assert list(order.arrays.keys()) == ["expert.weight"]
+        assert list(unpack_values(order.arrays)) == ["expert.weight"]
         assert order.stats is not None
         np.testing.assert_array_equal(order.stats["action"]["std"], STATS["action"]["std"])
         assert read_instructions(message) == instructions
@@ -208,16 +222,16 @@ def test_the_strategy_train_message_reads_back(strategy: str, mu: float) -> None
 
 def test_train_message_without_federated_stats() -> None:
     content = RecordDict({CONFIG_KEY: ConfigRecord({"server-round": 1})})
-    add_train_payload(content, _weights(), None)
+    add_train_payload(content, _packed(), None)
     order = read_train_message(Message(content, dst_node_id=1, message_type=MessageType.TRAIN))
     assert order.stats is None and order.proximal_mu == 0.0
 
 
 def test_train_reply_round_trip_and_flower_reads_its_weight() -> None:
-    arrays, metrics = read_train_reply(train_reply(_weights(), METRICS, "site-arm"))
+    arrays, metrics = read_train_reply(train_reply(_packed(), METRICS, "site-arm"))
     assert metrics == METRICS
-    assert list(arrays.keys()) == ["expert.weight"]
-    reply = train_reply(_weights(), METRICS, "site-arm")
+    assert list(unpack_values(arrays)) == ["expert.weight"]
+    reply = train_reply(_packed(), METRICS, "site-arm")
     strategy = make_strategy(_config(), round_offset=0)
     assert (strategy.arrayrecord_key, strategy.configrecord_key) == (ARRAYS_KEY, CONFIG_KEY)
     assert strategy.weighted_by_key == NUM_EXAMPLES
@@ -232,14 +246,14 @@ def test_no_strategy_sends_evaluate_messages(strategy: str) -> None:
 
 
 def test_a_reply_without_a_metric_is_refused_naming_it() -> None:
-    reply = train_reply(_weights(), METRICS, "site-arm")
+    reply = train_reply(_packed(), METRICS, "site-arm")
     del reply[METRICS_KEY]["train-loss"]  # type: ignore[attr-defined]
     with pytest.raises(ProtocolError, match="train reply's 'metrics' lacks 'train-loss'"):
         read_train_reply(reply)
 
 
 def test_a_reply_without_a_record_is_refused_naming_it() -> None:
-    reply = train_reply(_weights(), METRICS, "site-arm")
+    reply = train_reply(_packed(), METRICS, "site-arm")
     del reply[ARRAYS_KEY]
     with pytest.raises(ProtocolError, match="train reply lacks the ArrayRecord 'arrays'"):
         read_train_reply(reply)
@@ -257,7 +271,7 @@ def test_a_query_reply_without_a_field_is_refused_naming_it() -> None:
 
 
 def test_a_record_of_the_wrong_kind_is_refused() -> None:
-    reply = train_reply(_weights(), METRICS, "site-arm")
+    reply = train_reply(_packed(), METRICS, "site-arm")
     reply[METRICS_KEY] = ConfigRecord({"train-loss": 1.0})
     with pytest.raises(ProtocolError, match="'metrics' is a ConfigRecord, not a MetricRecord"):
         read_train_reply(reply)
@@ -272,3 +286,57 @@ def test_a_message_without_instructions_is_refused() -> None:
     message = Message(RecordDict({CONFIG_KEY: record}), dst_node_id=1, message_type="query")
     with pytest.raises(ProtocolError, match="message's 'config' lacks 'data-plan'"):
         read_instructions(message)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_train_message_carries_the_update_as_one_array_bit_exactly(dtype: str) -> None:
+    """However many tensors the policy trains, its update crosses as ONE Array (Flower moves
+    each Array as its own objects), and reads back with the same bits."""
+    # Prepare
+    generator = torch.Generator().manual_seed(3)
+    state = {
+        "expert.layers.0.weight": torch.randn(5, 7, generator=generator),
+        "expert.layers.0.bias": torch.randn(7, generator=generator),
+        "action_out_proj.weight": torch.randn(2, 3, 4, generator=generator),
+        "scale": torch.tensor(0.1),
+    }
+    if dtype == "bfloat16":  # values a bfloat16 holds exactly, so the round trip keeps them
+        state = {k: v.to(torch.bfloat16).float() for k, v in state.items()}
+    record = ArrayRecord({k: to_array(v.numpy()) for k, v in state.items()})
+    tracked = make_strategy(_config().model_copy(update={"transport_dtype": dtype}), round_offset=0)
+    instructions = Instructions(_config(), "/srv/data", _plan())
+
+    # Execute
+    train = instructions_record(instructions)
+    message, _ = tracked.configure_train(1, record, train, _Grid([1, 2]))
+    order = read_train_message(message)
+    back = unpack_arrays(order.arrays, dtype)
+    reply = Message(train_reply(pack_arrays(back, dtype), METRICS, "site-arm"), reply_to=message)
+    arrays, _ = read_train_reply(reply.content)
+
+    # Assert
+    sent = message.content[ARRAYS_KEY]
+    assert isinstance(sent, ArrayRecord) and list(sent.keys()) == ["packed"]
+    assert len(sent["packed"].data) < 4 * 200  # the values once, and one small header
+    assert list(reply.content[ARRAYS_KEY].keys()) == ["packed"]  # type: ignore[union-attr]
+    assert list(back) == list(state)
+    for key, value in state.items():
+        assert back[key].dtype == torch.float32 and back[key].shape == value.shape
+        assert torch.equal(back[key].view(torch.int32), value.view(torch.int32)), key
+    for key, value in unpack_arrays(arrays, dtype).items():
+        assert torch.equal(value.view(torch.int32), state[key].view(torch.int32)), key
+    if dtype == "float32":  # read in place: the tensors share the received bytes
+        assert not unpack_values(order.arrays)["scale"].flags.writeable
+
+
+def test_a_packed_update_whose_layout_does_not_fit_is_refused() -> None:
+    reply = train_reply(_packed(), METRICS, "site-arm")
+    del reply[CONFIG_KEY]["arrays-layout"]  # type: ignore[attr-defined]
+    with pytest.raises(ProtocolError, match="train reply's 'config' lacks 'arrays-layout'"):
+        read_train_reply(reply)
+    content = RecordDict({CONFIG_KEY: ConfigRecord({"server-round": 1})})
+    add_train_payload(content, _packed(), stats_to_record(STATS))
+    content[CONFIG_KEY]["norm-stats-layout"] = '[["action|mean", [99]]]'  # type: ignore[index]
+    message = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+    with pytest.raises(ProtocolError, match=r"train message: layout entry 'action\|mean'"):
+        read_train_message(message)

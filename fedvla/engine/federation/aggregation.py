@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fedvla.engine.federation.transport import array_values, to_array
+from fedvla.engine.federation.transport import (
+    LayoutError,
+    PackedArrays,
+    array_values,
+    split_values,
+    to_array,
+)
 
 BLOCK_ELEMENTS = 1 << 16
 """Elements summed per block: the block's sum and one scaled input (256 KiB each in float32)."""
@@ -42,6 +48,35 @@ def weighted_average(records: Sequence[ArrayRecord], weights: Sequence[float]) -
     return result
 
 
+def weighted_average_packed(
+    updates: Sequence[PackedArrays], weights: Sequence[float]
+) -> ArrayRecord:
+    """weighted_average of packed updates (one layout for all), as one Array per key.
+
+    The average is elementwise, so averaging the packed buffers is averaging each array; the
+    inputs are read in place as before and each key's result is copied once into its Array.
+    """
+    if not updates or len(updates) != len(weights):
+        raise AggregationError(f"{len(updates)} updates for {len(weights)} weights")
+    for index, update in enumerate(updates[1:], start=1):
+        if update.layout != updates[0].layout:
+            raise AggregationError(f"update {index} has other arrays than update 0")
+    total = float(sum(weights))
+    if total <= 0:
+        raise AggregationError(f"weights sum to {total}; nothing to average")
+    factors = [float(w) / total for w in weights]
+    inputs = [_values(update.array, "packed update") for update in updates]
+    average = _average_values("packed update", inputs, factors)
+    try:
+        parts = split_values(average, updates[0].layout)
+    except LayoutError as error:
+        raise AggregationError(str(error)) from error
+    result = ArrayRecord()
+    for key, values in parts.items():
+        result[key] = to_array(values)
+    return result
+
+
 def _values(array: Array, key: str) -> np.ndarray:
     try:
         return array_values(array)
@@ -50,6 +85,10 @@ def _values(array: Array, key: str) -> np.ndarray:
 
 
 def _average(key: str, inputs: list[np.ndarray], factors: list[float]) -> Array:
+    return to_array(_average_values(key, inputs, factors))
+
+
+def _average_values(key: str, inputs: list[np.ndarray], factors: list[float]) -> np.ndarray:
     shape, dtype = inputs[0].shape, inputs[0].dtype
     for index, values in enumerate(inputs[1:], start=1):
         if values.shape != shape or values.dtype != dtype:
@@ -68,4 +107,4 @@ def _average(key: str, inputs: list[np.ndarray], factors: list[float]) -> Array:
         for values, factor in zip(flat[1:], factors[1:], strict=True):
             np.multiply(values[start:stop], factor, out=spare)
             np.add(block, spare, out=block)
-    return to_array(out.reshape(shape))
+    return out.reshape(shape)

@@ -32,12 +32,7 @@ from fedvla.engine.federation.protocol import (
     train_reply,
 )
 from fedvla.engine.federation.schedule import LearningRateSchedule
-from fedvla.engine.federation.transport import (
-    decode_arrays,
-    encode_arrays,
-    out_of_band,
-    ray_carries_messages,
-)
+from fedvla.engine.federation.transport import pack_arrays, ray_carries_messages, unpack_arrays
 from fedvla.engine.policy.loading import resolve_policy_source
 from fedvla.engine.renamed_cameras import apply_camera_map
 
@@ -203,7 +198,7 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     order = read_train_message(msg)
     state = client_state(instructions, context)
-    task.load_trainable(state.bundle, decode_arrays(order.arrays, config.transport_dtype))
+    task.load_trainable(state.bundle, unpack_arrays(order.arrays, config.transport_dtype))
     if order.stats is not None and state.bundle.stats is state.data.stats:
         task.set_stats(state.bundle, order.stats)
     load_seconds = _take_load_seconds(state) + (time.perf_counter() - started)
@@ -218,9 +213,9 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=order.proximal_mu,
         first_step=LearningRateSchedule.first_step(order.server_round, config.local_steps),
     )
-    arrays = encode_arrays(task.trainable_arrays(state.bundle), config.transport_dtype)
+    arrays = pack_arrays(task.trainable_arrays(state.bundle), config.transport_dtype)
     if ray_carries_messages():
-        arrays = out_of_band(arrays)
+        arrays = arrays.out_of_band()
     metrics = TrainMetrics(
         train_loss=result.loss,
         num_examples=result.samples,

@@ -9,11 +9,18 @@ Server to client, every message: "config" = the instructions (the experiment, th
 the data plan; in deployment, "camera-map": the site's cameras renamed to the experiment's, as
 the server computes them when the run starts). A train message adds "arrays" and, with federated
 normalisation, "norm-stats".
-Client to server: a query reply is the client's description (ClientInfo); a train reply is its
-weights under "arrays" and its TrainMetrics under "metrics".
+Client to server: a query reply is the client's description (ClientInfo) and its statistics
+under "norm-stats"; a train reply is its weights under "arrays" and its TrainMetrics under
+"metrics".
+
+"arrays" and "norm-stats" are packed (transport.PackedArrays): an ArrayRecord holding ONE Array
+under "packed", its layout (each array's key and shape, in order) in the message's "config"
+under "arrays-layout" or "norm-stats-layout". The strategy's arrays stay one Array per key; only
+the wire carries them packed.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -25,7 +32,14 @@ from fedvla.engine.camera_map import format_camera_map, parse_camera_map
 from fedvla.engine.data.features import DatasetFeatures
 from fedvla.engine.data.partition import DataPlan
 from fedvla.engine.data.stats import Stats
-from fedvla.engine.federation.transport import as_float, as_int, stats_from_record, stats_to_record
+from fedvla.engine.federation.transport import (
+    LayoutError,
+    PackedArrays,
+    as_float,
+    as_int,
+    stats_from_record,
+    stats_to_record,
+)
 
 ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
@@ -35,6 +49,10 @@ NUM_EXAMPLES = "num-examples"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 CAMERA_MAP = "camera-map"
+PACKED = "packed"
+"""The one Array of a packed ArrayRecord."""
+LAYOUTS = {ARRAYS_KEY: "arrays-layout", STATS_KEY: "norm-stats-layout"}
+"""Where in the message's "config" the layout of each packed ArrayRecord is."""
 NO_SITE = -1
 """The site id a client without one (simulation) sends: a ConfigRecord holds no None."""
 
@@ -130,7 +148,7 @@ class ClientInfo:
 
 
 def describe_reply(info: ClientInfo) -> RecordDict:
-    return RecordDict(
+    content = RecordDict(
         {
             CONFIG_KEY: ConfigRecord(
                 {
@@ -141,15 +159,17 @@ def describe_reply(info: ClientInfo) -> RecordDict:
                     "fps": info.fps,
                 }
             ),
-            STATS_KEY: stats_to_record(info.stats),
             METRICS_KEY: MetricRecord({NUM_EXAMPLES: info.frames}),
         }
     )
+    put_packed(content, STATS_KEY, stats_to_record(info.stats))
+    return content
 
 
 def read_client_info(content: RecordDict) -> ClientInfo:
-    record = _record(content, CONFIG_KEY, ConfigRecord, "query reply")
-    metrics = _record(content, METRICS_KEY, MetricRecord, "query reply")
+    what = "query reply"
+    record = _record(content, CONFIG_KEY, ConfigRecord, what)
+    metrics = _record(content, METRICS_KEY, MetricRecord, what)
     where = f"query reply's {CONFIG_KEY!r}"
     site_id = as_int(record.get("site-id", NO_SITE))
     return ClientInfo(
@@ -158,23 +178,42 @@ def read_client_info(content: RecordDict) -> ClientInfo:
         dataset=DatasetRef.model_validate_json(str(_value(record, "dataset", where))),
         features=json.loads(str(_value(record, "features", where))),
         fps=as_int(_value(record, "fps", where)),
-        stats=stats_from_record(_record(content, STATS_KEY, ArrayRecord, "query reply")),
+        stats=_unpacked(stats_from_record, read_packed(content, STATS_KEY, what), what),
         frames=as_int(_value(metrics, NUM_EXAMPLES, f"query reply's {METRICS_KEY!r}")),
     )
 
 
-def add_train_payload(content: RecordDict, arrays: ArrayRecord, stats: ArrayRecord | None) -> None:
+def put_packed(content: RecordDict, key: str, packed: PackedArrays) -> None:
+    """Packed arrays under ``key`` (ARRAYS_KEY or STATS_KEY), their layout in the "config"."""
+    record = ArrayRecord()  # item by item: ArrayRecord(dict) would make a plain Array of an
+    record[PACKED] = packed.array  # OutOfBandArray (transport.out_of_band_array)
+    content[key] = record
+    _record(content, CONFIG_KEY, ConfigRecord, "message")[LAYOUTS[key]] = packed.layout
+
+
+def read_packed(content: RecordDict, key: str, what: str) -> PackedArrays:
+    record = _record(content, key, ArrayRecord, what)
+    if list(record.keys()) != [PACKED]:
+        raise ProtocolError(f"{what}: {key!r} holds {list(record.keys())[:5]}, not one {PACKED!r}")
+    config = _record(content, CONFIG_KEY, ConfigRecord, what)
+    layout = str(_value(config, LAYOUTS[key], f"{what}'s {CONFIG_KEY!r}"))
+    return PackedArrays(record[PACKED], layout)
+
+
+def add_train_payload(
+    content: RecordDict, arrays: PackedArrays, stats: PackedArrays | None
+) -> None:
     """Put the weights (and the federated statistics, if any) into a train message."""
-    content[ARRAYS_KEY] = arrays
+    put_packed(content, ARRAYS_KEY, arrays)
     if stats is not None:
-        content[STATS_KEY] = stats
+        put_packed(content, STATS_KEY, stats)
 
 
 @dataclass(frozen=True)
 class TrainOrder:
     """A train message, read by the client."""
 
-    arrays: ArrayRecord
+    arrays: PackedArrays
     stats: Stats | None
     """The merged statistics to normalise with (federated normalisation), else None."""
     server_round: int
@@ -182,14 +221,13 @@ class TrainOrder:
 
 
 def read_train_message(msg: Message) -> TrainOrder:
-    record = _record(msg.content, CONFIG_KEY, ConfigRecord, "train message")
-    stats = msg.content.get(STATS_KEY)
-    if stats is not None and not isinstance(stats, ArrayRecord):
-        raise ProtocolError(f"train message: {STATS_KEY!r} is not an ArrayRecord")
+    what = "train message"
+    record = _record(msg.content, CONFIG_KEY, ConfigRecord, what)
+    stats = read_packed(msg.content, STATS_KEY, what) if STATS_KEY in msg.content else None
     return TrainOrder(
-        arrays=_record(msg.content, ARRAYS_KEY, ArrayRecord, "train message"),
-        stats=stats_from_record(stats) if stats is not None else None,
-        server_round=as_int(_value(record, SERVER_ROUND, f"train message's {CONFIG_KEY!r}")),
+        arrays=read_packed(msg.content, ARRAYS_KEY, what),
+        stats=_unpacked(stats_from_record, stats, what) if stats is not None else None,
+        server_round=as_int(_value(record, SERVER_ROUND, f"{what}'s {CONFIG_KEY!r}")),
         proximal_mu=as_float(record.get(PROXIMAL_MU, 0.0)),
     )
 
@@ -210,21 +248,28 @@ class TrainMetrics:
     bytes_sent: int
 
 
-def train_reply(arrays: ArrayRecord, metrics: TrainMetrics, label: str) -> RecordDict:
+def train_reply(arrays: PackedArrays, metrics: TrainMetrics, label: str) -> RecordDict:
     record = MetricRecord({kebab(f.name): getattr(metrics, f.name) for f in fields(metrics)})
-    return RecordDict(
-        {ARRAYS_KEY: arrays, METRICS_KEY: record, CONFIG_KEY: ConfigRecord({"label": label})}
-    )
+    content = RecordDict({METRICS_KEY: record, CONFIG_KEY: ConfigRecord({"label": label})})
+    put_packed(content, ARRAYS_KEY, arrays)
+    return content
 
 
-def read_train_reply(content: RecordDict) -> tuple[ArrayRecord, TrainMetrics]:
-    arrays = _record(content, ARRAYS_KEY, ArrayRecord, "train reply")
+def read_train_reply(content: RecordDict) -> tuple[PackedArrays, TrainMetrics]:
+    arrays = read_packed(content, ARRAYS_KEY, "train reply")
     record = _record(content, METRICS_KEY, MetricRecord, "train reply")
     values: dict[str, Any] = {}
     for field in fields(TrainMetrics):
         value = _value(record, kebab(field.name), f"train reply's {METRICS_KEY!r}")
         values[field.name] = as_int(value) if field.type is int else as_float(value)
     return arrays, TrainMetrics(**values)
+
+
+def _unpacked[T](read: Callable[[PackedArrays], T], packed: PackedArrays, what: str) -> T:
+    try:
+        return read(packed)
+    except LayoutError as error:
+        raise ProtocolError(f"{what}: {error}") from error
 
 
 def _record[R: (ArrayRecord, ConfigRecord, MetricRecord)](

@@ -18,15 +18,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from fedvla.core.experiment_config import FederationConfig, Strategy
-from fedvla.engine.federation.aggregation import weighted_average
-from fedvla.engine.federation.protocol import ARRAYS_KEY, add_train_payload, read_train_reply
+from fedvla.engine.federation.aggregation import weighted_average_packed
+from fedvla.engine.federation.protocol import (
+    ARRAYS_KEY,
+    add_train_payload,
+    put_packed,
+    read_packed,
+    read_train_reply,
+)
 from fedvla.engine.federation.reporter import ClientReport
 from fedvla.engine.federation.transport import (
+    PackedArrays,
     as_float,
-    encode_arrays,
-    out_of_band,
+    pack_record,
     ray_carries_messages,
-    to_float32_record,
+    to_float32_packed,
 )
 
 
@@ -50,7 +56,7 @@ class TrackedStrategy(FedAvg):
     round_offset: int = 0
     transport_dtype: str = "float32"
     labels: dict[int, str]
-    norm_stats: ArrayRecord | None = None
+    norm_stats: PackedArrays | None = None
     """Federated normalisation statistics, sent with every train message when set."""
     site_ids: dict[int, int]
     node_names: Callable[[int], str | None]
@@ -72,12 +78,11 @@ class TrackedStrategy(FedAvg):
         messages = list(
             super().configure_train(server_round + self.round_offset, arrays, config, grid)
         )
-        payload = arrays
-        if self.transport_dtype != "float32" and messages:
-            state = {k: _tensor(v.numpy()) for k, v in arrays.items()}
-            payload = encode_arrays(state, self.transport_dtype)
+        if not messages:
+            return messages
+        payload = pack_record(arrays, self.transport_dtype)  # one Array on the wire
         if ray_carries_messages():
-            payload = out_of_band(payload)
+            payload = payload.out_of_band()
         for message in messages:
             add_train_payload(message.content, payload, self.norm_stats)
             self.log.sampled.append(message.metadata.dst_node_id)
@@ -121,7 +126,7 @@ class TrackedStrategy(FedAvg):
                     skipped_frames=metrics.skipped_frames,
                 )
             )
-            reply.content[ARRAYS_KEY] = to_float32_record(payload, self.transport_dtype)
+            put_packed(reply.content, ARRAYS_KEY, to_float32_packed(payload, self.transport_dtype))
         for node in self.log.sampled:
             if node not in answered:
                 self.log.clients.append(
@@ -154,14 +159,10 @@ class TrackedStrategy(FedAvg):
         return None
 
 
-def _tensor(values: np.ndarray):  # type: ignore[no-untyped-def]
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(values))
-
-
 class WeightedAverage(FedAvg):
-    """FedAvg.aggregate_train with aggregation.weighted_average in place of Flower's average.
+    """FedAvg.aggregate_train with aggregation.weighted_average in place of Flower's average,
+    over the replies' packed float32 updates (TrackedStrategy.aggregate_train converts them);
+    the average it returns has one Array per key, as the strategy's arrays always do.
 
     Listed after the strategy in the bases, so FedAdam's aggregate_train (which averages through
     super() and then applies its server optimiser) reaches it too.
@@ -178,9 +179,9 @@ class WeightedAverage(FedAvg):
             as_float(next(iter(content.metric_records.values()))[self.weighted_by_key])
             for content in contents
         ]
-        updates = [next(iter(content.array_records.values())) for content in contents]
+        updates = [read_packed(content, ARRAYS_KEY, "train reply") for content in contents]
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        return weighted_average(updates, weights), metrics
+        return weighted_average_packed(updates, weights), metrics
 
 
 class TrackedFedAvg(TrackedStrategy, WeightedAverage):

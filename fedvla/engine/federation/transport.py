@@ -1,9 +1,11 @@
 """What crosses the wire: trainable weights (optionally in reduced precision) and statistics."""
 
+import json
 import pickle
 import sys
 import warnings
-from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, SupportsIndex
 
@@ -66,7 +68,7 @@ def array_values(array: Array) -> np.ndarray:
 
 
 class OutOfBandArray(Array):
-    """An Array whose bytes pickle out of band (pickle protocol 5); see out_of_band()."""
+    """An Array whose bytes pickle out of band (pickle protocol 5); see out_of_band_array()."""
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         if int(protocol) < 5:
@@ -85,20 +87,17 @@ def ray_carries_messages() -> bool:
     return ray is not None and bool(ray.is_initialized())
 
 
-def out_of_band(record: ArrayRecord) -> ArrayRecord:
-    """The same arrays, sharing their bytes, for a message that Ray carries (simulation).
+def out_of_band_array(array: Array) -> Array:
+    """The same Array, sharing its bytes, for a message that Ray carries (simulation).
 
     Ray pickles every message between the server and a client's actor. Bytes in the pickle stream
     are copied through it; a buffer out of band goes into Ray's shared-memory object store as it
     is: a 100 MB update crosses in about 12 ms instead of 95 ms (this VM). Never for a SuperLink:
     Flower's wire format names each object's class, and the other side knows no OutOfBandArray.
     """
-    wrapped = ArrayRecord()  # item by item: ArrayRecord(dict) would make plain Arrays of them
-    for key, array in record.items():
-        wrapped[key] = OutOfBandArray(
-            dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data
-        )
-    return wrapped
+    return OutOfBandArray(
+        dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data
+    )
 
 
 def to_array(values: np.ndarray) -> Array:
@@ -117,31 +116,132 @@ def _shared_tensor(values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(values)
 
 
-def to_float32_record(record: ArrayRecord, dtype: str) -> ArrayRecord:
+class LayoutError(ValueError):
+    """A packed Array and its layout do not fit together."""
+
+
+@dataclass(frozen=True)
+class PackedArrays:
+    """Named arrays of one dtype as ONE flat Array, and the layout that cuts it back.
+
+    Flower 1.42 moves a message as a head plus one object per Array (and per 5 MB chunk of
+    one), each its own request through the SuperLink and SuperNode, each with its own retry
+    backoff when it is not there yet: 29 tensors of the tiny policy and 20 statistics were
+    about 90 requests per hop and per direction, seconds of every deployment round on a loaded
+    machine. Packed, a weights update is one Array (one object per 5 MB), whatever the policy.
+
+    ``layout`` is JSON, ``[[key, [dim, ...]], ...]`` in the buffer's order: each array's
+    values follow the previous one's.
+    """
+
+    array: Array
+    layout: str
+
+    def count_bytes(self) -> int:
+        return len(self.array.data)
+
+    def out_of_band(self) -> "PackedArrays":
+        """The same, its bytes pickled out of band (a message that Ray carries)."""
+        return PackedArrays(out_of_band_array(self.array), self.layout)
+
+
+def pack_values(values: Mapping[str, np.ndarray]) -> PackedArrays:
+    """Arrays of one dtype in one Array: the values are copied once, into the Array's bytes."""
+    dtypes = {array.dtype for array in values.values()}
+    if len(dtypes) > 1:
+        raise LayoutError(f"cannot pack arrays of several dtypes: {sorted(map(str, dtypes))}")
+    dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
+    total = sum(int(array.size) for array in values.values())
+    header = BytesIO()
+    npy.write_array_header_1_0(
+        header, {"descr": npy.dtype_to_descr(dtype), "fortran_order": False, "shape": (total,)}
+    )
+    parts: list[Any] = [header.getvalue()]
+    parts += [np.ascontiguousarray(array).reshape(-1).data for array in values.values()]
+    layout = json.dumps([[key, list(array.shape)] for key, array in values.items()])
+    array = Array(dtype=str(dtype), shape=(total,), stype=SType.NUMPY, data=b"".join(parts))
+    return PackedArrays(array, layout)
+
+
+def unpack_values(packed: PackedArrays) -> dict[str, np.ndarray]:
+    """The named arrays as read-only views of the packed Array's bytes (no copy)."""
+    return split_values(array_values(packed.array), packed.layout)
+
+
+def split_values(flat: np.ndarray, layout: str) -> dict[str, np.ndarray]:
+    """A packed buffer cut into its named arrays, as views of it."""
+    flat = flat.reshape(-1)
+    try:
+        entries = [(str(key), tuple(int(d) for d in shape)) for key, shape in json.loads(layout)]
+    except (ValueError, TypeError) as error:
+        raise LayoutError(f"unreadable layout: {error}") from error
+    values: dict[str, np.ndarray] = {}
+    offset = 0
+    for key, shape in entries:
+        size = int(np.prod(shape, dtype=np.int64))
+        if min(shape, default=0) < 0 or offset + size > flat.size or key in values:
+            raise LayoutError(f"layout entry {key!r} {list(shape)} does not fit the packed array")
+        values[key] = flat[offset : offset + size].reshape(shape)
+        offset += size
+    if offset != flat.size:
+        raise LayoutError(f"the layout covers {offset} of the packed array's {flat.size} values")
+    return values
+
+
+def pack_arrays(state: Mapping[str, torch.Tensor], dtype: str) -> PackedArrays:
+    """Float tensors in the transport dtype, packed (bfloat16 as its uint16 bits)."""
+    values: dict[str, np.ndarray] = {}
+    for key, tensor in state.items():
+        value = tensor.detach().cpu()
+        if dtype == "bfloat16":
+            values[key] = value.to(torch.bfloat16).view(torch.int16).numpy().view(BFLOAT16_AS)
+        else:
+            values[key] = value.to(getattr(torch, dtype)).numpy()
+    return pack_values(values)
+
+
+def unpack_arrays(packed: PackedArrays, dtype: str) -> dict[str, torch.Tensor]:
+    """Float32 tensors back from arrays packed in the transport dtype.
+
+    In float32 they share the packed Array's bytes (no copy): read them, never write to them.
+    """
+    state: dict[str, torch.Tensor] = {}
+    for key, values in unpack_values(packed).items():
+        if dtype == "bfloat16":
+            state[key] = _shared_tensor(values.view(np.int16)).view(torch.bfloat16).float()
+        else:
+            state[key] = _shared_tensor(values).to(torch.float32)
+    return state
+
+
+def pack_record(record: ArrayRecord, dtype: str) -> PackedArrays:
+    """A float32 ArrayRecord (the strategy's arrays), packed in the transport dtype."""
+    return pack_arrays({k: _shared_tensor(array_values(v)) for k, v in record.items()}, dtype)
+
+
+def to_float32_packed(packed: PackedArrays, dtype: str) -> PackedArrays:
+    """The same arrays in float32 (the arrays themselves when they already are)."""
     if dtype == "float32":
-        return record
-    converted = ArrayRecord()
-    for key, values in decode_arrays(record, dtype).items():
-        converted[key] = to_array(values.numpy())
-    return converted
+        return packed
+    return pack_arrays(unpack_arrays(packed, dtype), "float32")
 
 
-def stats_to_record(stats: dict[str, dict[str, np.ndarray]]) -> ArrayRecord:
-    """Normalisation statistics as `feature|stat` arrays."""
-    return ArrayRecord(
-        OrderedDict(
-            (f"{feature}|{name}", Array(np.asarray(value, dtype=np.float64)))
+def stats_to_record(stats: dict[str, dict[str, np.ndarray]]) -> "PackedArrays":
+    """Normalisation statistics as one packed float64 Array of `feature|stat` values."""
+    return pack_values(
+        {
+            f"{feature}|{name}": np.asarray(value, dtype=np.float64)
             for feature, values in stats.items()
             for name, value in values.items()
-        )
+        }
     )
 
 
-def stats_from_record(record: ArrayRecord) -> dict[str, dict[str, np.ndarray]]:
+def stats_from_record(packed: "PackedArrays") -> dict[str, dict[str, np.ndarray]]:
     stats: dict[str, dict[str, np.ndarray]] = {}
-    for key, array in record.items():
+    for key, values in unpack_values(packed).items():
         feature, name = key.split("|", 1)
-        stats.setdefault(feature, {})[name] = array.numpy()
+        stats.setdefault(feature, {})[name] = np.array(values)  # its own, writable copy
     return stats
 
 
@@ -160,7 +260,14 @@ def as_float(value: object) -> float:
 
 OBJECT_PULL_BACKOFF_S = 0.02
 """First wait before looking again for a message's arrays that have not arrived yet."""
-OBJECT_PULL_BACKOFF_CAP_S = 0.5
+OBJECT_PULL_BACKOFF_CAP_S = 0.2
+"""Longest wait between looks. Measured (bench/deployment_run.py, 2 CPUs under load): the
+SuperNode spent 0.6-1.7 s per round pulling a train message's 9 objects, most of it waiting
+for the ServerApp to push them; with 0.5 s between late looks, up to 0.5 s of that was the
+SuperNode not looking. Each look is one request for a handful of objects: cheap."""
+OBJECT_PUSHES = 8
+"""Objects the ServerApp pushes at once (Flower's default: 2): a train message is 9 objects,
+pushed in 5 sequential steps of 2 while every site waits for them."""
 
 
 def pull_objects_sooner(*modules: Any) -> None:
@@ -183,3 +290,19 @@ def pull_objects_sooner(*modules: Any) -> None:
     )
     for module in modules:
         module.pull_objects = quicker
+
+
+def push_objects_wider(*modules: Any) -> None:
+    """Flower's object pushes in ``modules`` push OBJECT_PUSHES objects at once, not 2.
+
+    Flower reads its own setting (FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PUSHES) once, at import, into
+    ``push_objects``' default; a ServerApp process has imported Flower before our code runs.
+    Each module named here calls ``push_objects`` by its own global name; that name is replaced.
+    """
+    import functools
+
+    from flwr.supercore.inflatable import inflatable_utils
+
+    wider = functools.partial(inflatable_utils.push_objects, max_concurrent_pushes=OBJECT_PUSHES)
+    for module in modules:
+        module.push_objects = wider

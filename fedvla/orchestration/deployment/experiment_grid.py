@@ -11,7 +11,8 @@ from the startup kit, which may predate the experiment.
 
 It also looks for replies every REPLY_PULL_INTERVAL_S, where Flower's grid sleeps 3 s between
 looks (on average 1.5 s added to every round), and pulls their arrays with a shorter backoff
-(fedvla.engine.federation.transport.pull_objects_sooner).
+(fedvla.engine.federation.transport.pull_objects_sooner), and pushes a message's objects 8 at a
+time, not 2 (push_objects_wider).
 """
 
 import time
@@ -28,7 +29,7 @@ from fedvla.core.db import make_engine
 from fedvla.core.models import Site
 from fedvla.core.services import compatibility
 from fedvla.engine.federation.protocol import with_camera_map
-from fedvla.engine.federation.transport import pull_objects_sooner
+from fedvla.engine.federation.transport import pull_objects_sooner, push_objects_wider
 from fedvla.sites.node_registry import nodes_of_sites
 from fedvla.sites.superlink import SuperLinkError, list_nodes
 
@@ -73,6 +74,7 @@ class ExperimentGrid(Grid):
         from flwr.superlink.grid import http_grid
 
         pull_objects_sooner(http_grid)  # this ServerApp process's grid pulls replies sooner
+        push_objects_wider(http_grid)  # and pushes a train message's objects 8 at a time
         self.grid = grid
         self.allowed = allowed
         self.refresh_s = refresh_s
