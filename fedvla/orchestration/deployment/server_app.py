@@ -65,10 +65,11 @@ def logging_into(path: Path) -> Iterator[None]:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
-    root = logging.getLogger()
-    level = root.level
+    root, requests = logging.getLogger(), logging.getLogger("httpx")
+    levels = root.level, requests.level
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    requests.setLevel(logging.WARNING)  # a line per Runtime API request (20 a second) otherwise
     try:
         yield
     except BaseException:
@@ -76,7 +77,8 @@ def logging_into(path: Path) -> Iterator[None]:
         raise
     finally:
         root.removeHandler(handler)
-        root.setLevel(level)
+        root.setLevel(levels[0])
+        requests.setLevel(levels[1])
         handler.close()
 
 
