@@ -115,3 +115,35 @@ def test_a_message_the_superlink_dropped_with_a_revoked_node_is_that_nodes_error
     reports = {c.client: c for c in strategy.log.clients}
     assert sorted(reports) == ["lab-a", "lab-b"]
     assert reports["lab-b"].error and "Message Unavailable" in reports["lab-b"].error
+
+
+class _NodeLeaves:
+    """Flower's grid while a site is revoked: its node is there at the first look only."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def get_node_ids(self) -> list[int]:
+        self.reads += 1
+        return [5, 7] if self.reads == 1 else [5]
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_node_that_leaves_while_the_round_is_sampled_does_not_hold_the_round() -> None:
+    import threading
+
+    from flwr.app import ConfigRecord
+
+    strategy = _strategy({5: "lab-a", 7: "lab-b"})
+    sampled: list[list[int]] = []
+    update = ArrayRecord({"w": Array(np.ones(3, dtype=np.float32))})
+
+    def configure() -> None:
+        messages = strategy.configure_train(1, update, ConfigRecord(), _NodeLeaves())  # type: ignore[arg-type]
+        sampled.append(sorted(m.metadata.dst_node_id for m in messages))
+
+    thread = threading.Thread(target=configure, daemon=True)
+    thread.start()
+    thread.join(timeout=30)  # Flower alone waits here for a second node, for ever
+
+    assert sampled == [[5, 7]]
