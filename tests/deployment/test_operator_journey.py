@@ -21,6 +21,7 @@ import io
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -357,7 +358,7 @@ def test_the_operator_journey_from_enrolment_to_a_re_keyed_site_admitted_again(
         assert "The dataset fits" in check.stdout
     # The outsider's probe, with a kit's CA only: the Control API is not on the public address.
     ca = str(lab_a.folder / "fedvla-site" / "ca.crt")
-    with httpx.Client(verify=ca, timeout=30) as outsider:
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=30) as outsider:
         probe = outsider.post(
             f"https://{coordinator.settings.superlink_public_address}/v1/control/list-nodes"
         )
