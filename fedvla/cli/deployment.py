@@ -70,6 +70,16 @@ def site_check(
     robot_type: Annotated[
         str | None, typer.Option(help="so100, so101 or other (default: the dataset's).")
     ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FEDVLA_TOKEN",
+            show_default=False,
+            help="The site's operator token (default: FEDVLA_TOKEN): with --experiment-config, "
+            "the experiments are read as they are now from the server the kit names; without "
+            "it, the kit's copy is used.",
+        ),
+    ] = None,
 ) -> None:
     """Read the local dataset (its meta/info.json and meta/): print the body that registers the
     site (POST /api/v1/sites), or, with --experiment-config, check it against the kit."""
@@ -79,6 +89,7 @@ def site_check(
     from fedvla.sites.site_check import (
         KitError,
         check_site_dataset,
+        current_kit,
         describe,
         read_kit,
         registration_body,
@@ -113,7 +124,9 @@ def site_check(
         )
         return
     try:
-        result = check_site_dataset(dataset, read_kit(experiment_config))
+        kit, source = current_kit(read_kit(experiment_config), token)
+        typer.echo(source)
+        result = check_site_dataset(dataset, kit)
     except (KitError, DatasetError) as error:
         raise fail(str(error)) from None
     typer.echo(describe(result))

@@ -97,7 +97,7 @@ class FederationProcess:
             "fedvla.orchestration.run_child",
             str(run_id),
         ]
-        self.log_path = run_dir / "federation.log"
+        self.log_path = run_files.federation_log(run_dir)
         self.process: subprocess.Popen[bytes] | None = None
         self.forked: BaseProcess | None = None
 

@@ -7,6 +7,9 @@ kit.json (fedvla.core.services.compatibility: the same rules as the server's).
 """
 
 import json
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +83,54 @@ def read_kit(path: Path) -> dict[str, Any]:
     if not isinstance(kit, dict) or "site" not in kit or "experiments" not in kit:
         raise KitError(f"{path} is not a startup kit's kit.json (no 'site' or 'experiments')")
     return kit
+
+
+KIT_CONFIG_PATH = "/sites/{site_id}/startup-kit/config"
+"""Under the kit's ``api``: kit.json as a kit downloaded now would hold it (the site's token)."""
+FETCH_TIMEOUT_S = 15.0
+
+
+def current_kit(
+    kit: dict[str, Any], token: str | None, timeout_s: float = FETCH_TIMEOUT_S
+) -> tuple[dict[str, Any], str]:
+    """The kit's experiments as the server defines them now, read with the site's operator
+    token from the API the kit names; the kit's own copy (frozen when it was downloaded) when
+    that cannot be read. With a line saying which it is and, for the copy, why."""
+    api = kit.get("api")
+    site_id = kit["site"].get("id")
+    frozen = "Note: checking against the experiments as they were when this kit was downloaded"
+    if not isinstance(api, str) or not api or site_id is None:
+        return kit, f"{frozen}: kit.json names no server API (download the kit again)."
+    url = api.rstrip("/") + KIT_CONFIG_PATH.format(site_id=site_id)
+    if not token:
+        return kit, (
+            f"{frozen}: no token to read them now from {url} (set FEDVLA_TOKEN to the "
+            "site's operator token, or pass --token)."
+        )
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return kit, f"{frozen}: {url} is not HTTPS; your token is not sent over plain HTTP."
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            fresh = json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return kit, f"{frozen}: {url} answered {error.code} {_detail(error)}."
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        return kit, f"{frozen}: cannot read them now from {url}: {reason}."
+    if not isinstance(fresh, dict) or "site" not in fresh or "experiments" not in fresh:
+        return kit, f"{frozen}: {url} did not answer a kit's configuration."
+    return fresh, f"Checking against the experiments as the server defines them now ({url})."
+
+
+def _detail(error: "urllib.error.HTTPError") -> str:
+    try:
+        return str(json.loads(error.read()).get("detail", "")) or str(error.reason)
+    except (OSError, ValueError, AttributeError):
+        return str(error.reason)
 
 
 def read_dataset(dataset: Path) -> tuple["LeRobotDatasetMetadata", SiteFeatures]:
@@ -179,6 +230,7 @@ __all__ = [
     "DatasetError",
     "KitError",
     "check_site_dataset",
+    "current_kit",
     "describe",
     "read_kit",
     "registration_body",

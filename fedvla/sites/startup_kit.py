@@ -149,9 +149,17 @@ def _sites_of(session: Session, experiment_id: int) -> list[Site]:
 
 
 def kit_config(
-    session: Session, settings: Settings, site: Site, camera_map: dict[str, str]
+    session: Session,
+    settings: Settings,
+    site: Site,
+    camera_map: dict[str, str],
+    api_url: str | None = None,
 ) -> dict[str, Any]:
-    """kit.json: what the site's tools need to know (``fedvla site check`` reads it)."""
+    """kit.json: what the site's tools need to know (``fedvla site check`` reads it).
+
+    ``api_url`` is the REST API the kit was downloaded from: ``fedvla site check`` reads the
+    experiments as they are now there (``GET /sites/{id}/startup-kit/config``, the operator's
+    token), this copy only when it cannot."""
     experiments = []
     for experiment in experiments_of(session, site):
         assert experiment.id is not None
@@ -167,6 +175,7 @@ def kit_config(
         )
     return {
         "format": 1,
+        **({"api": api_url} if api_url else {}),
         "superlink": settings.superlink_address,
         "site": {
             "id": site.id,
@@ -379,8 +388,11 @@ Your node is admitted only with the key pair whose public key the coordinator ap
    approval.
 3. Check your dataset against the experiment before joining:
    `fedvla site check --dataset /path/to/your/lerobot/dataset --experiment-config
-   fedvla-site/kit.json`. It prints what it found (dims, joints, cameras, fps, episodes) and each
-   mismatch with its fix; it exits non-zero if the dataset cannot train in the experiment.
+   fedvla-site/kit.json`, with your operator token in FEDVLA_TOKEN: it checks against the
+   experiments as the coordinator defines them now (without the token, or when the server is out
+   of reach, against this kit's copy, and says so). It prints what it found (dims, joints,
+   cameras, fps, episodes) and each mismatch with its fix; it exits non-zero if the dataset
+   cannot train in the experiment.
 4. Start the node, one of:
    - `sh fedvla-site/supernode.sh`: the exact command line of the node, node config included
      (Flower's SuperNode and fedvla's site trainer, which keeps the policy and dataset loaded
@@ -398,8 +410,15 @@ Node config: `{node_config(site, camera_map=camera_map)}`.
 """
 
 
-def build_kit(session: Session, settings: Settings, site: Site) -> bytes:
-    """The zip; Conflict unless the site is approved."""
+def current_kit_config(session: Session, settings: Settings, site: Site) -> dict[str, Any]:
+    """kit.json as a kit downloaded now would hold it: the experiments the site is in now."""
+    return kit_config(session, settings, site, kit_camera_map(session, site))
+
+
+def build_kit(
+    session: Session, settings: Settings, site: Site, api_url: str | None = None
+) -> bytes:
+    """The zip; Conflict unless the site is approved. ``api_url``: see kit_config."""
     if site.status != SiteStatus.approved:
         raise Conflict(
             f"Site {site.name!r} is {site.status}: a startup kit is for approved sites",
@@ -413,7 +432,8 @@ def build_kit(session: Session, settings: Settings, site: Site) -> bytes:
     files = {
         "README.md": _readme(settings, site, cameras),
         "ca.crt": ca_pem,
-        "kit.json": json.dumps(kit_config(session, settings, site, cameras), indent=2) + "\n",
+        "kit.json": json.dumps(kit_config(session, settings, site, cameras, api_url), indent=2)
+        + "\n",
         "supernode.sh": _shell_script(settings, site, cameras),
         "docker-compose.yml": _compose(settings, site, cameras),
         "kubernetes.yaml": _kubernetes(settings, site, ca_pem, cameras),

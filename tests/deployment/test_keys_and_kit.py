@@ -440,3 +440,92 @@ def test_renamed_cameras_on_a_real_dataset(datasets: dict[str, Path]) -> None:
         apply_camera_map(data, {"observation.images.top": "observation.images.front"})
     with pytest.raises(DatasetError, match=r"is not 'observation\.images\.<site camera>="):
         parse_camera_map("wrist=front")
+
+
+def test_site_check_reads_the_experiments_as_they_are_now_on_the_server(
+    settings: Settings,
+    session: Session,
+    world: World,
+    tmp_path: Path,
+    datasets: dict[str, Path],
+) -> None:
+    """A site whose kit was downloaded before it joined the experiment: with its operator's
+    token the check reads the experiment from the server the kit names; without it, or when the
+    server is out of reach, it checks the kit's copy and says so."""
+    import httpx
+
+    from fedvla.core.models import Role
+    from tests.factories import make_token
+    from tests.orchestration.conftest import LiveServer
+
+    features = {
+        "state_dim": 6,
+        "action_dim": 6,
+        "camera_keys": ["observation.images.front"],
+        "camera_resolutions": {"observation.images.front": [24, 32, 3]},
+        "fps": 30,
+    }
+    reference = _approved(session, features=features)
+    joining = _approved(session, features=features)
+    assert reference.id is not None and joining.id is not None
+    token = make_token(session, Role.operator, site_id=joining.id)
+    path = tmp_path / "kit.json"
+
+    def check(dataset: str, *extra: str) -> tuple[int, str]:
+        result = CliRunner().invoke(
+            cli,
+            [
+                *("site", "check", "--dataset", str(datasets[dataset])),
+                *("--experiment-config", str(path), *extra),
+            ],
+            env={"FEDVLA_TOKEN": None},
+        )
+        return result.exit_code, result.output
+
+    with LiveServer(settings) as server:
+        api = f"{server.url}/api/v1"
+        kit = httpx.get(f"{api}/sites/{joining.id}/startup-kit", headers=bearer(token))
+        assert kit.status_code == 200, kit.text
+        path.write_bytes(zipfile.ZipFile(io.BytesIO(kit.content)).read("fedvla-site/kit.json"))
+        frozen = json.loads(path.read_text())
+        assert (frozen["api"], frozen["experiments"]) == (api, [])
+        experiment = make_experiment(session, deployment_body([reference.id, joining.id]))
+
+        code, output = check("bad", "--token", token)
+        assert code == 1, output
+        assert f"as the server defines them now ({api}/sites/{joining.id}/startup-kit/config)" in (
+            output
+        )
+        assert f"Against experiment {experiment.name!r}" in output
+        assert "[error] fps: recorded at 15 fps, the experiment at 30 fps" in output
+
+        code, output = check("good")
+        assert code == 0, output
+        assert "Note: checking against the experiments as they were when this kit was " in output
+        assert "no token to read them now" in output and "Against experiment" not in output
+
+        other = make_token(session, Role.operator, site_id=reference.id)
+        code, output = check("good", "--token", other)
+        assert code == 0 and "answered 403 Operators may only access their own site" in output
+        viewer = world.secrets["viewer"] or ""
+        config_url = f"{api}/sites/{joining.id}/startup-kit/config"
+        assert httpx.get(config_url, headers=bearer(viewer)).status_code == 403
+        assert httpx.get(config_url).status_code == 401
+
+    code, output = check("good", "--token", token)
+    assert code == 0 and f"cannot read them now from {config_url}" in output
+
+
+def test_site_check_sends_no_token_over_plain_http_to_another_host(
+    tmp_path: Path, datasets: dict[str, Path]
+) -> None:
+    kit = tmp_path / "kit.json"
+    body = {"api": "http://fl.lab.org/api/v1", "site": {"id": 1, "features": {}}}
+    kit.write_text(json.dumps({**body, "experiments": []}))
+    result = CliRunner().invoke(
+        cli,
+        ["site", "check", "--dataset", str(datasets["good"]), "--experiment-config", str(kit)],
+        env={"FEDVLA_TOKEN": "fvla_secret"},
+    )
+    assert "http://fl.lab.org/api/v1/sites/1/startup-kit/config is not HTTPS" in result.output
+    assert "fvla_secret" not in result.output

@@ -30,6 +30,7 @@ from fedvla.core.models import (
     SiteStatus,
 )
 from fedvla.core.schemas.sites import SiteCreate
+from fedvla.core.services import run_files
 from fedvla.core.services import runs as run_service
 from fedvla.core.services import sites as site_service
 from fedvla.orchestration.deployment.local_nodes import free_port, start_superlink, start_supernode
@@ -281,6 +282,10 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     assert {1, 2} <= {c.round for c in checkpoints}
     assert all(Path(c.path, "model.safetensors").is_file() for c in checkpoints)
     assert any("Flower run" in message for message in events)
+    # The ServerApp's log (Flower's rounds included) is in the run's federation.log.
+    log = run_files.federation_log(run_files.run_dir_of(session, settings, run.id)).read_text()
+    assert f"ServerApp of run {run.id} on the SuperLink" in log
+    assert "[ROUND 2/2]" in log
 
     # Each site's warm trainer built its policy once and served every message in one process:
     # the describe query and both rounds' training (from the site node's own log).

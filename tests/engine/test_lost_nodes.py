@@ -58,3 +58,92 @@ def test_a_node_that_joined_later_is_labelled_by_the_grid() -> None:
     assert [(c.client, c.ok, c.error) for c in strategy.log.clients] == [
         ("lab-b", False, "no reply in time")
     ]
+
+
+class _SuperLinkGrid:
+    """Flower's grid as the SuperLink answers it once a revoked site's node is unregistered: the
+    message to that node is gone, and the SuperLink writes the error itself."""
+
+    def __init__(self, replies: list[Message]) -> None:
+        self.replies = replies
+
+    def get_node_ids(self) -> list[int]:
+        return [5, 7]
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids: set[str]) -> list[Message]:
+        return [r for r in self.replies if r.metadata.reply_to_message_id in message_ids]
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_message_the_superlink_dropped_with_a_revoked_node_is_that_nodes_error() -> None:
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_ins_message
+
+    from fedvla.engine.federation.protocol import TrainMetrics, train_reply
+    from fedvla.orchestration.deployment.experiment_grid import ExperimentGrid
+
+    to_a, to_b = _sent(5), _sent(7)
+    update = ArrayRecord({"w": Array(np.ones(3, dtype=np.float32))})
+    metrics = TrainMetrics(
+        train_loss=1.0,
+        num_examples=4,
+        steps=1,
+        episodes=1,
+        seconds=0.1,
+        load_seconds=0.0,
+        skipped_frames=0,
+        bytes_received=0,
+        bytes_sent=update.count_bytes(),
+    )
+    from_a = Message(train_reply(update, metrics, "lab-a"), reply_to=to_a)
+    dropped = create_message_error_unavailable_ins_message(to_b.metadata.message_id, 1)
+    assert dropped.metadata.src_node_id == SUPERLINK_NODE_ID
+    grid = ExperimentGrid(
+        _SuperLinkGrid([from_a, dropped]),  # type: ignore[arg-type]
+        lambda: {5: "lab-a", 7: "lab-b"},
+        refresh_s=0,
+    )
+
+    replies = list(grid.send_and_receive([to_a, to_b], timeout=10))
+
+    assert sorted(r.metadata.src_node_id for r in replies) == [5, 7]
+    strategy = _strategy({5: "lab-a", 7: "lab-b"})
+    strategy.log = RoundLog(sampled=[5, 7], sent=[])  # even with no record of what was sent
+    strategy.aggregate_train(1, replies)
+    reports = {c.client: c for c in strategy.log.clients}
+    assert sorted(reports) == ["lab-a", "lab-b"]
+    assert reports["lab-b"].error and "Message Unavailable" in reports["lab-b"].error
+
+
+class _NodeLeaves:
+    """Flower's grid while a site is revoked: its node is there at the first look only."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def get_node_ids(self) -> list[int]:
+        self.reads += 1
+        return [5, 7] if self.reads == 1 else [5]
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_node_that_leaves_while_the_round_is_sampled_does_not_hold_the_round() -> None:
+    import threading
+
+    from flwr.app import ConfigRecord
+
+    strategy = _strategy({5: "lab-a", 7: "lab-b"})
+    sampled: list[list[int]] = []
+    update = ArrayRecord({"w": Array(np.ones(3, dtype=np.float32))})
+
+    def configure() -> None:
+        messages = strategy.configure_train(1, update, ConfigRecord(), _NodeLeaves())  # type: ignore[arg-type]
+        sampled.append(sorted(m.metadata.dst_node_id for m in messages))
+
+    thread = threading.Thread(target=configure, daemon=True)
+    thread.start()
+    thread.join(timeout=30)  # Flower alone waits here for a second node, for ever
+
+    assert sampled == [[5, 7]]

@@ -14,9 +14,17 @@ from sqlmodel import Session, select
 from fedvla.core.config import Settings
 from fedvla.core.models import Run
 
+FEDERATION_LOG = "federation.log"
+"""The run's log, in its folder: the federation process's output (simulation and deployment) and
+the log of a deployment run's ServerApp on the SuperLink."""
+
 
 def run_dir(settings: Settings, storage_key: str) -> Path:
     return settings.checkpoint_dir / storage_key
+
+
+def federation_log(run_dir: Path) -> Path:
+    return run_dir / FEDERATION_LOG
 
 
 def run_dir_of(session: Session, settings: Settings, run_id: int) -> Path:

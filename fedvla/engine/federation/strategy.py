@@ -76,7 +76,12 @@ class TrackedStrategy(FedAvg):
     ) -> Iterable[Message]:
         self.log = RoundLog()
         messages = list(
-            super().configure_train(server_round + self.round_offset, arrays, config, grid)
+            super().configure_train(
+                server_round + self.round_offset,
+                arrays,
+                config,
+                SampledOnce(grid),  # type: ignore[arg-type]
+            )
         )
         if not messages:
             return messages
@@ -157,6 +162,28 @@ class TrackedStrategy(FedAvg):
 
     def restore_server_state(self, state: dict[str, np.ndarray]) -> None:
         return None
+
+
+class SampledOnce:
+    """The grid as Flower's FedAvg.configure_train reads it for one round.
+
+    It reads the nodes twice, to size the sample and to draw it, and waits, unbounded, until
+    there are as many as the first read counted: a node that left in between (a site revoked
+    at that moment) would hold the round forever. Here both reads answer the same nodes; the
+    reads after them (Flower waiting for min_available_nodes) are live. A node that left gets
+    its message and, having no node to take it, counts as that round's failed client.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.reads = 0
+        self.first: list[int] = []
+
+    def get_node_ids(self) -> list[int]:
+        self.reads += 1
+        if self.reads == 1:
+            self.first = list(self.grid.get_node_ids())
+        return self.first if self.reads <= 2 else list(self.grid.get_node_ids())
 
 
 class WeightedAverage(FedAvg):

@@ -136,12 +136,28 @@ class ExperimentGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Flower's send_and_receive, looking for the replies every REPLY_PULL_INTERVAL_S."""
-        waiting = set(self.grid.push_messages(self._for_their_sites(messages)))
+        """Flower's send_and_receive, looking for the replies every REPLY_PULL_INTERVAL_S.
+
+        An error the SuperLink writes itself for a message it no longer holds (its node was
+        unregistered: a revoked site) comes from the SuperLink's own node id; it is given the
+        node the message went to, so that the node counts once, as its site's failed client.
+        """
+        messages = self._for_their_sites(messages)
+        pushed = list(self.grid.push_messages(messages))
+        sent_to = {
+            message_id: message.metadata.dst_node_id
+            for message_id, message in zip(pushed, messages, strict=False)
+            if message_id
+        }
+        waiting = set(sent_to)
         deadline = time.monotonic() + (timeout or 0.0)
         replies: list[Message] = []
         while waiting and (timeout is None or time.monotonic() < deadline):
             arrived = list(self.grid.pull_messages(waiting))
+            for reply in arrived:
+                node = sent_to.get(reply.metadata.reply_to_message_id)
+                if node is not None and reply.has_error():
+                    reply.metadata.__dict__["_src_node_id"] = node  # Flower's own way to set it
             replies.extend(arrived)
             waiting -= {reply.metadata.reply_to_message_id for reply in arrived}
             if waiting:

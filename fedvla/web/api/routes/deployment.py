@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from fedvla.core.schemas.common import RowId
 from fedvla.core.services import compatibility, experiments
@@ -54,20 +54,41 @@ def site_compatibility(
 
 @router.get("/{site_id}/startup-kit", response_class=Response, responses=ZIP_RESPONSE)
 def download_startup_kit(
-    site_id: IdPath, session: SessionDep, settings: SettingsDep, token: SiteEditorToken
+    site_id: IdPath,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: SiteEditorToken,
 ) -> Response:
     """The approved site's startup kit (admins, or that site's operator): CA certificate,
     SuperLink address, flower-supernode command line, compose service, Kubernetes manifest,
-    README. It holds no private key: sites generate theirs with ``fedvla site keygen``."""
+    README. It holds no private key: sites generate theirs with ``fedvla site keygen``.
+    Its kit.json names this API (the address it was downloaded from), where ``fedvla site
+    check`` reads the experiments as they are when it runs."""
     site = site_service.get_site(session=session, site_id=site_id)
     ensure_site_access(token, site_id)
-    data = startup_kit.build_kit(session, settings, site)
+    api_url = str(request.url_for("download_startup_kit", site_id=site_id)).removesuffix(
+        f"/sites/{site_id}/startup-kit"
+    )
+    data = startup_kit.build_kit(session, settings, site, api_url)
     filename = f"fedvla-site-{site.id}-startup-kit.zip"
     return Response(
         data,
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+@router.get("/{site_id}/startup-kit/config", response_model=dict[str, Any])
+def startup_kit_config(
+    site_id: IdPath, session: SessionDep, settings: SettingsDep, token: SiteEditorToken
+) -> dict[str, Any]:
+    """The site's kit.json as a kit downloaded now would hold it (admins, or that site's
+    operator): its experiments' current embodiments, which ``fedvla site check`` checks the
+    site's dataset against rather than the copy frozen in the kit."""
+    site = site_service.get_site(session=session, site_id=site_id)
+    ensure_site_access(token, site_id)
+    return startup_kit.current_kit_config(session, settings, site)
 
 
 @router.get(
