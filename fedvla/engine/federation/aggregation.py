@@ -1,11 +1,13 @@
-"""Weighted average of client ArrayRecords in one streaming pass over their bytes.
+"""Weighted average of client ArrayRecords, summed as the updates arrive.
 
-Flower's aggregate_arrayrecords deserialises each client's arrays (a copy), scales them (another
-array) and adds them into the result, so a round of N updates moves several times the input
-through memory. Here each client's array is read in place from the bytes it arrived in, and the
-result is built a cache-sized block at a time (every client's block added while the block's sum
-stays in cache), so memory sees each input byte once and the result once.
-The sum runs over the records in the order given, so the same inputs give the same bits.
+A round's updates need not all be in memory at once: RunningAverage adds each update into one
+running sum (float64, w_i * x_i) as it arrives, and the caller drops the update. Memory then
+holds the sum and the update being added, whatever the number of clients (Flower's
+aggregate_arrayrecords needs every update at once: it scales each by w_i / sum(w), a sum known
+only when the last one is in). Each client's array is read in place from the bytes it arrived
+in, a cache-sized block at a time. The result is the sum divided by sum(w), rounded once to the
+updates' dtype: within float32 rounding of Flower's float32 sum, and the same bits for the same
+updates added in the same order (the strategy adds them in a fixed client order).
 """
 
 from collections.abc import Sequence
@@ -16,30 +18,83 @@ from flwr.app import Array, ArrayRecord
 from fedvla.engine.federation.transport import array_values, to_array
 
 BLOCK_ELEMENTS = 1 << 16
-"""Elements summed per block: the block's sum and one scaled input (256 KiB each in float32)."""
+"""Elements added per block: one scaled block of an update (512 KiB in float64)."""
 
 
 class AggregationError(ValueError):
     """Client updates that cannot be averaged together (different keys, shapes or dtypes)."""
 
 
+class RunningAverage:
+    """sum(w_i * record_i) / sum(w_i), key by key, fed one record at a time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self._sums: dict[str, np.ndarray] = {}
+        self._layout: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._scratch = np.empty(0, dtype=np.float64)
+
+    def add(self, record: ArrayRecord, weight: float) -> None:
+        """Add one update; the record is not kept (its caller may free it at once)."""
+        keys = list(record.keys())
+        if self.count and keys != list(self._layout):
+            raise AggregationError(f"update {self.count} has other arrays than update 0")
+        weight = float(weight)
+        for key in keys:
+            values = _values(record[key], key)
+            if not self.count:
+                self._start(key, values)
+            self._add(key, values, weight)
+        self.count += 1
+        self.total += weight
+
+    def result(self) -> ArrayRecord:
+        """The average of the updates added, each array in its updates' dtype (integers: float)."""
+        if not self.count:
+            raise AggregationError("no updates to average")
+        if self.total <= 0:
+            raise AggregationError(f"weights sum to {self.total}; nothing to average")
+        averaged = ArrayRecord()
+        for key, (shape, dtype) in self._layout.items():
+            sums = self._sums[key]
+            np.divide(sums, self.total, out=sums)
+            out_dtype = np.result_type(dtype, 1.0)  # float32 stays float32
+            averaged[key] = to_array(sums.astype(out_dtype, copy=False).reshape(shape))
+            del self._sums[key]  # each array's sum freed once its result is made
+        self._layout.clear()
+        return averaged
+
+    def _start(self, key: str, values: np.ndarray) -> None:
+        self._layout[key] = (values.shape, values.dtype)
+        accumulator = np.result_type(values.dtype, np.float64)
+        self._sums[key] = np.zeros(values.size, dtype=accumulator)
+
+    def _add(self, key: str, values: np.ndarray, weight: float) -> None:
+        shape, dtype = self._layout[key]
+        if values.shape != shape or values.dtype != dtype:
+            raise AggregationError(
+                f"{key}: update {self.count} is {values.dtype}{list(values.shape)}, "
+                f"update 0 is {dtype}{list(shape)}"
+            )
+        sums, flat = self._sums[key], values.reshape(-1)
+        if self._scratch.size < min(BLOCK_ELEMENTS, sums.size) or self._scratch.dtype != sums.dtype:
+            self._scratch = np.empty(BLOCK_ELEMENTS, dtype=sums.dtype)
+        for start in range(0, sums.size, BLOCK_ELEMENTS):
+            stop = min(start + BLOCK_ELEMENTS, sums.size)
+            scaled = self._scratch[: stop - start]
+            np.multiply(flat[start:stop], weight, out=scaled, dtype=sums.dtype)
+            np.add(sums[start:stop], scaled, out=sums[start:stop])
+
+
 def weighted_average(records: Sequence[ArrayRecord], weights: Sequence[float]) -> ArrayRecord:
-    """sum(w_i * record_i) / sum(w_i), key by key, in the records' dtype (float32 stays float32)."""
+    """All updates at once: RunningAverage fed in the order given."""
     if not records or len(records) != len(weights):
         raise AggregationError(f"{len(records)} records for {len(weights)} weights")
-    total = float(sum(weights))
-    if total <= 0:
-        raise AggregationError(f"weights sum to {total}; nothing to average")
-    factors = [float(w) / total for w in weights]
-    keys = list(records[0].keys())
-    for index, record in enumerate(records[1:], start=1):
-        if list(record.keys()) != keys:
-            raise AggregationError(f"update {index} has other arrays than update 0")
-    result = ArrayRecord()
-    for key in keys:
-        inputs = [_values(record[key], key) for record in records]
-        result[key] = _average(key, inputs, factors)
-    return result
+    average = RunningAverage()
+    for record, weight in zip(records, weights, strict=True):
+        average.add(record, weight)
+    return average.result()
 
 
 def _values(array: Array, key: str) -> np.ndarray:
@@ -47,25 +102,3 @@ def _values(array: Array, key: str) -> np.ndarray:
         return array_values(array)
     except ValueError as error:
         raise AggregationError(f"{key}: {error}") from error
-
-
-def _average(key: str, inputs: list[np.ndarray], factors: list[float]) -> Array:
-    shape, dtype = inputs[0].shape, inputs[0].dtype
-    for index, values in enumerate(inputs[1:], start=1):
-        if values.shape != shape or values.dtype != dtype:
-            raise AggregationError(
-                f"{key}: update {index} is {values.dtype}{list(values.shape)}, "
-                f"update 0 is {dtype}{list(shape)}"
-            )
-    out_dtype = np.result_type(dtype, 1.0)  # float32 stays float32; integers average as floats
-    flat = [values.reshape(-1) for values in inputs]
-    out = np.empty(flat[0].size, dtype=out_dtype)
-    scaled = np.empty(min(BLOCK_ELEMENTS, out.size), dtype=out_dtype)
-    for start in range(0, out.size, BLOCK_ELEMENTS):
-        stop = min(start + BLOCK_ELEMENTS, out.size)
-        block, spare = out[start:stop], scaled[: stop - start]
-        np.multiply(flat[0][start:stop], factors[0], out=block)
-        for values, factor in zip(flat[1:], factors[1:], strict=True):
-            np.multiply(values[start:stop], factor, out=spare)
-            np.add(block, spare, out=block)
-    return to_array(out.reshape(shape))
