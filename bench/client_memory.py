@@ -45,7 +45,9 @@ NAME = "client_memory"
 COMMAND = ".venv/bin/python bench/client_memory.py"
 TARGET_GROWTH = 0.10
 SAMPLE_EVERY_S = 0.2
-RUN_TIMEOUT_S = 900
+RUN_TIMEOUT_S = 1800
+ATTEMPTS = 3
+"""Runs per federation size before giving up: Ray's start times out (30 s) on a loaded VM."""
 
 CHILD = """
 import json, sys
@@ -212,11 +214,17 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("baseline", args.baseline, baseline_sizes))
         for name, engine_root, counts in runs:
             for clients in counts:
-                try:
-                    entry = run_measured(engine_root, config(clients), work / f"{name}-{clients}")
-                except RuntimeError as error:  # Ray's start can time out on a loaded machine
-                    print(f"retrying once: {str(error)[:300]}", flush=True)
-                    entry = run_measured(engine_root, config(clients), work / f"{name}-{clients}b")
+                entry = None
+                for attempt in range(ATTEMPTS):
+                    try:
+                        entry = run_measured(
+                            engine_root, config(clients), work / f"{name}-{clients}-{attempt}"
+                        )
+                        break
+                    except RuntimeError as error:  # Ray's start can time out on a loaded machine
+                        print(f"attempt {attempt + 1} failed: {str(error)[-300:]}", flush=True)
+                if entry is None:
+                    raise RuntimeError(f"{name} with {clients} clients failed {ATTEMPTS} times")
                 results[name].append(entry)
                 print(name, json.dumps(entry), flush=True)
                 write(recorder, results, args.out_dir)

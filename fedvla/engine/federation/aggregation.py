@@ -1,13 +1,15 @@
 """Weighted average of client ArrayRecords, summed as the updates arrive.
 
 A round's updates need not all be in memory at once: RunningAverage adds each update into one
-running sum (float64, w_i * x_i) as it arrives, and the caller drops the update. Memory then
-holds the sum and the update being added, whatever the number of clients (Flower's
-aggregate_arrayrecords needs every update at once: it scales each by w_i / sum(w), a sum known
-only when the last one is in). Each client's array is read in place from the bytes it arrived
-in, a cache-sized block at a time. The result is the sum divided by sum(w), rounded once to the
-updates' dtype: within float32 rounding of Flower's float32 sum, and the same bits for the same
-updates added in the same order (the strategy adds them in a fixed client order).
+running sum of w_i * x_i as it arrives, and the caller drops the update. Memory then holds the
+sum and the update being added, whatever the number of clients (Flower's aggregate_arrayrecords
+needs every update at once: it scales each by w_i / sum(w), a sum known only when the last one
+is in). Each client's array is read in place from the bytes it arrived in and scaled a
+cache-sized block at a time, so memory sees each input byte once and the sum once per client,
+as a plain `sum += x` would. The sum is kept in the result's dtype (float32 stays float32) and
+divided by sum(w) at the end: within float rounding of Flower's average (which rounds w_i / sum(w)
+instead), and the same bits for the same updates added in the same order (the strategy adds
+them in a fixed client order).
 """
 
 from collections.abc import Sequence
@@ -18,7 +20,7 @@ from flwr.app import Array, ArrayRecord
 from fedvla.engine.federation.transport import array_values, to_array
 
 BLOCK_ELEMENTS = 1 << 16
-"""Elements added per block: one scaled block of an update (512 KiB in float64)."""
+"""Elements scaled per block (256 KiB in float32): the scaled block stays in cache."""
 
 
 class AggregationError(ValueError):
@@ -33,7 +35,7 @@ class RunningAverage:
         self.total = 0.0
         self._sums: dict[str, np.ndarray] = {}
         self._layout: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-        self._scratch = np.empty(0, dtype=np.float64)
+        self._scratch = np.empty(0, dtype=np.float32)
 
     def add(self, record: ArrayRecord, weight: float) -> None:
         """Add one update; the record is not kept (its caller may free it at once)."""
@@ -56,19 +58,18 @@ class RunningAverage:
         if self.total <= 0:
             raise AggregationError(f"weights sum to {self.total}; nothing to average")
         averaged = ArrayRecord()
-        for key, (shape, dtype) in self._layout.items():
+        for key, (shape, _) in self._layout.items():
             sums = self._sums[key]
             np.divide(sums, self.total, out=sums)
-            out_dtype = np.result_type(dtype, 1.0)  # float32 stays float32
-            averaged[key] = to_array(sums.astype(out_dtype, copy=False).reshape(shape))
+            averaged[key] = to_array(sums.reshape(shape))
             del self._sums[key]  # each array's sum freed once its result is made
         self._layout.clear()
         return averaged
 
     def _start(self, key: str, values: np.ndarray) -> None:
         self._layout[key] = (values.shape, values.dtype)
-        accumulator = np.result_type(values.dtype, np.float64)
-        self._sums[key] = np.zeros(values.size, dtype=accumulator)
+        out_dtype = np.result_type(values.dtype, 1.0)  # float32 stays float32, integers: float64
+        self._sums[key] = np.zeros(values.size, dtype=out_dtype)
 
     def _add(self, key: str, values: np.ndarray, weight: float) -> None:
         shape, dtype = self._layout[key]
