@@ -47,6 +47,8 @@ TARGET_GROWTH = 0.10
 SAMPLE_EVERY_S = 0.2
 RUN_TIMEOUT_S = 1800
 ATTEMPTS = 3
+CRASHED = "Simulation Runtime crashed"
+CRASH_GRACE_S = 30
 """Runs per federation size before giving up: Ray's start times out (30 s) on a loaded VM."""
 
 CHILD = """
@@ -101,6 +103,22 @@ def tree_pss(root: psutil.Process) -> dict[str, int]:
     return by_role
 
 
+def wait_or_stop(child: subprocess.Popen[bytes], log: Path) -> int:
+    """The child's exit code; a simulation that crashed (it can hang in Ray's shutdown for
+    minutes) or ran past RUN_TIMEOUT_S is killed with its Ray processes."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    crashed_at = None
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return child.wait(timeout=5)
+        if crashed_at is None and CRASHED in log.read_text(errors="replace"):
+            crashed_at = time.monotonic()
+        stuck = crashed_at is not None and time.monotonic() - crashed_at > CRASH_GRACE_S
+        if stuck or time.monotonic() > deadline:
+            os.killpg(child.pid, signal.SIGKILL)
+            return child.wait()
+
+
 def run_measured(engine_root: Path, config: FederationConfig, work: Path) -> dict[str, Any]:
     """One federation in a fresh process using the engine at engine_root; its peak memory."""
     work.mkdir(parents=True, exist_ok=True)
@@ -142,11 +160,7 @@ def run_measured(engine_root: Path, config: FederationConfig, work: Path) -> dic
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    try:
-        code = child.wait(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:  # a crashed simulation can hang in Ray's shutdown
-        os.killpg(child.pid, signal.SIGKILL)
-        code = child.wait()
+    code = wait_or_stop(child, work / "log")
     stop.set()
     sampler.join()
     if code != 0:
