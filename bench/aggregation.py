@@ -6,8 +6,8 @@ train replies (the update packed in one Array + the client's MetricRecord). For 
 it times:
   engine  - fedvla/engine/federation/strategy.py's TrackedFedAvg.aggregate_train (the engine's path:
             its bookkeeping, Flower's reply checks and metric aggregation, then
-            fedvla/engine/federation/aggregation.py's weighted average: one blocked pass over the
-            bytes the replies hold);
+            fedvla/engine/federation/aggregation.py's running sum: each update, read in place from
+            the bytes its reply holds, scaled a block at a time and added as it is read);
   flower  - Flower's stock FedAvg.aggregate_train on the same replies;
   bound   - a streaming numpy add (acc += x) over the same bytes, in place, read from the very
             buffers the replies hold: what memory bandwidth allows for one pass over the input.
@@ -134,7 +134,10 @@ def engine_aggregate(replies: list[Message]) -> ArrayRecord:
     )
     strategy = make_strategy(config, round_offset=0)
     strategy.log.sampled = [r.metadata.src_node_id for r in replies]
+    updates = [r.content["arrays"] for r in replies]
     arrays, _ = strategy.aggregate_train(1, replies)
+    for reply, update in zip(replies, updates, strict=True):
+        reply.content["arrays"] = update  # the engine drops each update once summed
     assert arrays is not None
     return arrays
 

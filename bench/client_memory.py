@@ -6,14 +6,17 @@ local step with 2, 4, 8, 16 and 32 virtual clients (an iid partition of one data
 as many Ray actors as the CPUs allow. Each federation runs in a fresh process; a sampler adds up
 the proportional set size (PSS: shared pages split among the processes that map them) of that
 process and all its descendants (Ray's processes and client actors) every 0.2 s: the peak is
-the federation's peak memory. Round seconds come from the engine's own round reports (round 1
-builds the policy and each client's data; round 2 only assigns weights and trains).
+the federation's peak memory, also split by process role at that moment: the server (the
+federation process: Flower's ServerApp, its in-memory LinkState and Ray's driver), the client
+actors (with any loader workers they fork), the raylet (its object store) and Ray's other
+processes. Round seconds come from the engine's own round reports (round 1 builds the policy and
+each client's data; round 2 only assigns weights and trains).
 With --baseline ROOT, the same runs at the sizes --baseline-clients names also use the engine
 found at ROOT (for example a checkout of the commit before this change), measured in the same
 session. Target: peak memory from 2 to 32 clients grows by less than 10%.
 Writes bench/results/client_memory.{json,md}.
 
-    .venv/bin/python bench/client_memory.py [--baseline /path/to/old/checkout]
+    .venv/bin/python bench/client_memory.py [--clients 2,32,8] [--baseline /path/to/old/checkout]
 """
 
 import contextlib
@@ -42,7 +45,11 @@ NAME = "client_memory"
 COMMAND = ".venv/bin/python bench/client_memory.py"
 TARGET_GROWTH = 0.10
 SAMPLE_EVERY_S = 0.2
-RUN_TIMEOUT_S = 900
+RUN_TIMEOUT_S = 1800
+ATTEMPTS = 3
+CRASHED = "Simulation Runtime crashed"
+CRASH_GRACE_S = 30
+"""Runs per federation size before giving up: Ray's start times out (30 s) on a loaded VM."""
 
 CHILD = """
 import json, sys
@@ -69,17 +76,47 @@ Path(sys.argv[4]).write_text(json.dumps({
 """
 
 
-def tree_pss(root: psutil.Process) -> int:
-    """PSS of a process and its descendants, in bytes (processes that vanish count 0)."""
-    total = 0
+def role(process: psutil.Process, root: psutil.Process) -> str:
+    """The role of one of the federation's processes (see the module's docstring)."""
+    if process.pid == root.pid:
+        return "server"
+    command = " ".join(process.cmdline())
+    if command.startswith("ray::ClientAppActor"):  # loader workers keep their actor's title
+        return "client actors"
+    if "raylet" in command:
+        return "raylet"
+    return "ray other"
+
+
+def tree_pss(root: psutil.Process) -> dict[str, int]:
+    """PSS by role of a process and its descendants, in bytes (processes that vanish count 0)."""
+    by_role: dict[str, int] = {}
     try:
         processes = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return by_role
     for process in processes:
         with contextlib.suppress(psutil.Error):
-            total += process.memory_full_info().pss
-    return total
+            pss = process.memory_full_info().pss
+            name = role(process, root)
+            by_role[name] = by_role.get(name, 0) + pss
+    return by_role
+
+
+def wait_or_stop(child: subprocess.Popen[bytes], log: Path) -> int:
+    """The child's exit code; a simulation that crashed (it can hang in Ray's shutdown for
+    minutes) or ran past RUN_TIMEOUT_S is killed with its Ray processes."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    crashed_at = None
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return child.wait(timeout=5)
+        if crashed_at is None and CRASHED in log.read_text(errors="replace"):
+            crashed_at = time.monotonic()
+        stuck = crashed_at is not None and time.monotonic() - crashed_at > CRASH_GRACE_S
+        if stuck or time.monotonic() > deadline:
+            os.killpg(child.pid, signal.SIGKILL)
+            return child.wait()
 
 
 def run_measured(engine_root: Path, config: FederationConfig, work: Path) -> dict[str, Any]:
@@ -106,22 +143,24 @@ def run_measured(engine_root: Path, config: FederationConfig, work: Path) -> dic
         start_new_session=True,  # its Ray processes go with it if it must be stopped
     )
     peak = 0
+    at_peak: dict[str, int] = {}
+    role_peaks: dict[str, int] = {}
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, at_peak
         process = psutil.Process(child.pid)
         while not stop.is_set():
-            peak = max(peak, tree_pss(process))
+            by_role = tree_pss(process)
+            if sum(by_role.values()) > peak:
+                peak, at_peak = sum(by_role.values()), by_role
+            for name, pss in by_role.items():
+                role_peaks[name] = max(role_peaks.get(name, 0), pss)
             stop.wait(SAMPLE_EVERY_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    try:
-        code = child.wait(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:  # a crashed simulation can hang in Ray's shutdown
-        os.killpg(child.pid, signal.SIGKILL)
-        code = child.wait()
+    code = wait_or_stop(child, work / "log")
     stop.set()
     sampler.join()
     if code != 0:
@@ -131,6 +170,8 @@ def run_measured(engine_root: Path, config: FederationConfig, work: Path) -> dic
     return {
         "clients": config.num_clients,
         "peak_pss_gib": round(peak / 2**30, 3),
+        "at_peak_gib": {k: round(v / 2**30, 3) for k, v in sorted(at_peak.items())},
+        "role_peak_gib": {k: round(v / 2**30, 3) for k, v in sorted(role_peaks.items())},
         "run_wall_seconds": round(time.perf_counter() - started, 1),
         "round_seconds": [round(s, 2) for s in result["round_seconds"]],
         "clients_ok": result["clients_ok"],
@@ -143,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="2,4,8,16,32")
     parser.add_argument("--baseline", type=Path, default=None, help="an older engine checkout")
     parser.add_argument("--baseline-clients", default="2,4,8")
+    parser.add_argument(
+        "--baseline-label", default="before", help="what the baseline is, for the README row"
+    )
     args = parser.parse_args(argv)
     sizes = [int(c) for c in args.clients.split(",")]
     if args.quick:
@@ -179,45 +223,64 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[tuple[str, Path, list[int]]] = [("engine", ROOT, sizes)]
         if args.baseline is not None:
             results["baseline_root"] = str(args.baseline)
+            results["baseline_label"] = args.baseline_label
             baseline_sizes = [int(c) for c in args.baseline_clients.split(",")]
             runs.append(("baseline", args.baseline, baseline_sizes))
         for name, engine_root, counts in runs:
             for clients in counts:
-                try:
-                    entry = run_measured(engine_root, config(clients), work / f"{name}-{clients}")
-                except RuntimeError as error:  # Ray's start can time out on a loaded machine
-                    print(f"retrying once: {str(error)[:300]}", flush=True)
-                    entry = run_measured(engine_root, config(clients), work / f"{name}-{clients}b")
+                entry = None
+                for attempt in range(ATTEMPTS):
+                    try:
+                        entry = run_measured(
+                            engine_root, config(clients), work / f"{name}-{clients}-{attempt}"
+                        )
+                        break
+                    except RuntimeError as error:  # Ray's start can time out on a loaded machine
+                        print(f"attempt {attempt + 1} failed: {str(error)[-300:]}", flush=True)
+                if entry is None:
+                    raise RuntimeError(f"{name} with {clients} clients failed {ATTEMPTS} times")
                 results[name].append(entry)
                 print(name, json.dumps(entry), flush=True)
                 write(recorder, results, args.out_dir)
     return 0
 
 
+ROLES = ["server", "client actors", "raylet", "ray other"]
+
+
 def write(recorder: Recorder, results: dict[str, Any], out_dir: Path) -> None:
     """Save what is measured so far (after every federation: a run cut short keeps it)."""
-    engine = results["engine"]
-    growth = engine[-1]["peak_pss_gib"] / engine[0]["peak_pss_gib"] - 1
-    met = growth < TARGET_GROWTH and engine[-1]["clients"] >= 32
-    results["target"] = {"growth_max": TARGET_GROWTH, "measured": round(growth, 4), "met": met}
+    engine = sorted(results["engine"], key=lambda e: e["clients"])
+    fewest, most = engine[0], engine[-1]
+    growth = most["peak_pss_gib"] / fewest["peak_pss_gib"] - 1
+    met = growth < TARGET_GROWTH and most["clients"] >= 32
+    results["target"] = {
+        "growth_max": TARGET_GROWTH,
+        "measured": round(growth, 4),
+        "met": met,
+        "from_clients": fewest["clients"],
+        "to_clients": most["clients"],
+    }
     rows = [
         [
             name,
             e["clients"],
             e["peak_pss_gib"],
+            *(e.get("at_peak_gib", {}).get(r, "-") for r in ROLES),
             e["round_seconds"][0],
             e["round_seconds"][-1],
             e["load_seconds_round_1_sum"],
             e["run_wall_seconds"],
         ]
         for name in ("engine", "baseline")
-        for e in results[name]
+        for e in sorted(results[name], key=lambda e: e["clients"])
     ]
     table = markdown_table(
         [
             "engine",
             "virtual clients",
             "peak memory GiB (PSS, all processes)",
+            *(f"of it: {r} GiB" for r in ROLES),
             "round 1 s",
             "round 2 s",
             "load s in round 1 (sum over clients)",
@@ -229,7 +292,7 @@ def write(recorder: Recorder, results: dict[str, Any], out_dir: Path) -> None:
         ["target", "measured", "result"],
         [
             [
-                f"peak memory {engine[0]['clients']} -> {engine[-1]['clients']} clients "
+                f"peak memory {fewest['clients']} -> {most['clients']} clients "
                 f"grows < {TARGET_GROWTH:.0%}",
                 f"{growth:+.1%}",
                 met,

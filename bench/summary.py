@@ -420,13 +420,13 @@ def client_memory_rows() -> list[Row]:
     result = _load("client_memory")
     if result is None:
         return []
-    engine = result["engine"]
+    engine = sorted(result["engine"], key=lambda e: e["clients"])
     sizes = ", ".join(f"{e['clients']}: {e['peak_pss_gib']}" for e in engine)
     rounds = ", ".join(f"{e['clients']}: {e['round_seconds'][-1]}" for e in engine)
     text = f"peak GiB by clients {sizes}; round 2 s {rounds}"
     if result["baseline"]:
         old = ", ".join(f"{e['clients']}: {e['peak_pss_gib']}" for e in result["baseline"])
-        text += f"; policy per client (before): {old}"
+        text += f"; {result.get('baseline_label', 'before')}: {old}"
     return [
         [
             f"7. Memory vs virtual clients ({result['policy']} policy, 2 rounds)",

@@ -82,6 +82,7 @@ def test_a_message_the_superlink_dropped_with_a_revoked_node_is_that_nodes_error
     from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_ins_message
 
     from fedvla.engine.federation.protocol import TrainMetrics, train_reply
+    from fedvla.engine.federation.transport import pack_record
     from fedvla.orchestration.deployment.experiment_grid import ExperimentGrid
 
     to_a, to_b = _sent(5), _sent(7)
@@ -97,7 +98,7 @@ def test_a_message_the_superlink_dropped_with_a_revoked_node_is_that_nodes_error
         bytes_received=0,
         bytes_sent=update.count_bytes(),
     )
-    from_a = Message(train_reply(update, metrics, "lab-a"), reply_to=to_a)
+    from_a = Message(train_reply(pack_record(update, "float32"), metrics, "lab-a"), reply_to=to_a)
     dropped = create_message_error_unavailable_ins_message(to_b.metadata.message_id, 1)
     assert dropped.metadata.src_node_id == SUPERLINK_NODE_ID
     grid = ExperimentGrid(

@@ -97,7 +97,15 @@ def run_federation(
         if isinstance(grid, InMemoryGrid):
             grid.pull_interval = REPLY_PULL_INTERVAL_S
         try:
-            yield ServerRun(grid, config, reporter, output_dir, data_dir, plan)
+            yield ServerRun(
+                grid,
+                config,
+                reporter,
+                output_dir,
+                data_dir,
+                plan,
+                reply_pull_interval_s=REPLY_PULL_INTERVAL_S,
+            )
         except BaseException as error:  # run_simulation may raise its own error instead of it
             failure.append(error)
             raise

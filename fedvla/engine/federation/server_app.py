@@ -32,6 +32,7 @@ from fedvla.engine.federation.protocol import (
 from fedvla.engine.federation.reporter import JsonLinesReporter, Reporter, RoundReport
 from fedvla.engine.federation.run_config import federation_config_from_run_config
 from fedvla.engine.federation.strategy import RoundLog, TrackedStrategy, make_strategy
+from fedvla.engine.federation.streaming_grid import DEFAULT_PULL_INTERVAL_S, StreamingGrid
 from fedvla.engine.federation.transport import decode_arrays, encode_arrays, stats_to_record
 from fedvla.engine.policy.loading import resolve_policy_source
 
@@ -56,6 +57,8 @@ class ServerRun:
     node_names: Callable[[int], str | None] | None = None
     """Labels of nodes that join after the clients were described (deployment: a re-keyed
     site's new node); None: such nodes are labelled node-<id>."""
+    reply_pull_interval_s: float = DEFAULT_PULL_INTERVAL_S
+    """How often a round looks for its clients' replies."""
 
 
 RunSetup = Callable[[Grid, Context], AbstractContextManager[ServerRun]]
@@ -141,7 +144,7 @@ def run_server(run: ServerRun) -> None:
         # Every client normalises with the merged statistics, sent on purpose with each round.
         strategy.norm_stats = stats_to_record(merged)
     strategy.start(
-        grid=run.grid,
+        grid=StreamingGrid(run.grid, run.reply_pull_interval_s),  # replies summed on arrival
         initial_arrays=initial,
         num_rounds=config.num_rounds - offset,
         train_config=instructions_record(instructions),

@@ -3,12 +3,12 @@
 The hooks wrap configure_train and aggregate_train only; Flower's round loop, sampling, reply
 checks, metric aggregation and server optimisers (FedAdam, FedAvgM's momentum) are used as they
 are. The weighted average of the arrays ("num-examples": samples actually trained) is
-aggregation.py's: the same result as Flower's, in one pass over memory, summed in a fixed client
-order.
+aggregation.py's: within float rounding of Flower's, summed as the replies arrive, in a fixed
+client order.
 """
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +16,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from fedvla.core.experiment_config import FederationConfig, Strategy
-from fedvla.engine.federation.aggregation import weighted_average_packed
+from fedvla.engine.federation.aggregation import PackedRunningAverage
 from fedvla.engine.federation.protocol import (
     ARRAYS_KEY,
     add_train_payload,
@@ -47,6 +48,8 @@ class RoundLog:
     error reply from the SuperLink itself (a node lost mid-round) stands for."""
     bytes_sent: int = 0
     clients: list[ClientReport] = field(default_factory=list)
+    answered: set[int] = field(default_factory=set)
+    """Nodes whose reply (or error) has arrived."""
 
 
 class TrackedStrategy(FedAvg):
@@ -75,13 +78,14 @@ class TrackedStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.log = RoundLog()
-        messages = list(
+        messages = sorted(  # the order replies are summed in (see _in_label_order)
             super().configure_train(
                 server_round + self.round_offset,
                 arrays,
                 config,
                 SampledOnce(grid),  # type: ignore[arg-type]
-            )
+            ),
+            key=lambda m: self._label(m.metadata.dst_node_id),
         )
         if not messages:
             return messages
@@ -98,42 +102,14 @@ class TrackedStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        # Replies come in the order clients finished; a fixed order makes the sum reproducible.
-        replies = sorted(replies, key=lambda r: self._label(self._node_of(r)))
-        answered = set()
-        for reply in replies:
-            node = self._node_of(reply)
-            answered.add(node)
-            label = self._label(node)
-            if reply.has_error():
-                self.log.clients.append(
-                    ClientReport(
-                        client=label,
-                        site_id=self.site_ids.get(node),
-                        ok=False,
-                        error=reply.error.reason,
-                    )
-                )
-                continue
-            payload, metrics = read_train_reply(reply.content)
-            self.log.clients.append(
-                ClientReport(
-                    client=label,
-                    site_id=self.site_ids.get(node),
-                    ok=True,
-                    train_loss=metrics.train_loss,
-                    samples=metrics.num_examples,
-                    episodes=metrics.episodes,
-                    seconds=metrics.seconds,
-                    load_seconds=metrics.load_seconds,
-                    bytes_sent=payload.count_bytes(),
-                    bytes_received=metrics.bytes_received,
-                    skipped_frames=metrics.skipped_frames,
-                )
-            )
-            put_packed(reply.content, ARRAYS_KEY, to_float32_packed(payload, self.transport_dtype))
+        # `replies` may be a stream (StreamingGrid): each is reported as it arrives, and passed on
+        # in a fixed client order so that the running sum is reproducible.
+        ordered = self._in_label_order(replies)
+        aggregated = super().aggregate_train(server_round + self.round_offset, ordered)
+        for _ in ordered:  # a strategy that returned early leaves replies to report
+            pass
         for node in self.log.sampled:
-            if node not in answered:
+            if node not in self.log.answered:
                 self.log.clients.append(
                     ClientReport(
                         client=self._label(node),
@@ -142,7 +118,65 @@ class TrackedStrategy(FedAvg):
                         error="no reply in time",
                     )
                 )
-        return super().aggregate_train(server_round + self.round_offset, replies)
+        return aggregated
+
+    def _in_label_order(self, replies: Iterable[Message]) -> Iterator[Message]:
+        """The replies, each reported on arrival, in the order of their clients' labels.
+
+        A reply that arrives before those of clients earlier in that order waits for them (or
+        for the end of the round, if one never comes); clients train in about that order
+        (configure_train sends in it), so few wait.
+        """
+        order = sorted(self.log.sampled, key=self._label)
+        position = {node: index for index, node in enumerate(order)}
+        waiting: dict[int, Message] = {}
+        unexpected: list[Message] = []
+        due = 0
+        for reply in replies:
+            node = self._node_of(reply)
+            self._report(node, reply)
+            index = position.get(node)
+            if index is None or index < due or index in waiting:
+                unexpected.append(reply)
+                continue
+            waiting[index] = reply
+            while due in waiting:
+                yield waiting.pop(due)
+                due += 1
+        for index in sorted(waiting):
+            yield waiting.pop(index)
+        yield from sorted(unexpected, key=lambda r: self._label(self._node_of(r)))
+
+    def _report(self, node: int, reply: Message) -> None:
+        label = self._label(node)
+        self.log.answered.add(node)
+        if reply.has_error():
+            self.log.clients.append(
+                ClientReport(
+                    client=label,
+                    site_id=self.site_ids.get(node),
+                    ok=False,
+                    error=reply.error.reason,
+                )
+            )
+            return
+        payload, metrics = read_train_reply(reply.content)
+        self.log.clients.append(
+            ClientReport(
+                client=label,
+                site_id=self.site_ids.get(node),
+                ok=True,
+                train_loss=metrics.train_loss,
+                samples=metrics.num_examples,
+                episodes=metrics.episodes,
+                seconds=metrics.seconds,
+                load_seconds=metrics.load_seconds,
+                bytes_sent=payload.count_bytes(),
+                bytes_received=metrics.bytes_received,
+                skipped_frames=metrics.skipped_frames,
+            )
+        )
+        put_packed(reply.content, ARRAYS_KEY, to_float32_packed(payload, self.transport_dtype))
 
     def _label(self, node: int) -> str:
         return self.labels.get(node) or self.node_names(node) or f"node-{node}"
@@ -187,28 +221,42 @@ class SampledOnce:
 
 
 class WeightedAverage(FedAvg):
-    """FedAvg.aggregate_train with aggregation.weighted_average in place of Flower's average,
-    over the replies' packed float32 updates (TrackedStrategy.aggregate_train converts them);
-    the average it returns has one Array per key, as the strategy's arrays always do.
+    """FedAvg.aggregate_train with aggregation.PackedRunningAverage in place of Flower's average,
+    over the replies' packed float32 updates (TrackedStrategy converts them on arrival); the
+    average it returns has one Array per key, as the strategy's arrays always do.
 
-    Listed after the strategy in the bases, so FedAdam's aggregate_train (which averages through
-    super() and then applies its server optimiser) reaches it too.
+    The replies are read one at a time: each update is added to the running sum and dropped
+    from its reply before the next is read, so a round's memory does not grow with its clients
+    when the replies come as a stream. Flower's checks and metric aggregation run on the replies
+    without their arrays. Listed after the strategy in the bases, so FedAdam's aggregate_train
+    (which averages through super() and then applies its server optimiser) reaches it too.
     """
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        average = PackedRunningAverage()
+        read: list[Message] = []
+        for reply in replies:
+            if not reply.has_error():
+                content = reply.content
+                validate_message_reply_consistency(
+                    [content], weighted_by_key=self.weighted_by_key, check_arrayrecord=True
+                )
+                metrics = next(iter(content.metric_records.values()))
+                update = read_packed(content, ARRAYS_KEY, "train reply")
+                average.add(update, as_float(metrics[self.weighted_by_key]))
+                del content[ARRAYS_KEY]
+            read.append(reply)
+        valid, _ = self._check_and_log_replies(read, is_train=True, validate=False)
         if not valid:
             return None, None
         contents = [reply.content for reply in valid]
-        weights = [
-            as_float(next(iter(content.metric_records.values()))[self.weighted_by_key])
-            for content in contents
-        ]
-        updates = [read_packed(content, ARRAYS_KEY, "train reply") for content in contents]
+        validate_message_reply_consistency(
+            contents, weighted_by_key=self.weighted_by_key, check_arrayrecord=False
+        )
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        return weighted_average_packed(updates, weights), metrics
+        return average.result(), metrics
 
 
 class TrackedFedAvg(TrackedStrategy, WeightedAverage):
