@@ -96,7 +96,7 @@ class FederationProcess:
             "fedvla.orchestration.run_child",
             str(run_id),
         ]
-        self.log_path = run_dir / "federation.log"
+        self.log_path = run_dir / run_files.LOG_NAME
         self.process: subprocess.Popen[bytes] | None = None
         self.forked: BaseProcess | None = None
 

@@ -27,3 +27,11 @@ def run_dir_of(session: Session, settings: Settings, run_id: int) -> Path:
 def remove_run_dirs(settings: Settings, storage_keys: Iterable[str]) -> None:
     for key in storage_keys:
         shutil.rmtree(run_dir(settings, key), ignore_errors=True)
+
+
+LOG_NAME = "federation.log"
+"""The federation process's output (the worker's supervisor writes it)."""
+
+
+def log_path(settings: Settings, storage_key: str) -> Path:
+    return run_dir(settings, storage_key) / LOG_NAME
