@@ -24,6 +24,7 @@ from fedvla.core.schemas.experiments import ExperimentPublic
 from fedvla.core.schemas.sites import SitePublic
 from fedvla.core.services.compatibility import CompatibilityReport
 from fedvla.core.services.contributions import SiteContribution
+from fedvla.core.services.run_compare import SettingRow
 from fedvla.core.services.run_search import RunQuery, RunSort, RunSummary, SortOrder
 from fedvla.core.services.workers import WorkerState
 from fedvla.sites.superlink_admin import SiteNode
@@ -209,6 +210,12 @@ class ComparePage:
     candidates: Annotated[list[Run], "Runs that can be picked."]
     series: Annotated[list[dict[str, Any]], "Per run: label and per-round losses, as JSON."]
     experiment_names: Annotated[dict[int, str], "Experiment id -> name."]
+    settings: Annotated[
+        list[SettingRow], "The settings table's rows (only those that differ if asked)."
+    ]
+    settings_count: Annotated[int, "How many settings the runs have in all."]
+    differing_count: Annotated[int, "How many of them differ between the runs."]
+    only_differences: Annotated[bool, "Whether the settings table shows only differing rows."]
 
 
 @dataclass

@@ -19,9 +19,10 @@ from fedvla.core.models import (
 )
 from fedvla.core.services import checkpoints as checkpoint_service
 from fedvla.core.services import experiments as experiment_service
-from fedvla.core.services import run_notes, run_search
+from fedvla.core.services import run_compare, run_notes, run_search
 from fedvla.core.services import runs as service
 from fedvla.core.services.events import publisher_for
+from fedvla.core.services.redaction import for_reader
 from fedvla.core.services.run_search import RunQuery
 from fedvla.orchestration.dispatch import run_sender
 from fedvla.web.api.deps import SessionDep, SettingsDep
@@ -134,6 +135,7 @@ def compare_runs(
     session: SessionDep,
     token: WebToken,
     run: Annotated[list[int], Query()] = [],  # noqa: B006 - FastAPI copies defaults
+    only_differences: Annotated[bool, Query()] = False,
 ) -> Response:
     chosen = [service.get_run(session, run_id, token) for run_id in dict.fromkeys(run)]
     names = _experiment_names(session, token)
@@ -148,9 +150,22 @@ def compare_runs(
                 "rounds": chart_data(rounds, [])["rounds"],
             }
         )
+    configs = [
+        {"experiment": names.get(item.experiment_id, "?"), **for_reader(token, item.config)}
+        for item in chosen
+    ]
+    settings = run_compare.settings_diff(configs)
+    differing = [row for row in settings if row.differs]
     candidates, _ = service.list_runs(session, token, limit=200)
     page = ComparePage(
-        runs=chosen, candidates=list(candidates), series=series, experiment_names=names
+        runs=chosen,
+        candidates=list(candidates),
+        series=series,
+        experiment_names=names,
+        settings=differing if only_differences else settings,
+        settings_count=len(settings),
+        differing_count=len(differing),
+        only_differences=only_differences,
     )
     return render(request, "compare.html", page, token=token, nav="runs")
 
