@@ -108,6 +108,7 @@ def test_searches_names_notes_and_ids_and_filters(
         ("created_from=yesterday", "created_from"),
         ("created_from=2026-02-02&created_to=2026-02-01", "created_to"),
         ("q=" + "x" * 201, "q"),
+        ("q=a%00b", "q"),
     ],
 )
 def test_bad_list_parameters_answer_422_naming_them(
@@ -177,8 +178,10 @@ def test_notes_longer_than_the_limit_answer_422_naming_notes(
 
     assert too_long.status_code == 422
     assert [p["field"] for p in too_long.json()["errors"]] == ["notes"]
+    nul = client.patch(f"{API}/runs/{run.id}", headers=admin, json={"notes": "a\u0000b"})
     assert unknown.status_code == 422
     assert "status" in [p["field"] for p in unknown.json()["errors"]]
+    assert nul.status_code == 422 and nul.json()["errors"][0]["field"] == "notes"
 
 
 def test_exports_rounds_and_clients_as_csv_and_json(

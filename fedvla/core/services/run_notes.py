@@ -3,7 +3,7 @@ failed), searchable in the runs list. Whoever may read the run may read its note
 
 from sqlmodel import Session
 
-from fedvla.core.errors import Forbidden, InvalidFields
+from fedvla.core.errors import Forbidden, InvalidFields, reject_nul_characters
 from fedvla.core.models import MAX_RUN_NOTES_LENGTH, ApiToken, Role, Run
 from fedvla.core.services.runs import get_run
 
@@ -23,6 +23,7 @@ def set_notes(session: Session, run_id: int, notes: str, token: ApiToken) -> Run
         raise InvalidFields.one(
             "notes", f"is {len(notes)} characters; at most {MAX_RUN_NOTES_LENGTH}"
         )
+    reject_nul_characters({"notes": notes})
     run.notes = notes.replace("\r\n", "\n")
     session.add(run)
     session.commit()

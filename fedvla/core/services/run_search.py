@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Float, and_, case, cast, func, literal, or_
 from sqlmodel import Session, col, select
 
-from fedvla.core.errors import InvalidFields
+from fedvla.core.errors import FieldProblem, InvalidFields, reject_nul_characters
 from fedvla.core.models import (
     ApiToken,
     Experiment,
@@ -107,8 +107,17 @@ def _text_filter(text: str) -> Any:
 
 
 def check_query(query: RunQuery) -> None:
+    """InvalidFields naming the query parameter at fault."""
+    try:
+        reject_nul_characters({"q": query.text})
+    except InvalidFields as error:
+        raise InvalidFields(
+            [FieldProblem(field=p.field, reason=p.reason, location="query") for p in error.errors]
+        ) from None
     if query.created_from and query.created_to and query.created_from > query.created_to:
-        raise InvalidFields.one("created_to", "is before created_from")
+        raise InvalidFields(
+            [FieldProblem(field="created_to", reason="is before created_from", location="query")]
+        )
 
 
 def search_runs(
