@@ -165,6 +165,22 @@ def test_notes_are_written_by_operators_and_admins_of_the_run(
         assert read.json()["notes"] == "camera moved"
 
 
+def test_notes_are_shown_as_written_even_to_those_who_see_no_server_paths(
+    client: TestClient, session: Session, settings: Settings, world: World
+) -> None:
+    run = launch(session, settings, world.experiment_id)
+    notes = "recorded to /mnt/lab-a/so101 on Tuesday"
+    client.patch(
+        f"{API}/runs/{run.id}", headers=bearer(world.secrets["admin"] or ""), json={"notes": notes}
+    )
+    viewer = bearer(world.secrets["viewer"] or "")
+
+    one = client.get(f"{API}/runs/{run.id}", headers=viewer).json()
+    listed = client.get(f"{API}/runs", headers=viewer).json()["data"]
+
+    assert one["notes"] == notes and listed[0]["notes"] == notes
+
+
 def test_notes_longer_than_the_limit_answer_422_naming_notes(
     client: TestClient, session: Session, settings: Settings, world: World
 ) -> None:

@@ -209,3 +209,16 @@ def test_compare_shows_the_settings_side_by_side_with_differences_marked(
     assert shown == {name for name, row in rows.items() if "differs" in (row.get("class") or [])}
     checkbox = only.find("input", attrs={"name": "only_differences"})
     assert checkbox.has_attr("checked")
+
+
+def test_back_to_a_pushed_url_gets_the_whole_page(
+    browser: Callable[..., Browser], secrets: Secrets, two_runs: tuple[Run, Run]
+) -> None:
+    viewer = browser(secrets.viewer)
+    restore = {**HTMX, "HX-History-Restore-Request": "true"}
+
+    swapped = html(viewer.get("/runs?sort=duration", headers=HTMX))
+    restored = html(viewer.get("/runs?sort=duration", headers=restore))
+
+    assert swapped.find(id="runs-filter") is None
+    assert restored.find(id="runs-filter") is not None and restored.find(id="runs-table")

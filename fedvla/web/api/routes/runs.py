@@ -123,8 +123,13 @@ def list_runs(
     """Search, filter, sort and page the runs (newest first by default). Operators see only runs
     of experiments their site takes part in. 422 names the parameter at fault."""
     rows, count = run_search.search_runs(session, token, query)
-    data = [model_for_reader(token, _list_item(row)) for row in rows]
+    data = [_for_reader(token, _list_item(row)) for row in rows]
     return RunsPublic(data=data, count=count)
+
+
+def _for_reader[R: RunPublic](token: ApiToken, run: R) -> R:
+    """Server paths hidden from non-admins, except in the notes: people wrote those for readers."""
+    return model_for_reader(token, run).model_copy(update={"notes": run.notes})
 
 
 def _list_item(row: run_search.RunSummary) -> RunListItem:
@@ -142,9 +147,7 @@ def _list_item(row: run_search.RunSummary) -> RunListItem:
 @router.get("/runs/{run_id}", response_model=RunPublic, responses=FORBIDDEN)
 @in_threadpool
 def get_run(run_id: IdPath, session: SessionDep, token: ReaderToken) -> RunPublic:
-    return model_for_reader(
-        token, RunPublic.model_validate(service.get_run(session, run_id, token))
-    )
+    return _for_reader(token, RunPublic.model_validate(service.get_run(session, run_id, token)))
 
 
 @router.patch(
@@ -157,7 +160,7 @@ def update_run(
 ) -> RunPublic:
     """Replace the run's notes (operators and admins; operators on runs they may read)."""
     run = run_notes.set_notes(session, run_id, body.notes, token)
-    return model_for_reader(token, RunPublic.model_validate(run))
+    return _for_reader(token, RunPublic.model_validate(run))
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunPublic, responses=FORBIDDEN)
