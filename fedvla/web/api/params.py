@@ -1,7 +1,7 @@
 """Path and query parameters the API's routes share."""
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query
 from pydantic import BaseModel, BeforeValidator
@@ -32,8 +32,16 @@ def page_params(
 
 
 def _empty_is_none(value: object) -> object:
-    """A form's empty input (``?status=``) means "not given", as the dashboard's filters send."""
     return None if value == "" else value
+
+
+def _or_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema that also takes "" (a form's empty input: not given)."""
+    return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
+
+
+EmptyIsNone = BeforeValidator(_empty_is_none)
+"""The dashboard's filter form sends its empty inputs (``?status=``): they mean "not given"."""
 
 
 def run_query_params(
@@ -46,20 +54,36 @@ def run_query_params(
         ),
     ] = "",
     experiment_id: Annotated[
-        RowId | None, BeforeValidator(_empty_is_none), Query(description="Only this experiment.")
+        RowId | None,
+        EmptyIsNone,
+        Query(
+            description="Only this experiment.",
+            json_schema_extra=_or_empty({"type": "integer", "minimum": 1, "maximum": MAX_ID}),
+        ),
     ] = None,
     run_status: Annotated[
-        RunStatus | None, BeforeValidator(_empty_is_none), Query(alias="status")
+        RunStatus | None,
+        EmptyIsNone,
+        Query(
+            alias="status",
+            json_schema_extra=_or_empty({"enum": [status.value for status in RunStatus]}),
+        ),
     ] = None,
     created_from: Annotated[
         date | None,
-        BeforeValidator(_empty_is_none),
-        Query(description="Created on or after this day (UTC), YYYY-MM-DD."),
+        EmptyIsNone,
+        Query(
+            description="Created on or after this day (UTC), YYYY-MM-DD.",
+            json_schema_extra=_or_empty({"type": "string", "format": "date"}),
+        ),
     ] = None,
     created_to: Annotated[
         date | None,
-        BeforeValidator(_empty_is_none),
-        Query(description="Created on or before this day (UTC), YYYY-MM-DD."),
+        EmptyIsNone,
+        Query(
+            description="Created on or before this day (UTC), YYYY-MM-DD.",
+            json_schema_extra=_or_empty({"type": "string", "format": "date"}),
+        ),
     ] = None,
     sort: Annotated[
         RunSort,
