@@ -1,5 +1,6 @@
 """Path and query parameters the API's routes share."""
 
+import re
 from datetime import date
 from typing import Annotated, Any
 
@@ -44,6 +45,18 @@ EmptyIsNone = BeforeValidator(_empty_is_none)
 """The dashboard's filter form sends its empty inputs (``?status=``): they mean "not given"."""
 
 
+def _day_or_empty(value: object) -> object:
+    """A day as YYYY-MM-DD only (pydantic would also read ``0`` as a Unix time)."""
+    if value == "":
+        return None
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be a day as YYYY-MM-DD")
+    return value
+
+
+DayOrEmpty = BeforeValidator(_day_or_empty)
+
+
 def run_query_params(
     page: Annotated[Page, Depends(page_params)],
     q: Annotated[
@@ -71,7 +84,7 @@ def run_query_params(
     ] = None,
     created_from: Annotated[
         date | None,
-        EmptyIsNone,
+        DayOrEmpty,
         Query(
             description="Created on or after this day (UTC), YYYY-MM-DD.",
             json_schema_extra=_or_empty({"type": "string", "format": "date"}),
@@ -79,7 +92,7 @@ def run_query_params(
     ] = None,
     created_to: Annotated[
         date | None,
-        EmptyIsNone,
+        DayOrEmpty,
         Query(
             description="Created on or before this day (UTC), YYYY-MM-DD.",
             json_schema_extra=_or_empty({"type": "string", "format": "date"}),
