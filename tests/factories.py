@@ -1,15 +1,27 @@
 """Rows made through the real services, for tests that need them to exist."""
 
 import hashlib
+from datetime import timedelta
 from itertools import count
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
-from fedvla.core.models import Experiment, Role, RunStatus, Site
+from fedvla.core.config import Settings
+from fedvla.core.models import (
+    Experiment,
+    ExperimentSite,
+    Role,
+    Run,
+    RunStatus,
+    Site,
+    SiteStatus,
+    utcnow,
+)
 from fedvla.core.schemas.experiments import ExperimentCreate
 from fedvla.core.schemas.sites import SiteCreate
 from fedvla.core.services import experiments as experiment_service
@@ -20,6 +32,7 @@ from fedvla.core.services import workers as worker_service
 from fedvla.core.services.events import publisher_for
 from fedvla.engine.federation.reporter import CheckpointReport, ClientReport, RoundReport
 from fedvla.orchestration.db_reporter import DbReporter
+from fedvla.orchestration.dispatch import run_sender
 
 _numbers = count(1)
 
@@ -110,3 +123,55 @@ def finish_with_reports(session: Session, database_url: str, run_id: int, folder
     finally:
         reporter.close()
     assert run_service.finish_run(session, publisher, run_id, RunStatus.succeeded)
+
+
+def launch_quietly(session: Session, settings: Settings, experiment_id: int) -> Run:
+    """A queued run, sent to a queue no worker reads; a deployment's sites are approved first."""
+    links = session.exec(
+        select(ExperimentSite.site_id).where(ExperimentSite.experiment_id == experiment_id)
+    ).all()
+    for site_id in links:
+        site = site_service.get_site(session=session, site_id=site_id)
+        if site.status != SiteStatus.approved:
+            site_service.set_status(
+                session=session, site=site, status=SiteStatus.approved, actor="tests", reason=""
+            )
+    quiet = settings.model_copy(update={"gpu_queue": "nobody-listens"})
+    return run_service.launch_run(
+        session, run_sender(quiet), publisher_for(""), experiment_id=experiment_id, actor="tests"
+    )
+
+
+def run_rounds(
+    session: Session,
+    settings: Settings,
+    run: Run,
+    losses: list[tuple[float | None, float]],
+    seconds: float,
+) -> None:
+    """What a worker does: claim, report rounds (eval, train loss), finish after ``seconds``."""
+    assert run.id is not None
+    assert run_service.claim_run(session, publisher_for(""), run.id, "worker-1")
+    reporter = DbReporter(settings.database_url, "", run.id)
+    try:
+        for number, (eval_loss, train_loss) in enumerate(losses, start=1):
+            clients = [
+                ClientReport(
+                    client=f"client-{i}", site_id=None, ok=True, train_loss=train_loss + i,
+                    samples=8, episodes=1, seconds=0.5,
+                )
+                for i in range(2)
+            ]  # fmt: skip
+            reporter.round_finished(
+                RoundReport(number, train_loss, eval_loss, 1.0, 10, 20, 2, 2, 0, clients)
+            )
+    finally:
+        reporter.close()
+    assert run_service.finish_run(session, publisher_for(""), run.id, RunStatus.succeeded)
+    started = utcnow() - timedelta(seconds=seconds)
+    session.execute(
+        update(Run)
+        .where(col(Run.id) == run.id)
+        .values(started_at=started, finished_at=started + timedelta(seconds=seconds))
+    )
+    session.commit()

@@ -20,6 +20,7 @@ from fedvla.core.experiment_config import ExperimentConfig, Mode
 from fedvla.core.names import MAX_NAME_LENGTH, Name
 
 MAX_DESCRIPTION_LENGTH = 2000
+MAX_RUN_NOTES_LENGTH = 5000
 
 
 def utcnow() -> datetime:
@@ -217,6 +218,12 @@ class Run(SQLModel, table=True):
     resumed_from_run_id: int | None = Field(default=None, foreign_key="run.id", ondelete="SET NULL")
     resumed_from_round: int | None = None
     heartbeat_at: datetime | None = _timestamp()
+    notes: str = Field(
+        default="",
+        sa_type=sa.Text,
+        sa_column_kwargs={"server_default": ""},
+        description="What people noted about the run (operators and admins edit it).",
+    )
 
 
 class RoundMetric(SQLModel, table=True):

@@ -67,6 +67,8 @@ def test_every_timestamp_the_api_answers_has_an_offset(
         "site_id": world.own_site_id,
         "round": 1,
         "token_id": world.spare_token_id,
+        "table": "rounds",  # /runs/{run_id}/export/{table}.{fmt}
+        "fmt": "json",
     }
     document = client.get("/openapi.json").json()
 
@@ -111,7 +113,7 @@ def test_a_body_that_cannot_be_parsed_is_422_naming_the_body(
     [
         ("PUT", "/experiments/1", "DELETE, GET, PATCH"),
         ("PUT", "/experiments", "GET, POST"),
-        ("DELETE", "/runs/1", "GET"),
+        ("DELETE", "/runs/1", "GET, PATCH"),
         ("GET", "/runs/1/cancel", "POST"),
     ],
 )

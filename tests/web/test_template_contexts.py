@@ -31,6 +31,8 @@ PAGES: dict[str, tuple[type, set[str]]] = {
     "_run_live.html": (contexts.RunPage, set()),
     "_run_status.html": (contexts.RunPage, set()),
     "_run_tables.html": (contexts.RunPage, set()),
+    "_run_notes.html": (contexts.NotesSection, set()),
+    "_run_downloads.html": (contexts.RunPage, set()),
     "compare.html": (contexts.ComparePage, set()),
     "sites.html": (contexts.SitesPage, set()),
     "_sites_table.html": (contexts.SitesPage, set()),

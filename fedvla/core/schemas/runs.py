@@ -1,10 +1,10 @@
 """Runs, their metrics, events and checkpoints, and the workers, as the API shows them."""
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedvla.core.models import RunStatus
+from fedvla.core.models import MAX_RUN_NOTES_LENGTH, RunStatus
 from fedvla.core.schemas.common import MAX_ID, RowId, UtcDatetime
 
 
@@ -55,11 +55,35 @@ class RunPublic(BaseModel):
     resumed_from_run_id: int | None
     resumed_from_round: int | None
     heartbeat_at: UtcDatetime | None
+    notes: str = Field(description="What operators and admins noted about the run.")
+
+
+class RunListItem(RunPublic):
+    """A run in the runs list, with the columns it sorts by."""
+
+    experiment_name: str
+    duration_s: float | None = Field(
+        description="Seconds from start to finish (to now while running); null before it starts."
+    )
+    final_loss: float | None = Field(
+        description="The last trained round's server eval loss, else its mean client train loss."
+    )
+    final_loss_source: Literal["eval", "train"] | None = Field(
+        description="Which loss final_loss is; null before a round finished."
+    )
 
 
 class RunsPublic(BaseModel):
-    data: list[RunPublic]
+    data: list[RunListItem]
     count: int
+
+
+class RunUpdate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"notes": "lr 1e-4 diverged at round 3"}]}
+    )
+
+    notes: str = Field(max_length=MAX_RUN_NOTES_LENGTH, description="Replaces the run's notes.")
 
 
 class RoundMetricPublic(BaseModel):

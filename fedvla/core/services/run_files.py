@@ -35,3 +35,7 @@ def run_dir_of(session: Session, settings: Settings, run_id: int) -> Path:
 def remove_run_dirs(settings: Settings, storage_keys: Iterable[str]) -> None:
     for key in storage_keys:
         shutil.rmtree(run_dir(settings, key), ignore_errors=True)
+
+
+def log_path(settings: Settings, storage_key: str) -> Path:
+    return federation_log(run_dir(settings, storage_key))

@@ -5,8 +5,10 @@
 templates use only names their page declares.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fedvla.core.errors import FieldProblem
 from fedvla.core.models import (
@@ -22,6 +24,8 @@ from fedvla.core.schemas.experiments import ExperimentPublic
 from fedvla.core.schemas.sites import SitePublic
 from fedvla.core.services.compatibility import CompatibilityReport
 from fedvla.core.services.contributions import SiteContribution
+from fedvla.core.services.run_compare import SettingRow
+from fedvla.core.services.run_search import RunQuery, RunSort, RunSummary, SortOrder
 from fedvla.core.services.workers import WorkerState
 from fedvla.sites.superlink_admin import SiteNode
 
@@ -95,12 +99,68 @@ class ExperimentPage:
     sites: Annotated[list[SitePublic], "The sites it names (deployment mode)."]
 
 
+SORT_FIRST_ORDER = {
+    RunSort.experiment: SortOrder.asc,
+    RunSort.status: SortOrder.asc,
+    RunSort.created: SortOrder.desc,
+    RunSort.duration: SortOrder.desc,
+    RunSort.final_loss: SortOrder.asc,
+}
+"""The order a column sorts in when first clicked: names A-Z, the newest, longest, lowest loss."""
+
+
+def _query_params(query: RunQuery) -> dict[str, str]:
+    """A runs query as the list's URL parameters (run_query_params reads them back)."""
+    return {
+        "q": query.text,
+        "experiment_id": "" if query.experiment_id is None else str(query.experiment_id),
+        "status": query.status.value if query.status else "",
+        "created_from": query.created_from.isoformat() if query.created_from else "",
+        "created_to": query.created_to.isoformat() if query.created_to else "",
+        "sort": query.sort.value,
+        "order": query.order.value,
+        "offset": str(query.offset),
+        "limit": str(query.limit),
+    }
+
+
 @dataclass
 class RunsPage:
-    runs: Annotated[list[Run], "Runs the token may see, newest first."]
-    count: Annotated[int, "How many there are in all."]
-    experiment_names: Annotated[dict[int, str], "Experiment id -> name."]
-    status: Annotated[str, "The status filter, empty for all."]
+    rows: Annotated[list[RunSummary], "A page of the matching runs, with duration and final loss."]
+    count: Annotated[int, "How many runs match in all."]
+    query: Annotated[RunQuery, "The search, filters, sort and page asked for."]
+    experiments: Annotated[list[tuple[int, str]], "Experiments to filter by: id and name."]
+    final_loss_meaning: Annotated[str, "What the final loss column holds."]
+
+    def link(self, **changes: Any) -> str:
+        """This list's URL with ``changes`` to its query; defaults are left out."""
+        wanted = _query_params(dataclasses.replace(self.query, **changes))
+        default = _query_params(RunQuery())
+        kept = {name: value for name, value in wanted.items() if value not in ("", default[name])}
+        return "/runs" + (f"?{urlencode(kept)}" if kept else "")
+
+    def sort_link(self, key: str) -> str:
+        sort = RunSort(key)
+        if sort == self.query.sort:
+            order = SortOrder.asc if self.query.order == SortOrder.desc else SortOrder.desc
+        else:
+            order = SORT_FIRST_ORDER[sort]
+        return self.link(sort=sort, order=order, offset=0)
+
+    def aria_sort(self, key: str) -> str:
+        if RunSort(key) != self.query.sort:
+            return "none"
+        return "ascending" if self.query.order == SortOrder.asc else "descending"
+
+    @property
+    def previous_offset(self) -> int | None:
+        offset = self.query.offset
+        return max(0, offset - self.query.limit) if offset > 0 else None
+
+    @property
+    def next_offset(self) -> int | None:
+        following = self.query.offset + self.query.limit
+        return following if following < self.count else None
 
 
 @dataclass
@@ -140,11 +200,24 @@ class RunPage:
 
 
 @dataclass
+class NotesSection:
+    """What the run page's notes section (_run_notes.html) needs; htmx gets it alone on save."""
+
+    run: Annotated[Run, "The run whose notes these are."]
+
+
+@dataclass
 class ComparePage:
     runs: Annotated[list[Run], "The runs compared."]
     candidates: Annotated[list[Run], "Runs that can be picked."]
     series: Annotated[list[dict[str, Any]], "Per run: label and per-round losses, as JSON."]
     experiment_names: Annotated[dict[int, str], "Experiment id -> name."]
+    settings: Annotated[
+        list[SettingRow], "The settings table's rows (only those that differ if asked)."
+    ]
+    settings_count: Annotated[int, "How many settings the runs have in all."]
+    differing_count: Annotated[int, "How many of them differ between the runs."]
+    only_differences: Annotated[bool, "Whether the settings table shows only differing rows."]
 
 
 @dataclass

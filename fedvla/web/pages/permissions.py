@@ -10,6 +10,7 @@ from typing import Any
 
 from fedvla.core.errors import DomainError
 from fedvla.core.models import ApiToken
+from fedvla.core.services.run_notes import can_write_notes
 from fedvla.web.api.deps import AdminToken, SiteEditorToken, SiteRegistrarToken, ensure_site_access
 
 
@@ -35,8 +36,8 @@ def _passes(check: Callable[[], object]) -> bool:
 
 
 class Permissions:
-    """``can.manage`` (experiments, runs, site decisions), ``can.register_site`` and
-    ``can.edit_site(id)``."""
+    """``can.manage`` (experiments, runs, site decisions), ``can.register_site``,
+    ``can.write_notes`` and ``can.edit_site(id)``."""
 
     def __init__(self, token: ApiToken | None) -> None:
         self._token = token
@@ -50,6 +51,11 @@ class Permissions:
     def register_site(self) -> bool:
         token = self._token
         return token is not None and _passes(lambda: site_registrar_check(token))
+
+    @property
+    def write_notes(self) -> bool:
+        """Notes on runs (the run page checks, as the API does, that the run is readable)."""
+        return can_write_notes(self._token)
 
     def edit_site(self, site_id: int) -> bool:
         token = self._token

@@ -78,8 +78,14 @@ templates.env.filters["tojson_compact"] = lambda value: json.dumps(value, separa
 
 
 def is_fragment_request(request: Request) -> bool:
+    """htmx asking for a swap; not a boosted link, nor a history restore (the back button after
+    a pushed URL fell out of htmx's cache), which both need the whole page."""
     headers = request.headers
-    return headers.get("HX-Request") == "true" and headers.get("HX-Boosted") != "true"
+    return (
+        headers.get("HX-Request") == "true"
+        and headers.get("HX-Boosted") != "true"
+        and headers.get("HX-History-Restore-Request") != "true"
+    )
 
 
 def render(

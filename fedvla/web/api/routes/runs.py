@@ -4,7 +4,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -12,8 +13,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from fedvla.core.errors import DomainError
-from fedvla.core.models import ApiToken, RunStatus
-from fedvla.core.schemas.common import MAX_ID, RowId
+from fedvla.core.models import ApiToken
+from fedvla.core.schemas.common import MAX_ID
 from fedvla.core.schemas.runs import (
     ClientMetricPublic,
     ClientMetricsPublic,
@@ -25,13 +26,17 @@ from fedvla.core.schemas.runs import (
     RunEventsPublic,
     RunLaunch,
     RunLaunchFromExperiment,
+    RunListItem,
     RunPublic,
     RunsPublic,
+    RunUpdate,
 )
+from fedvla.core.services import run_export, run_log, run_notes, run_search
 from fedvla.core.services import runs as service
 from fedvla.core.services.event_feed import EventHub, while_permitted
 from fedvla.core.services.events import event_json, events_of_kind, publisher_for
 from fedvla.core.services.redaction import for_reader, model_for_reader
+from fedvla.core.services.run_search import RunQuery
 from fedvla.orchestration.dispatch import run_sender
 from fedvla.web.api.deps import (
     AdminToken,
@@ -44,7 +49,7 @@ from fedvla.web.api.deps import (
     in_threadpool,
 )
 from fedvla.web.api.errors import error_responses
-from fedvla.web.api.params import IdPath, Page, page_params
+from fedvla.web.api.params import IdPath, run_query_params
 
 router = APIRouter(tags=["runs"])
 
@@ -115,29 +120,49 @@ def launch_experiment_run(
 def list_runs(
     session: SessionDep,
     token: ReaderToken,
-    page: Annotated[Page, Depends(page_params)],
-    run_status: Annotated[RunStatus | None, Query(alias="status")] = None,
-    experiment_id: Annotated[RowId | None, Query()] = None,
+    query: Annotated[RunQuery, Depends(run_query_params)],
 ) -> RunsPublic:
-    """Newest first. Operators see only runs of experiments their site takes part in."""
-    rows, count = service.list_runs(
-        session,
-        token,
-        status=run_status,
-        experiment_id=experiment_id,
-        offset=page.offset,
-        limit=page.limit,
-    )
-    data = [model_for_reader(token, RunPublic.model_validate(row)) for row in rows]
+    """Search, filter, sort and page the runs (newest first by default). Operators see only runs
+    of experiments their site takes part in. 422 names the parameter at fault."""
+    rows, count = run_search.search_runs(session, token, query)
+    data = [_for_reader(token, _list_item(row)) for row in rows]
     return RunsPublic(data=data, count=count)
+
+
+def _for_reader[R: RunPublic](token: ApiToken, run: R) -> R:
+    """Server paths hidden from non-admins, except in the notes: people wrote those for readers."""
+    return model_for_reader(token, run).model_copy(update={"notes": run.notes})
+
+
+def _list_item(row: run_search.RunSummary) -> RunListItem:
+    return RunListItem.model_validate(
+        {
+            **RunPublic.model_validate(row.run).model_dump(),
+            "experiment_name": row.experiment_name,
+            "duration_s": row.duration_s,
+            "final_loss": row.final_loss,
+            "final_loss_source": row.final_loss_source,
+        }
+    )
 
 
 @router.get("/runs/{run_id}", response_model=RunPublic, responses=FORBIDDEN)
 @in_threadpool
 def get_run(run_id: IdPath, session: SessionDep, token: ReaderToken) -> RunPublic:
-    return model_for_reader(
-        token, RunPublic.model_validate(service.get_run(session, run_id, token))
-    )
+    return _for_reader(token, RunPublic.model_validate(service.get_run(session, run_id, token)))
+
+
+@router.patch(
+    "/runs/{run_id}",
+    response_model=RunPublic,
+    responses=error_responses(403, 404, _403="Viewers; operators whose site is not in the run"),
+)
+def update_run(
+    run_id: IdPath, body: RunUpdate, session: SessionDep, token: ReaderToken
+) -> RunPublic:
+    """Replace the run's notes (operators and admins; operators on runs they may read)."""
+    run = run_notes.set_notes(session, run_id, body.notes, token)
+    return _for_reader(token, RunPublic.model_validate(run))
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunPublic, responses=FORBIDDEN)
@@ -194,6 +219,71 @@ def list_client_metrics(
     return ClientMetricsPublic(
         data=[model_for_reader(token, ClientMetricPublic.model_validate(row)) for row in rows],
         count=len(rows),
+    )
+
+
+EXPORT_MEDIA = {
+    run_export.ExportFormat.csv: "text/csv",
+    run_export.ExportFormat.json: "application/json",
+}
+
+
+@router.get(
+    "/runs/{run_id}/export/{table}.{fmt}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "An attachment: one row per round (rounds) or per client and round "
+            "(clients), with the columns of /rounds and /clients.",
+            "content": {"text/csv": {"schema": {"type": "string"}}, "application/json": {}},
+        },
+        **FORBIDDEN,
+    },
+)
+@in_threadpool
+def export_metrics(
+    run_id: IdPath,
+    table: run_export.ExportTable,
+    fmt: run_export.ExportFormat,
+    session: SessionDep,
+    token: ReaderToken,
+) -> Response:
+    """The run's rounds or its clients' per-round metrics as a CSV or JSON file, e.g.
+    ``/runs/4/export/rounds.csv``; whoever may read the run may export it."""
+    rows = run_export.export_rows(session, run_id, table, token)
+    if fmt == run_export.ExportFormat.csv:
+        body = run_export.to_csv(rows, run_export.COLUMNS[table])
+    else:
+        body = json.dumps(rows, indent=1)
+    name = run_export.filename(run_id, table, fmt)
+    return Response(
+        body,
+        media_type=EXPORT_MEDIA[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get(
+    "/runs/{run_id}/log",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The run's federation.log (server paths hidden from non-admins)",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **error_responses(403, 404, _404="Unknown run, or no worker has started it yet"),
+    },
+)
+def download_log(
+    run_id: IdPath, session: SessionDep, settings: SettingsDep, token: ReaderToken
+) -> StreamingResponse:
+    """The federation process's output as plain text, an attachment named
+    ``run-<id>-federation.log``; whoever may read the run may read its log."""
+    path = run_log.log_file(session, settings, run_id, token)
+    return StreamingResponse(
+        run_log.log_lines(path, token),
+        media_type="text/plain; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{run_log.filename(run_id)}"'},
     )
 
 

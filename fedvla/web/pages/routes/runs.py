@@ -4,23 +4,35 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from sqlmodel import Session
 from starlette.responses import RedirectResponse, Response
 
-from fedvla.core.models import ClientMetric, RoundMetric, Run, RunEvent, RunStatus, as_utc
+from fedvla.core.models import (
+    MAX_RUN_NOTES_LENGTH,
+    ClientMetric,
+    RoundMetric,
+    Run,
+    RunEvent,
+    RunStatus,
+    as_utc,
+)
 from fedvla.core.schemas.common import utc_json
 from fedvla.core.services import checkpoints as checkpoint_service
 from fedvla.core.services import experiments as experiment_service
+from fedvla.core.services import run_compare, run_notes, run_search
 from fedvla.core.services import runs as service
 from fedvla.core.services.events import events_of_kind, publisher_for
+from fedvla.core.services.redaction import for_reader
+from fedvla.core.services.run_search import RunQuery
 from fedvla.orchestration.dispatch import run_sender
 from fedvla.web.api.deps import SessionDep, SettingsDep
+from fedvla.web.api.params import run_query_params
 from fedvla.web.pages import session as web_session
-from fedvla.web.pages.contexts import ComparePage, Progress, RunPage, RunsPage
+from fedvla.web.pages.contexts import ComparePage, NotesSection, Progress, RunPage, RunsPage
 from fedvla.web.pages.deps import WebAdmin, WebToken
 from fedvla.web.pages.errors import HtmlRoute
-from fedvla.web.pages.templating import render
+from fedvla.web.pages.templating import is_fragment_request, render
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
 
@@ -121,20 +133,28 @@ def list_runs(
     request: Request,
     session: SessionDep,
     token: WebToken,
-    status: Annotated[RunStatus | None, Query()] = None,
+    query: Annotated[RunQuery, Depends(run_query_params)],
 ) -> Response:
-    runs, count = service.list_runs(session, token, status=status, limit=200)
+    """Search, filter, sort and page the runs; the REST API's GET /runs with the same query."""
+    rows, count = run_search.search_runs(session, token, query)
+    experiments, _ = experiment_service.list_experiments(session=session, token=token, limit=1000)
     page = RunsPage(
-        runs=list(runs),
+        rows=rows,
         count=count,
-        experiment_names=_experiment_names(session, token),
-        status=status.value if status else "",
+        query=query,
+        experiments=sorted(
+            ((e.id, e.name) for e in experiments if e.id is not None), key=lambda e: e[1].lower()
+        ),
+        final_loss_meaning=run_search.FINAL_LOSS_MEANING,
     )
-    alternate = "/api/v1/runs" + (f"?status={status.value}" if status else "")
-    return render(
+    link = page.link()
+    response = render(
         request, "runs.html", page, token=token, fragment="_runs_table.html",
-        alternate=alternate, nav="runs",
+        alternate="/api/v1" + link, nav="runs",
     )  # fmt: skip
+    if is_fragment_request(request):
+        response.headers["HX-Push-Url"] = link  # the clean URL, without the form's empty fields
+    return response
 
 
 @router.get("/runs/compare", name="web_compare")
@@ -143,6 +163,7 @@ def compare_runs(
     session: SessionDep,
     token: WebToken,
     run: Annotated[list[int], Query()] = [],  # noqa: B006 - FastAPI copies defaults
+    only_differences: Annotated[bool, Query()] = False,
 ) -> Response:
     chosen = [service.get_run(session, run_id, token) for run_id in dict.fromkeys(run)]
     names = _experiment_names(session, token)
@@ -157,9 +178,22 @@ def compare_runs(
                 "rounds": chart_data(rounds, [])["rounds"],
             }
         )
+    configs = [
+        {"experiment": names.get(item.experiment_id, "?"), **for_reader(token, item.config)}
+        for item in chosen
+    ]
+    settings = run_compare.settings_diff(configs)
+    differing = [row for row in settings if row.differs]
     candidates, _ = service.list_runs(session, token, limit=200)
     page = ComparePage(
-        runs=chosen, candidates=list(candidates), series=series, experiment_names=names
+        runs=chosen,
+        candidates=list(candidates),
+        series=series,
+        experiment_names=names,
+        settings=differing if only_differences else settings,
+        settings_count=len(settings),
+        differing_count=len(differing),
+        only_differences=only_differences,
     )
     return render(request, "compare.html", page, token=token, nav="runs")
 
@@ -194,6 +228,22 @@ def show_run(request: Request, run_id: int, session: SessionDep, token: WebToken
         request, "run.html", run_page(session, run, token), token=token,
         fragment="_run_live.html", alternate=f"/api/v1/runs/{run_id}", nav="runs",
     )  # fmt: skip
+
+
+@router.post("/runs/{run_id}/notes", name="web_run_notes")
+def save_notes(
+    request: Request,
+    run_id: int,
+    session: SessionDep,
+    token: WebToken,
+    notes: Annotated[str, Form(max_length=MAX_RUN_NOTES_LENGTH)] = "",
+) -> Response:
+    """Operators and admins replace the run's notes; htmx gets the notes section back."""
+    run = run_notes.set_notes(session, run_id, notes, token)
+    if is_fragment_request(request):
+        return render(request, "_run_notes.html", NotesSection(run=run), token=token)
+    web_session.flash(request, f"Notes on run {run_id} saved.")
+    return RedirectResponse(f"/runs/{run_id}#run-notes", status_code=303)
 
 
 @router.post("/runs/{run_id}/cancel", name="web_run_cancel")
