@@ -2,8 +2,9 @@
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from fedvla.core.experiment_config import Evaluation, evaluation_of_frozen
 from fedvla.core.models import RunStatus
 from fedvla.core.schemas.common import MAX_ID, RowId, UtcDatetime
 
@@ -56,6 +57,14 @@ class RunPublic(BaseModel):
     resumed_from_round: int | None
     heartbeat_at: UtcDatetime | None
 
+    @computed_field(  # type: ignore[prop-decorator]
+        description="What the run evaluates, or that evaluation is off (None: a config that "
+        "is not a federation's)."
+    )
+    @property
+    def evaluation(self) -> Evaluation | None:
+        return evaluation_of_frozen(self.config)
+
 
 class RunsPublic(BaseModel):
     data: list[RunPublic]
@@ -66,7 +75,16 @@ class RoundMetricPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     round: int
-    eval_loss: float | None
+    eval_loss: float | None = Field(description="The server's, on its held-out data.")
+    eval_action_mse: float | None = Field(
+        description="The server's evaluation: action error in the dataset's units."
+    )
+    fed_eval_loss: float | None = Field(
+        description="Federated evaluation: the clients' losses on their own held-out episodes, "
+        "averaged by samples."
+    )
+    fed_eval_action_mse: float | None
+    fed_eval_samples: int
     train_loss: float | None
     duration_s: float
     bytes_sent: int
@@ -97,6 +115,11 @@ class ClientMetricPublic(BaseModel):
     bytes_sent: int
     bytes_received: int
     error: str | None
+    eval_loss: float | None = Field(
+        description="Federated evaluation on this client's own held-out episodes."
+    )
+    eval_action_mse: float | None
+    eval_samples: int
 
 
 class ClientMetricsPublic(BaseModel):

@@ -11,6 +11,9 @@ the server computes them when the run starts). A train message adds "arrays" and
 normalisation, "norm-stats".
 Client to server: a query reply is the client's description (ClientInfo); a train reply is its
 weights under "arrays" and its TrainMetrics under "metrics".
+An evaluate message is built like a train message (the aggregated weights under "arrays", the
+federated statistics under "norm-stats"); its reply is the client's EvalMetrics on its own
+held-out episodes under "metrics".
 """
 
 import json
@@ -35,6 +38,7 @@ NUM_EXAMPLES = "num-examples"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 CAMERA_MAP = "camera-map"
+EVAL_FRAMES = "eval-frames"
 NO_SITE = -1
 """The site id a client without one (simulation) sends: a ConfigRecord holds no None."""
 
@@ -114,6 +118,9 @@ class ClientInfo:
     stats: Stats
     """The dataset's statistics of the normalised features."""
     frames: int
+    """Frames it trains on."""
+    eval_frames: int = 0
+    """Frames of its own held-out episodes (federated evaluation); 0: it evaluates nothing."""
 
     @property
     def dataset_features(self) -> DatasetFeatures:
@@ -142,7 +149,7 @@ def describe_reply(info: ClientInfo) -> RecordDict:
                 }
             ),
             STATS_KEY: stats_to_record(info.stats),
-            METRICS_KEY: MetricRecord({NUM_EXAMPLES: info.frames}),
+            METRICS_KEY: MetricRecord({NUM_EXAMPLES: info.frames, EVAL_FRAMES: info.eval_frames}),
         }
     )
 
@@ -160,6 +167,7 @@ def read_client_info(content: RecordDict) -> ClientInfo:
         fps=as_int(_value(record, "fps", where)),
         stats=stats_from_record(_record(content, STATS_KEY, ArrayRecord, "query reply")),
         frames=as_int(_value(metrics, NUM_EXAMPLES, f"query reply's {METRICS_KEY!r}")),
+        eval_frames=as_int(metrics.get(EVAL_FRAMES, 0)),
     )
 
 
@@ -225,6 +233,32 @@ def read_train_reply(content: RecordDict) -> tuple[ArrayRecord, TrainMetrics]:
         value = _value(record, kebab(field.name), f"train reply's {METRICS_KEY!r}")
         values[field.name] = as_int(value) if field.type is int else as_float(value)
     return arrays, TrainMetrics(**values)
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """A client's evaluation of the aggregated policy on its own held-out episodes."""
+
+    eval_loss: float
+    action_mse: float
+    """In the dataset's units (unnormalised)."""
+    num_examples: int
+    """Samples evaluated: the weight of this client in the round's federated average."""
+
+
+def evaluate_reply(metrics: EvalMetrics, label: str) -> RecordDict:
+    record = MetricRecord({kebab(f.name): getattr(metrics, f.name) for f in fields(metrics)})
+    return RecordDict({METRICS_KEY: record, CONFIG_KEY: ConfigRecord({"label": label})})
+
+
+def read_evaluate_reply(content: RecordDict) -> EvalMetrics:
+    record = _record(content, METRICS_KEY, MetricRecord, "evaluate reply")
+    where = f"evaluate reply's {METRICS_KEY!r}"
+    return EvalMetrics(
+        eval_loss=as_float(_value(record, "eval-loss", where)),
+        action_mse=as_float(_value(record, "action-mse", where)),
+        num_examples=as_int(_value(record, NUM_EXAMPLES, where)),
+    )
 
 
 def _record[R: (ArrayRecord, ConfigRecord, MetricRecord)](

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fedvla.core.errors import FieldProblem
+from fedvla.core.experiment_config import Evaluation
 from fedvla.core.models import (
     ApiToken,
     Checkpoint,
@@ -135,6 +136,9 @@ class RunPage:
     ]
     chart_data: Annotated[dict[str, Any], "Round and client metrics for the charts, as JSON."]
     events_url: Annotated[str, "The run's server-sent events stream."]
+    evaluation: Annotated[
+        Evaluation | None, "What the run evaluates, or that evaluation is off."
+    ] = None
 
 
 @dataclass
@@ -143,6 +147,9 @@ class ComparePage:
     candidates: Annotated[list[Run], "Runs that can be picked."]
     series: Annotated[list[dict[str, Any]], "Per run: label and per-round losses, as JSON."]
     experiment_names: Annotated[dict[int, str], "Experiment id -> name."]
+    evaluations: Annotated[
+        list[Evaluation | None], "Per run compared: what it evaluates, or that it does not."
+    ] = field(default_factory=list)
 
 
 @dataclass

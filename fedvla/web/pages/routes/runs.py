@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Query, Request
 from sqlmodel import Session
 from starlette.responses import RedirectResponse, Response
 
+from fedvla.core.experiment_config import Evaluation, evaluation_of_frozen
 from fedvla.core.models import ClientMetric, RoundMetric, Run, RunEvent, RunStatus, as_utc
 from fedvla.core.services import checkpoints as checkpoint_service
 from fedvla.core.services import experiments as experiment_service
@@ -44,16 +45,31 @@ def progress_of(run: Run, rounds: Sequence[RoundMetric]) -> Progress:
     return Progress(round=done, num_rounds=planned, first_round=first, elapsed_s=elapsed, eta_s=eta)
 
 
-def chart_data(rounds: Sequence[RoundMetric], clients: Sequence[ClientMetric]) -> dict[str, Any]:
+def loss_series(evaluation: Evaluation | None) -> list[dict[str, str]]:
+    """The loss chart's lines: the evaluations the run makes (none when evaluation is off,
+    rather than an empty line) and the clients' train loss."""
+    lines = []
+    if evaluation is None or evaluation.server:
+        lines.append({"key": "eval_loss", "label": "server eval loss"})
+    if evaluation is None or evaluation.federated:
+        lines.append({"key": "fed_eval_loss", "label": "federated eval loss"})
+    return [*lines, {"key": "train_loss", "label": "mean client train loss"}]
+
+
+def chart_data(
+    rounds: Sequence[RoundMetric],
+    clients: Sequence[ClientMetric],
+    evaluation: Evaluation | None = None,
+) -> dict[str, Any]:
     """What fedvla/web/static/js/dashboard.js draws; live round events (same RoundReport fields)
     extend it. Round 0, the evaluation before training, is no round: the rounds table shows it, the
-    charts
-    do not."""
+    charts do not."""
     return {
         "rounds": [
             {
                 "round": r.round,
                 "eval_loss": r.eval_loss,
+                "fed_eval_loss": r.fed_eval_loss,
                 "train_loss": r.train_loss,
                 "duration_s": r.duration_s,
                 "bytes_sent": r.bytes_sent,
@@ -66,6 +82,7 @@ def chart_data(rounds: Sequence[RoundMetric], clients: Sequence[ClientMetric]) -
             {"round": c.round, "client": c.client, "train_loss": c.train_loss, "ok": c.ok}
             for c in clients
         ],
+        "loss_series": loss_series(evaluation),
     }
 
 
@@ -119,6 +136,7 @@ def compare_runs(
     chosen = [service.get_run(session, run_id, token) for run_id in dict.fromkeys(run)]
     names = _experiment_names(session, token)
     series = []
+    evaluations = [evaluation_of_frozen(item.config) for item in chosen]
     for item in chosen:
         assert item.id is not None
         rounds = service.round_metrics(session, item.id)
@@ -131,7 +149,11 @@ def compare_runs(
         )
     candidates, _ = service.list_runs(session, token, limit=200)
     page = ComparePage(
-        runs=chosen, candidates=list(candidates), series=series, experiment_names=names
+        runs=chosen,
+        candidates=list(candidates),
+        series=series,
+        experiment_names=names,
+        evaluations=evaluations,
     )
     return render(request, "compare.html", page, token=token, nav="runs")
 
@@ -142,6 +164,7 @@ def run_page(session: Session, run: Run, token: WebToken) -> RunPage:
     clients = service.client_metrics(session, run.id)
     log, last_event_id = _log_tail(session, run.id)
     experiment = experiment_service.get_experiment(session=session, experiment_id=run.experiment_id)
+    evaluation = evaluation_of_frozen(run.config)
     return RunPage(
         run=run,
         experiment_name=experiment.name,
@@ -152,8 +175,9 @@ def run_page(session: Session, run: Run, token: WebToken) -> RunPage:
         last_round=experiment.config.num_rounds,
         log=log,
         last_event_id=last_event_id,
-        chart_data=chart_data(rounds, clients),
+        chart_data=chart_data(rounds, clients, evaluation),
         events_url=f"/api/v1/runs/{run.id}/events?after_id={last_event_id}",
+        evaluation=evaluation,
     )
 
 

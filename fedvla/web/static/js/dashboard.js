@@ -51,6 +51,7 @@
     this.rounds = new Map();
     this.clients = new Map();
     this.lastEventId = Number(root.dataset.lastEventId || 0);
+    this.lossSeries = initial.loss_series;
     initial.rounds.forEach(this.addRound.bind(this));
     initial.clients.forEach(this.addClient.bind(this));
     this.draw();
@@ -76,7 +77,8 @@
     const col = function (key, scale) {
       return rounds.map(function (r) { return r[key] == null ? null : r[key] / (scale || 1); });
     };
-    plot(this.figure("loss"), "Loss per round", ["server eval loss", "mean client train loss"], [xs, col("eval_loss"), col("train_loss")], "loss");
+    const loss = this.lossSeries; // the evaluations the run makes, then train loss (chart_data)
+    plot(this.figure("loss"), "Loss per round", loss.map(function (s) { return s.label; }), [xs].concat(loss.map(function (s) { return col(s.key); })), "loss");
     plot(this.figure("bytes"), "Bytes per round", ["sent (MB)", "received (MB)"], [xs, col("bytes_sent", 1e6), col("bytes_received", 1e6)], "MB");
     plot(this.figure("duration"), "Round duration", ["seconds"], [xs, col("duration_s")], "s");
 
@@ -156,13 +158,13 @@
     const xs = Array.from(new Set([].concat.apply([], series.map(function (s) {
       return s.rounds.map(function (r) { return r.round; });
     })))).filter(function (x) { return x > 0; }).sort(function (a, b) { return a - b; });
-    ["eval_loss", "train_loss"].forEach(function (key) {
+    root.querySelectorAll("[data-chart]").forEach(function (figure) { // compare.html picks them
+      const key = figure.dataset.chart;
       const ys = series.map(function (s) {
         const byRound = new Map(s.rounds.map(function (r) { return [r.round, r[key]]; }));
         return xs.map(function (x) { return byRound.has(x) ? byRound.get(x) : null; });
       });
-      const figure = root.querySelector('[data-chart="' + key + '"]');
-      plot(figure, key.replace("_", " "), series.map(function (s) { return s.label; }), [xs].concat(ys), "loss");
+      plot(figure, figure.querySelector("h3").textContent, series.map(function (s) { return s.label; }), [xs].concat(ys), "loss");
     });
   }
 
