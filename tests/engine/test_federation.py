@@ -127,10 +127,16 @@ def test_server_and_federated_evaluation_are_reported_separately(
     reporter, _, config = fedavg_run
     plan = plan_data(config)
     assert all(held is not None and held.episodes for held in plan.client_eval)
+    server = set(plan.holdout[0].episodes or [])
+    for train, held in zip(plan.clients, plan.client_eval, strict=True):
+        assert held is not None and train.episodes is not None
+        assert not set(train.episodes) & (set(held.episodes or []) | server)
     for report in reporter.rounds[1:]:
         clients = report.clients
         assert all(c.eval_loss is not None and c.eval_samples > 0 for c in clients)
         assert all(c.eval_action_mse is not None and c.eval_action_mse > 0 for c in clients)
+        # Each client trained on its training episodes only (its held-out ones were never fed).
+        assert [c.episodes for c in clients] == [len(t.episodes or []) for t in plan.clients]
         samples = sum(c.eval_samples for c in clients)
         assert report.fed_eval_samples == samples
         assert report.fed_eval_loss == pytest.approx(
