@@ -57,11 +57,11 @@ def tiny_on_device(scratch: Path, device: str, steps: int) -> dict[str, Any]:
         seed=0,
         device=device,
     )
-    before, _ = evaluate(bundle, data, batches=2, batch_size=8, seed=1)
+    before = evaluate(bundle, data, batches=2, batch_size=8, seed=1).loss
     if device == "cuda":
         torch.cuda.synchronize()
     result = train(bundle, data, steps=steps, batch_size=8, learning_rate=1e-3, seed=0)
-    after, _ = evaluate(bundle, data, batches=2, batch_size=8, seed=1)
+    after = evaluate(bundle, data, batches=2, batch_size=8, seed=1).loss
     report = save_checkpoint(
         scratch / "run",
         1,

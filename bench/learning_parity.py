@@ -162,6 +162,7 @@ def federation_config(
         lr_schedule=lr_schedule,  # type: ignore[arg-type]
         eval_every=1,
         eval_batches=sizes.eval_batches,
+        client_holdout_fraction=0.0,  # the clients train on all their episodes, as centralized
         checkpoint_every=0,
         keep_checkpoints=1,
         transport_dtype=transport_dtype,  # type: ignore[arg-type]
@@ -250,13 +251,13 @@ def run_centralized(config: FederationConfig, data_dir: Path) -> dict[str, Any]:
                 learning_rate=schedule,
                 seed=config.seed,
             )
-        loss, _ = task.evaluate(
+        loss = task.evaluate(
             bundle,
             holdout,
             batches=config.eval_batches,
             batch_size=config.batch_size,
             seed=config.seed,
-        )
+        ).loss
         curve.append(loss)
     return {
         "eval_loss": curve,

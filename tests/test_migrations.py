@@ -292,3 +292,84 @@ def test_experiment_settings_become_one_document_and_come_back_unchanged(
     assert later_id == 4
     assert after[:2] == before
     assert [row["name"] for row in after] == ["split", "sites", "later"]
+
+
+_BEFORE_FEDERATED_EVALUATION = "b3f1a9c27d41"
+
+
+def test_evaluation_columns_come_empty_on_earlier_rows_and_go_on_downgrade(
+    empty_database_url: str,
+) -> None:
+    """Rounds and clients recorded before federated evaluation existed keep their values and
+    read as not evaluated (NULL, 0 samples); new rows take the columns; the downgrade drops
+    them and keeps the rows."""
+    _migrate(empty_database_url, command.upgrade, _BEFORE_FEDERATED_EVALUATION)
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            _insert_a_run(connection)
+            connection.execute(
+                text(
+                    "INSERT INTO roundmetric (run_id, round, eval_loss, train_loss, duration_s,"
+                    " bytes_sent, bytes_received, clients_sampled, clients_succeeded,"
+                    " clients_failed, created_at) VALUES (1, 1, 0.5, 0.7, 1, 0, 0, 1, 1, 0,"
+                    " CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO clientmetric (run_id, round, client, ok, train_loss, samples,"
+                    " episodes, seconds, load_seconds, bytes_sent, bytes_received)"
+                    " VALUES (1, 1, 'client-0', true, 0.7, 8, 2, 1, 0, 0, 0)"
+                )
+            )
+        _migrate(empty_database_url, command.upgrade, "head")
+        with engine.begin() as connection:
+            old_round = connection.execute(
+                text(
+                    "SELECT eval_loss, eval_action_mse, fed_eval_loss, fed_eval_action_mse,"
+                    " fed_eval_samples FROM roundmetric"
+                )
+            ).one()
+            old_client = connection.execute(
+                text(
+                    "SELECT train_loss, eval_loss, eval_action_mse, eval_samples FROM clientmetric"
+                )
+            ).one()
+            connection.execute(
+                text(
+                    "INSERT INTO roundmetric (run_id, round, eval_loss, eval_action_mse,"
+                    " fed_eval_loss, fed_eval_action_mse, fed_eval_samples, train_loss,"
+                    " duration_s, bytes_sent, bytes_received, clients_sampled,"
+                    " clients_succeeded, clients_failed, created_at) VALUES (1, 2, 0.4, 3.5,"
+                    " 0.45, 4.0, 16, 0.6, 1, 0, 0, 1, 1, 0, CURRENT_TIMESTAMP)"
+                )
+            )
+        _migrate(empty_database_url, command.downgrade, _BEFORE_FEDERATED_EVALUATION)
+        with engine.connect() as connection:
+            columns = {c["name"] for c in inspect(connection).get_columns("roundmetric")}
+            rounds = connection.execute(
+                text("SELECT round, eval_loss FROM roundmetric ORDER BY round")
+            ).all()
+    finally:
+        engine.dispose()
+
+    assert tuple(old_round) == (0.5, None, None, None, 0)
+    assert tuple(old_client) == (0.7, None, None, 0)
+    assert "fed_eval_loss" not in columns and "eval_action_mse" not in columns
+    assert [tuple(r) for r in rounds] == [(1, 0.5), (2, 0.4)]
+
+
+def _insert_a_run(connection: Connection) -> None:
+    connection.execute(
+        text(
+            "INSERT INTO experiment (name, description, mode, config, created_at, updated_at)"
+            " VALUES ('e', '', 'simulation', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        )
+    )
+    connection.execute(
+        text(
+            "INSERT INTO run (experiment_id, storage_key, config, status, created_at,"
+            " current_round) VALUES (1, 'k', '{}', 'succeeded', CURRENT_TIMESTAMP, 2)"
+        )
+    )

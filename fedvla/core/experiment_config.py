@@ -43,6 +43,12 @@ class DatasetRef(BaseModel):
     episodes: list[EpisodeIndex] | None = Field(None, description="Only these episodes; None: all.")
 
 
+DEFAULT_SERVER_HOLDOUT = 1
+"""Episodes a partition keeps back for the server's evaluation unless the experiment says."""
+DEFAULT_CLIENT_HOLDOUT = 0.1
+"""Fraction of each client's episodes it keeps back for federated evaluation by default."""
+
+
 class Partition(BaseModel):
     """Simulated clients made by splitting one dataset by episode."""
 
@@ -54,10 +60,12 @@ class Partition(BaseModel):
         "iid", description="iid: episodes dealt at random; task: each client gets whole tasks."
     )
     holdout_episodes: int = Field(
-        0,
+        DEFAULT_SERVER_HOLDOUT,
         ge=0,
         le=MAX_INT32,
-        description="Episodes kept back from every client for the server's evaluation.",
+        description="Episodes of the dataset kept back from every client for the server's "
+        "evaluation (default 1, so every partitioned experiment is evaluated on the server; "
+        "0: none, the server evaluates only on eval_datasets).",
     )
 
 
@@ -118,7 +126,20 @@ class FederationSettings(BaseModel):
     )
     seed: int = Field(0, ge=0, le=MAX_INT32)
     eval_every: int = Field(
-        1, ge=0, le=10_000, description="Server evaluation cadence in rounds; 0: never."
+        1,
+        ge=0,
+        le=10_000,
+        description="Evaluation cadence in rounds, the server's and the clients' (and always "
+        "after the last round); 0: never (evaluation off).",
+    )
+    client_holdout_fraction: float = Field(
+        DEFAULT_CLIENT_HOLDOUT,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of each client's (or site's) episodes it keeps back for federated "
+        "evaluation: rounded up, at least one episode when the client has 2 or more, never all; "
+        "a client with one episode trains on it and evaluates nothing. Held-out episodes never "
+        "reach training nor the normalisation statistics. 0: no federated evaluation.",
     )
     eval_batches: int = Field(
         4, ge=1, le=1_000_000, description="Batches of held-out data per evaluation."
@@ -127,7 +148,11 @@ class FederationSettings(BaseModel):
         1, ge=0, le=10_000, description="Checkpoint cadence in rounds; 0: end only."
     )
     keep_checkpoints: int = Field(
-        3, ge=1, le=10_000, description="Last N kept, plus the best by eval loss."
+        3,
+        ge=1,
+        le=10_000,
+        description="Last N kept, plus the best by eval loss (the server's, or the federated "
+        "one where the server has no held-out data; evaluation off: the last N only).",
     )
     mode: Mode = Mode.simulation
     client_datasets: list[DatasetRef] = Field(
@@ -168,6 +193,72 @@ class ExperimentConfig(FederationSettings):
         if self.strategy == Strategy.fedprox and self.proximal_mu <= 0:
             raise ValueError("strategy fedprox needs proximal_mu > 0")
         return self
+
+
+class Evaluation(BaseModel):
+    """Which evaluations an experiment runs, as the API and the pages tell it."""
+
+    enabled: bool = Field(description="False: eval_every is 0, or there is nothing to evaluate.")
+    every: int = Field(description="Rounds between evaluations (and after the last); 0: never.")
+    server: bool = Field(
+        description="The server evaluates the aggregated policy on held-out data: the "
+        "partition's held-out episodes and eval_datasets."
+    )
+    federated: bool = Field(
+        description="Each client evaluates the aggregated policy on its own held-out episodes "
+        "(client_holdout_fraction of them)."
+    )
+    best_checkpoint_by: Literal["server eval loss", "federated eval loss", "last round"] = Field(
+        description="What 'best' means among the kept checkpoints."
+    )
+    summary: str = Field(description="One sentence for people.")
+
+
+def evaluation_of(config: FederationSettings) -> Evaluation:
+    """What the experiment evaluates, from its settings alone (before any data is read)."""
+    every = config.eval_every
+    held = config.partition.holdout_episodes if config.partition is not None else 0
+    server = every > 0 and (held > 0 or bool(config.eval_datasets))
+    federated = every > 0 and config.client_holdout_fraction > 0
+    if not (server or federated):
+        reason = "eval_every is 0" if every == 0 else "nothing is held out"
+        return Evaluation(
+            enabled=False,
+            every=every,
+            server=False,
+            federated=False,
+            best_checkpoint_by="last round",
+            summary=f"Evaluation is off ({reason}): no eval loss is measured and the "
+            "checkpoints kept are the last ones.",
+        )
+    parts = []
+    if server:
+        parts.append("on the server's held-out data")
+    if federated:
+        parts.append(
+            f"at each client on its own held-out episodes ({config.client_holdout_fraction:g} "
+            "of them, at least one where it has 2 or more)"
+        )
+    cadence = "every round" if every == 1 else f"every {every} rounds and after the last"
+    return Evaluation(
+        enabled=True,
+        every=every,
+        server=server,
+        federated=federated,
+        best_checkpoint_by="server eval loss" if server else "federated eval loss",
+        summary=f"Evaluated {cadence}, " + " and ".join(parts) + ".",
+    )
+
+
+def evaluation_of_frozen(config: dict[str, Any]) -> Evaluation | None:
+    """What a run evaluates, from the FederationConfig it froze at launch; None: the document
+    is not a federation's (a row written by hand)."""
+    from pydantic import ValidationError
+
+    try:
+        return evaluation_of(FederationConfig.model_validate(config))
+    except ValidationError:
+        return None
 
 
 class FederationConfig(ExperimentConfig):

@@ -232,7 +232,16 @@ class RoundMetric(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True, ondelete="CASCADE")
     round: int
-    eval_loss: float | None = None
+    eval_loss: float | None = Field(default=None, description="The server's, on held-out data.")
+    eval_action_mse: float | None = Field(
+        default=None, description="The server's evaluation: action error in the data's units."
+    )
+    fed_eval_loss: float | None = Field(
+        default=None,
+        description="Federated evaluation: the clients' own held-out episodes, by samples.",
+    )
+    fed_eval_action_mse: float | None = None
+    fed_eval_samples: int = 0
     train_loss: float | None = None
     duration_s: float = 0.0
     bytes_sent: int = Field(default=0, sa_type=sa.BigInteger)
@@ -258,6 +267,11 @@ class ClientMetric(SQLModel, table=True):
     bytes_sent: int = Field(default=0, sa_type=sa.BigInteger)
     bytes_received: int = Field(default=0, sa_type=sa.BigInteger)
     error: str | None = Field(default=None, sa_type=sa.Text)
+    eval_loss: float | None = Field(
+        default=None, description="Federated evaluation on the client's own held-out episodes."
+    )
+    eval_action_mse: float | None = None
+    eval_samples: int = 0
 
 
 class Checkpoint(SQLModel, table=True):

@@ -35,6 +35,10 @@ class DbReporter:
                     run_id=self.run_id,
                     round=report.round,
                     eval_loss=report.eval_loss,
+                    eval_action_mse=report.eval_action_mse,
+                    fed_eval_loss=report.fed_eval_loss,
+                    fed_eval_action_mse=report.fed_eval_action_mse,
+                    fed_eval_samples=report.fed_eval_samples,
                     train_loss=report.train_loss,
                     duration_s=report.duration_s,
                     bytes_sent=report.bytes_sent,
@@ -107,6 +111,8 @@ def _round_message(report: RoundReport) -> str:
     if report.train_loss is not None:
         parts.append(f"train loss {report.train_loss:.4f}")
     if report.eval_loss is not None:
-        parts.append(f"eval loss {report.eval_loss:.4f}")
+        parts.append(f"server eval loss {report.eval_loss:.4f}")
+    if report.fed_eval_loss is not None:
+        parts.append(f"federated eval loss {report.fed_eval_loss:.4f}")
     parts.append(f"{report.clients_succeeded}/{report.clients_sampled} clients")
     return ", ".join(parts)

@@ -67,12 +67,31 @@ def _refusal(client: TestClient, world: World, body: dict[str, Any]) -> dict[str
             simulation_body(
                 partition=_partition({"repo_id": "x/y", "root": str(PICK)}, holdout_episodes=3)
             ),
-            "partition.num_clients",
-            ["has 4 episodes", "needs at least 5 (2 clients + 3 held out)"],
+            "partition.holdout_episodes",
+            ["has 4 episodes", "needs at least 5 (2 clients + 3 held out", "at most 2"],
+        ),
+        (  # the default hold-out (one episode for the server) counts: named, with the fix
+            simulation_body(partition=_partition({"repo_id": "x/y", "root": str(TWO_CAMERAS)})),
+            "partition.holdout_episodes",
+            ["has 2 episodes", "needs at least 3 (2 clients + 1 held out", "at most 0"],
         ),
         (
             simulation_body(
-                partition=_partition({"repo_id": "x/y", "root": str(TWO_CAMERAS)}, scheme="task")
+                min_clients=3,
+                partition={
+                    "dataset": {"repo_id": "x/y", "root": str(TWO_CAMERAS)},
+                    "num_clients": 3,
+                    "holdout_episodes": 0,
+                },
+            ),
+            "partition.num_clients",
+            ["has 2 episodes", "needs at least 3 (3 clients + 0 held out"],
+        ),
+        (
+            simulation_body(
+                partition=_partition(
+                    {"repo_id": "x/y", "root": str(TWO_CAMERAS)}, scheme="task", holdout_episodes=0
+                )
             ),
             "partition.scheme",
             ["has 1 tasks, too few", "fix: scheme 'iid' or at most 1 clients"],

@@ -245,8 +245,9 @@ def test_exports_and_log_follow_the_rules_of_reading_the_run(
     assert client.get(f"{API}/runs/{run.id}/export/rounds.csv", headers=other).status_code == 403
     assert client.get(f"{API}/runs/{run.id}/log", headers=other).status_code == 403
     assert client.get(f"{API}/runs/{run.id}/export/rounds.csv", headers=own).text == (
-        "round,eval_loss,train_loss,duration_s,bytes_sent,bytes_received,clients_sampled,"
-        "clients_succeeded,clients_failed,created_at\n"
+        "round,eval_loss,eval_action_mse,fed_eval_loss,fed_eval_action_mse,fed_eval_samples,"
+        "train_loss,duration_s,bytes_sent,bytes_received,clients_sampled,clients_succeeded,"
+        "clients_failed,created_at\n"
     )
     as_operator = client.get(f"{API}/runs/{run.id}/log", headers=own)
     as_admin = client.get(f"{API}/runs/{run.id}/log", headers=admin)

@@ -235,7 +235,10 @@ def test_two_sites_train_two_rounds_on_our_superlink(
             num_rounds=2,
             local_steps=2,
             batch_size=2,
-            eval_every=0,
+            eval_batches=1,
+            # Evaluation as by default: each site on its own held-out episode (1 of its 3), and
+            # the coordinator on the data it has.
+            eval_datasets=[{"repo_id": "synthetic/so100", "root": str(data[0]), "episodes": [0]}],
             checkpoint_every=1,
             device="cpu",
         ),
@@ -269,7 +272,13 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     ).all()
     assert [r.round for r in rounds] == [0, 1, 2]  # round 0: the initial policy, as in simulation
     assert all(r.clients_succeeded == 2 and r.clients_failed == 0 for r in rounds[1:])
+    # Deployment runs evaluate: the server on its data every round (0 included), the sites on
+    # their own held-out episodes after each round's training; reported apart.
+    assert all(r.eval_loss is not None and r.eval_action_mse is not None for r in rounds)
+    assert rounds[0].fed_eval_loss is None
+    assert all(r.fed_eval_loss is not None and r.fed_eval_samples > 0 for r in rounds[1:])
     clients = session.exec(select(ClientMetric).where(ClientMetric.run_id == run.id)).all()
+    assert all(c.eval_loss is not None and c.eval_samples > 0 for c in clients)
     assert sorted((c.round, c.client) for c in clients) == [
         (1, "lab-a"),
         (1, "lab-b"),
@@ -291,16 +300,17 @@ def test_two_sites_train_two_rounds_on_our_superlink(
     # the describe query and both rounds' training (from the site node's own log).
     for name in ("lab-a", "lab-b"):
         tasks = read_task_records((tmp_path / name / "supernode.log").read_text())
-        assert [t["message_type"] for t in tasks] == ["query", "train", "train"], tasks
+        kinds = [t["message_type"] for t in tasks]
+        assert kinds == ["query", "train", "evaluate", "train", "evaluate"], tasks
         assert all(t["ok"] for t in tasks)
-        assert [t["policies_built"] for t in tasks] == [1, 1, 1]
+        assert [t["policies_built"] for t in tasks] == [1] * 5
         assert len({t["trainer_pid"] for t in tasks}) == 1
-        assert all(t["train_seconds"] > 0 for t in tasks[1:])
-        # The update and the statistics travel packed: a train message is a handful of objects
-        # (unpacked, the tiny policy's 29 tensors and 20 statistics were over 60).
+        assert all(t["train_seconds"] > 0 for t in tasks if t["message_type"] == "train")
+        # The update and the statistics travel packed: a train or evaluate message is a handful
+        # of objects (unpacked, the tiny policy's 29 tensors and 20 statistics were over 60).
         log = (tmp_path / name / "supernode.log").read_text()
         pulls = read_task_records(log, PULL_LOG_PREFIX)
-        assert len(pulls) == 3, pulls
+        assert len(pulls) == 5, pulls
         assert all(p["objects"] <= 12 for p in pulls), pulls
 
 

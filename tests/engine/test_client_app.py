@@ -8,12 +8,13 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig
-from fedvla.engine.data.partition import plan_data
+from fedvla.engine.data.partition import client_split, plan_data
 from fedvla.engine.federation import client_app, task
 from fedvla.engine.federation.protocol import (
     Instructions,
     add_train_payload,
     instructions_record,
+    read_evaluate_reply,
     read_train_reply,
 )
 from fedvla.engine.federation.transport import (
@@ -85,7 +86,44 @@ def test_query_describes_the_site_from_its_node_config(
     assert isinstance(info, ConfigRecord)
     assert info["label"] == "site-arm-1" and info["fps"] == 30 and info["site-id"] == 3
     assert "observation.images.front" in str(info["features"])
-    assert reply.content["metrics"]["num-examples"] == 9 * 16  # type: ignore[index]
+    # The site keeps back a tenth of its 9 episodes (rounded up: 1) for federated evaluation.
+    assert reply.content["metrics"]["num-examples"] == 8 * 16  # type: ignore[index]
+    assert reply.content["metrics"]["eval-frames"] == 16  # type: ignore[index]
+
+
+def test_a_site_evaluates_the_global_policy_on_its_own_held_out_episodes(
+    images_dataset: DatasetRef, data_dir: Path
+) -> None:
+    """Deployment: the site splits its own dataset (seeded by experiment and site label), trains
+    on the rest, and answers an evaluate message with loss and action error on the held-out."""
+    config = _config(images_dataset)
+    weights = _global_weights(data_dir, images_dataset)
+    message = _message(config, MessageType.EVALUATE)
+    add_train_payload(message.content, pack_arrays(weights, "bfloat16"), None)  # type: ignore[arg-type]
+    reply = client_app.app(message, _context(images_dataset, data_dir))
+
+    metrics = read_evaluate_reply(reply.content)
+    assert metrics.num_examples == 4 and metrics.action_mse > 0 and metrics.eval_loss > 0
+    state = next(iter(client_app._cache.values()))
+    assert state.eval_data is not None and state.eval_data.stats == {}  # evaluated, not counted
+    held = state.eval_data.ref.episodes or []
+    trained = state.data.ref.episodes or []
+    assert len(held) == 1 and not set(held) & set(trained) and len(trained) == 8
+    same = client_split(images_dataset, 0.1, seed=config.seed, label="site-arm-1")
+    assert same[1] is not None and same[1].episodes == held  # every process splits alike
+
+
+def test_a_site_that_keeps_nothing_back_evaluates_nothing(
+    images_dataset: DatasetRef, data_dir: Path
+) -> None:
+    config = _config(images_dataset, client_holdout_fraction=0.0)
+    weights = _global_weights(data_dir, images_dataset)
+    message = _message(config, MessageType.EVALUATE)
+    add_train_payload(message.content, pack_arrays(weights, "bfloat16"), None)  # type: ignore[arg-type]
+    reply = client_app.app(message, _context(images_dataset, data_dir))
+    assert read_evaluate_reply(reply.content).num_examples == 0
+    state = next(iter(client_app._cache.values()))
+    assert state.eval_data is None and state.data.ref.episodes is None  # trains on all
 
 
 def test_train_uses_federated_stats_and_replies_trainable_weights_only(

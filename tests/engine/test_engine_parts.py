@@ -116,11 +116,31 @@ def test_only_action_expert_and_projections_train(
 
 def test_training_lowers_the_loss(data_dir: Path, images_dataset: DatasetRef) -> None:
     bundle, data = tiny_bundle(data_dir, images_dataset)
-    before, _ = task.evaluate(bundle, data, batches=2, batch_size=8, seed=1)
+    before = task.evaluate(bundle, data, batches=2, batch_size=8, seed=1)
     result = task.train(bundle, data, steps=15, batch_size=8, learning_rate=3e-3, seed=0)
-    after, _ = task.evaluate(bundle, data, batches=2, batch_size=8, seed=1)
+    after = task.evaluate(bundle, data, batches=2, batch_size=8, seed=1)
     assert result.samples == 15 * 8
-    assert after < before
+    assert after.loss < before.loss
+    assert after.samples == before.samples == 16
+
+
+def test_action_mse_is_in_the_datas_units(data_dir: Path, images_dataset: DatasetRef) -> None:
+    """The action error compares unnormalised actions: scaling the recorded actions (and so
+    the statistics the policy normalises with) by k scales the error by k squared."""
+    bundle, data = tiny_bundle(data_dir, images_dataset)
+    plain = task.evaluate(bundle, data, batches=2, batch_size=8, seed=1)
+    scale = 10.0
+    stats = {k: dict(v) for k, v in data.stats.items()}
+    stats["action"] = {
+        name: (value * scale if name in ("mean", "std", "min", "max", "q01", "q99") else value)
+        for name, value in stats["action"].items()
+    }
+    task.set_stats(bundle, stats)
+    scaled_data = _ScaledActions(data, scale)
+    scaled = task.evaluate(bundle, scaled_data, batches=2, batch_size=8, seed=1)  # type: ignore[arg-type]
+    assert plain.action_mse > 0
+    assert scaled.loss == pytest.approx(plain.loss, rel=1e-3)
+    assert scaled.action_mse == pytest.approx(plain.action_mse * scale**2, rel=1e-3)
 
 
 def test_fedprox_term_keeps_weights_closer(data_dir: Path, images_dataset: DatasetRef) -> None:
@@ -297,3 +317,24 @@ def test_merged_stats_weight_by_count(images_dataset: DatasetRef, make_dataset) 
         <= np.maximum(first["observation.state"]["mean"], second["observation.state"]["mean"])
         + 1e-6
     )
+
+
+class _ScaledActions:
+    """A client's data whose recorded actions are multiplied by `scale` (other units)."""
+
+    def __init__(self, data: task.ClientData, scale: float) -> None:
+        self.camera_keys = data.camera_keys
+        self.dataset = _Scaled(data.dataset, scale)
+
+
+class _Scaled(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, dataset: torch.utils.data.Dataset, scale: float) -> None:  # type: ignore[type-arg]
+        self.inner, self.scale = dataset, scale
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:  # type: ignore[type-arg]
+        item = dict(self.inner[index])
+        item["action"] = item["action"] * self.scale
+        return item

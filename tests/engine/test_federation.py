@@ -11,6 +11,7 @@ import torch
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition, ResumePoint
 from fedvla.engine.data.features import DatasetError
+from fedvla.engine.data.partition import plan_data
 from fedvla.engine.federation import task
 from fedvla.engine.federation.checkpoints import (
     ROUND_FILE,
@@ -95,22 +96,60 @@ def test_rounds_report_clients_losses_and_bytes(
     assert [r.round for r in reporter.rounds] == [0, 1, 2]
     initial = reporter.rounds[0]
     assert initial.eval_loss is not None and initial.clients == [] and initial.train_loss is None
+    assert initial.fed_eval_loss is None  # Flower asks the clients after a round's training
     trainable, total = _trainable_bytes(data_dir, images_dataset)
     for report in reporter.rounds[1:]:
         assert report.eval_loss is not None and report.train_loss is not None
         assert [c.client for c in report.clients] == ["client-0", "client-1", "client-2"]
         assert report.clients_succeeded == 3 and report.clients_failed == 0
         for client in report.clients:
-            assert client.ok and client.samples == 3 * 4 and client.episodes >= 2
+            assert client.ok and client.samples == 3 * 4 and client.episodes >= 1
             assert client.site_id is None and client.skipped_frames == 0
             assert client.train_loss is not None and client.train_loss > 0
             # Only the trainable weights travel (values plus a little framing), never the VLM.
             assert trainable <= client.bytes_received < trainable * 1.05
             assert trainable <= client.bytes_sent < trainable * 1.05
             assert client.bytes_sent < total / 2
-        assert report.bytes_sent == sum(c.bytes_received for c in report.clients)
+        # The weights go out twice to a client that evaluates: to train, then to evaluate.
+        evaluated = [c for c in report.clients if c.eval_samples > 0]
+        assert report.bytes_sent == sum(c.bytes_received for c in report.clients) + sum(
+            c.bytes_received for c in evaluated
+        )
         assert report.bytes_received == sum(c.bytes_sent for c in report.clients)
     assert reporter.rounds[1].clients[0].load_seconds > 0
+
+
+def test_server_and_federated_evaluation_are_reported_separately(
+    fedavg_run: tuple[RecordingReporter, Path, FederationConfig],
+) -> None:
+    """By default (one episode held out for the server, a tenth of each client's episodes,
+    at least one, kept back by the client) both evaluations run every round."""
+    reporter, _, config = fedavg_run
+    plan = plan_data(config)
+    assert all(held is not None and held.episodes for held in plan.client_eval)
+    server = set(plan.holdout[0].episodes or [])
+    for train, held in zip(plan.clients, plan.client_eval, strict=True):
+        assert held is not None and train.episodes is not None
+        assert not set(train.episodes) & (set(held.episodes or []) | server)
+    for report in reporter.rounds[1:]:
+        clients = report.clients
+        assert all(c.eval_loss is not None and c.eval_samples > 0 for c in clients)
+        assert all(c.eval_action_mse is not None and c.eval_action_mse > 0 for c in clients)
+        # Each client trained on its training episodes only (its held-out ones were never fed).
+        assert [c.episodes for c in clients] == [len(t.episodes or []) for t in plan.clients]
+        samples = sum(c.eval_samples for c in clients)
+        assert report.fed_eval_samples == samples
+        assert report.fed_eval_loss == pytest.approx(
+            sum((c.eval_loss or 0) * c.eval_samples for c in clients) / samples
+        )
+        assert report.fed_eval_action_mse == pytest.approx(
+            sum((c.eval_action_mse or 0) * c.eval_samples for c in clients) / samples
+        )
+        assert report.eval_loss is not None and report.eval_action_mse is not None
+        assert report.eval_loss != report.fed_eval_loss  # other data, measured apart
+    assert any("federated evaluation: client-0" in line for line in reporter.logs)
+    # The kept checkpoint's "eval loss" (best by) is the server's.
+    assert reporter.saved[-1].eval_loss == reporter.rounds[-1].eval_loss
 
 
 def test_checkpoints_load_in_plain_lerobot_and_act(

@@ -104,9 +104,15 @@ def test_held_out_frames_never_reach_the_clients_or_the_merged_statistics(
         assert data.stats["action"]["count"].tolist() == [len(ref.episodes) * FRAMES]
         assert float(data.stats["action"]["max"].max()) < 5.0
     merged = task.merge_stats([c.stats for c in clients])
-    trained = _frames(extreme, [e for e in range(EPISODES) if e != EXTREME_EPISODE])
+    # Exactly the episodes the clients train on: not the server's, nor those a client keeps
+    # back for its own (federated) evaluation.
+    episodes = sorted(e for ref in plan.clients for e in ref.episodes or [])
+    kept_back = sorted(e for ref in plan.client_eval if ref is not None for e in ref.episodes or [])
+    assert kept_back and not set(kept_back) & set(episodes)
+    assert sorted(episodes + kept_back + [EXTREME_EPISODE]) == list(range(EPISODES))
+    trained = _frames(extreme, episodes)
     for key in KEYS:
-        assert merged[key]["count"].tolist() == [(EPISODES - 1) * FRAMES]
+        assert merged[key]["count"].tolist() == [len(episodes) * FRAMES]
         np.testing.assert_allclose(merged[key]["mean"], trained[key].mean(axis=0), rtol=1e-6)
         np.testing.assert_allclose(merged[key]["std"], trained[key].std(axis=0), rtol=1e-5)
         assert float(merged[key]["max"].max()) < 5.0
@@ -115,3 +121,32 @@ def test_held_out_frames_never_reach_the_clients_or_the_merged_statistics(
 def test_evaluation_data_is_opened_without_statistics(extreme: DatasetRef) -> None:
     held = extreme.model_copy(update={"episodes": [EXTREME_EPISODE]})
     assert task.open_dataset(held, chunk_size=4, owner="server", with_stats=False).stats == {}
+
+
+def test_a_clients_own_held_out_episodes_never_reach_its_statistics(extreme: DatasetRef) -> None:
+    """One dataset per client (and a site, which splits its own the same way): the episodes a
+    client keeps back for federated evaluation are evaluated on, never trained on nor counted."""
+    for seed in range(100):
+        config = FederationConfig(
+            policy="tiny",
+            seed=seed,
+            min_clients=1,
+            client_holdout_fraction=0.25,
+            client_datasets=[extreme],
+        )
+        plan = plan_data(config)
+        held = plan.client_eval[0]
+        if held is not None and held.episodes == [EXTREME_EPISODE]:
+            break
+    else:
+        raise AssertionError("no seed keeps the extreme episode back")
+    [train] = plan.clients
+    assert train.episodes == [0, 1, 2]
+    data = task.open_dataset(train, chunk_size=4, owner="client-0")
+    trained = _frames(extreme, [0, 1, 2])
+    for key in KEYS:
+        assert data.stats[key]["count"].tolist() == [3 * FRAMES]
+        np.testing.assert_allclose(data.stats[key]["mean"], trained[key].mean(axis=0), rtol=1e-6)
+        assert float(data.stats[key]["max"].max()) < 5.0
+    evaluated = task.open_dataset(held, chunk_size=4, owner="client-0", with_stats=False)
+    assert evaluated.stats == {} and len(evaluated.dataset) == FRAMES

@@ -19,14 +19,17 @@ from fedvla.engine.federation.protocol import (
     NUM_EXAMPLES,
     STATS_KEY,
     ClientInfo,
+    EvalMetrics,
     Instructions,
     ProtocolError,
     TrainMetrics,
     add_train_payload,
     describe_reply,
+    evaluate_reply,
     instructions_record,
     query_message,
     read_client_info,
+    read_evaluate_reply,
     read_instructions,
     read_train_message,
     read_train_reply,
@@ -239,10 +242,63 @@ def test_train_reply_round_trip_and_flower_reads_its_weight() -> None:
 
 
 @pytest.mark.parametrize("strategy", [s.value for s in Strategy])
-def test_no_strategy_sends_evaluate_messages(strategy: str) -> None:
-    """The ClientApp has no evaluate handler: the server evaluates on held-out data."""
-    tracked = make_strategy(_config(strategy), round_offset=0)
+def test_evaluate_messages_go_on_evaluation_rounds_to_clients_that_hold_episodes_out(
+    strategy: str,
+) -> None:
+    config = _config(strategy)
+    tracked = make_strategy(config, round_offset=2)
+    tracked.evaluates = lambda server_round: server_round == 4
+    tracked.no_eval_nodes = {2}
+    tracked.norm_stats = stats_to_record(_info().stats)
+    instructions = instructions_record(Instructions(config, "/srv/data", _plan()))
+
+    between = tracked.configure_evaluate(1, _weights(), instructions, _Grid([1, 2, 3]))
+    messages = list(tracked.configure_evaluate(2, _weights(), instructions, _Grid([1, 2, 3])))
+
+    assert list(between) == []  # round 3 (with the offset) is no evaluation round
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1, 3]  # node 2 keeps none back
+    for message in messages:
+        assert message.metadata.message_type == MessageType.EVALUATE
+        order = read_train_message(message)
+        assert order.server_round == 4 and list(unpack_values(order.arrays)) == ["expert.weight"]
+        assert order.stats is not None
+        assert read_instructions(message).federation == config
+
+
+def test_evaluation_off_sends_no_evaluate_message() -> None:
+    tracked = make_strategy(_config().model_copy(update={"eval_every": 0}), round_offset=0)
+    tracked.evaluates = lambda server_round: True
+    assert tracked.fraction_evaluate == 0.0
     assert list(tracked.configure_evaluate(1, _weights(), ConfigRecord(), _Grid([1, 2]))) == []
+
+
+def test_evaluate_replies_are_kept_per_client_and_averaged_by_samples() -> None:
+    tracked = make_strategy(_config(), round_offset=0)
+    tracked.labels = {1: "client-0", 2: "client-1", 3: "client-2"}
+    replies = []
+    for node, metrics in (
+        (1, EvalMetrics(eval_loss=1.0, action_mse=10.0, num_examples=8)),
+        (2, EvalMetrics(eval_loss=4.0, action_mse=40.0, num_examples=24)),
+        (3, EvalMetrics(eval_loss=float("nan"), action_mse=1.0, num_examples=8)),
+    ):
+        asked = Message(RecordDict(), dst_node_id=node, message_type=MessageType.EVALUATE)
+        asked.metadata.__dict__["_message_id"] = f"m{node}"
+        replies.append(Message(evaluate_reply(metrics, f"client-{node - 1}"), reply_to=asked))
+    total = tracked.aggregate_evaluate(1, replies)
+
+    assert total is not None
+    assert total["eval-loss"] == pytest.approx((1.0 * 8 + 4.0 * 24) / 32)
+    assert total["action-mse"] == pytest.approx((10.0 * 8 + 40.0 * 24) / 32)
+    assert [(e.client, e.samples) for e in tracked.log.evaluations] == [
+        ("client-0", 8),
+        ("client-1", 24),
+    ]
+    assert tracked.log.eval_errors == [
+        "client-2: its evaluation is not finite (left out of the average)"
+    ]
+    assert read_evaluate_reply(evaluate_reply(EvalMetrics(0.5, 2.0, 4), "x")) == EvalMetrics(
+        0.5, 2.0, 4
+    )
 
 
 def test_a_reply_without_a_metric_is_refused_naming_it() -> None:

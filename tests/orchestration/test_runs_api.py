@@ -278,7 +278,10 @@ def test_reported_rounds_clients_and_events_are_served(
         f"/api/v1/runs/{run_id}/events.json?after_id={first['next_after_id']}", headers=viewer
     ).json()
     assert [e["kind"] for e in rest["data"]] == ["log", "round", "round"]
-    assert rest["data"][1]["message"] == "round 0, train loss 1.0000, eval loss 2.0000, 2/2 clients"
+    assert (
+        rest["data"][1]["message"]
+        == "round 0, train loss 1.0000, server eval loss 2.0000, 2/2 clients"
+    )
     assert rest["data"][2]["data"]["clients"][0]["client"] == "client-0"
     assert rest["finished"] is False  # still running
 

@@ -34,6 +34,7 @@ VALID_FORM = {
     "seed": "0",
     "eval_every": "1",
     "eval_batches": "1",
+    "client_holdout_fraction": "0.1",
     "checkpoint_every": "1",
     "keep_checkpoints": "3",
     "mode": "simulation",
@@ -327,7 +328,7 @@ def test_the_form_has_every_setting_with_the_apis_default_bounds_and_choices(
             continue
         assert tag.get("maxlength") == (str(schema["maxLength"]) if "maxLength" in schema else None)
         low = schema.get("minimum", schema.get("exclusiveMinimum"))
-        high = schema.get("maximum")
+        high = schema.get("maximum", schema.get("exclusiveMaximum"))
         assert (tag.get("min") and float(tag["min"])) == low, name
         assert (tag.get("max") and float(tag["max"])) == high, name
         value = tag.text if tag.name == "textarea" else str(tag.get("value"))

@@ -62,5 +62,8 @@ def test_the_readme_export_and_log_lines_work(
 
     assert done.returncode == 0, done.stderr
     rows = (work / f"run-{run.id}-rounds.csv").read_text().splitlines()
-    assert rows[0].startswith("round,eval_loss,train_loss") and rows[1].startswith("1,0.4,0.5,")
+    header = rows[0].split(",")
+    row = dict(zip(header, rows[1].split(","), strict=True))
+    assert header[:2] == ["round", "eval_loss"] and "fed_eval_loss" in header
+    assert (row["round"], row["eval_loss"], row["train_loss"]) == ("1", "0.4", "0.5")
     assert (work / f"run-{run.id}-federation.log").read_text() == log.read_text()

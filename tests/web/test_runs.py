@@ -295,3 +295,90 @@ def test_runs_list_filters_by_status(
     assert f"run {running_run.id}" in b.get("/runs?status=running").text
     assert f"run {running_run.id}" not in b.get("/runs?status=queued").text
     assert b.get("/runs?status=bogus").status_code == 422
+
+
+def _claimed(session: Session, settings: Settings, **changes: object) -> Run:
+    experiment = make_experiment(session, simulation_body(num_rounds=2, **changes))
+    assert experiment.id is not None
+    run = launch(session, settings, experiment.id)
+    assert run.id is not None
+    assert run_service.claim_run(session, publisher_for(""), run.id, "worker-1")
+    session.refresh(run)
+    return run
+
+
+def test_run_page_shows_server_and_federated_evaluation_apart(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session, settings: Settings
+) -> None:
+    """By default a run is evaluated on the server's held-out episode and at each client on its
+    own: the page names both, and shows each in its own columns and chart line."""
+    run = _claimed(session, settings)
+    assert run.id is not None
+    reporter = DbReporter(settings.database_url, "", run.id)
+    try:
+        clients = [
+            ClientReport(client="client-0", site_id=None, ok=True, train_loss=0.9, samples=8,
+                         eval_loss=0.61, eval_action_mse=12.5, eval_samples=4),
+            ClientReport(client="client-1", site_id=None, ok=True, train_loss=0.8, samples=8),
+        ]  # fmt: skip
+        reporter.round_finished(
+            RoundReport(round=1, train_loss=0.85, eval_loss=0.7, eval_action_mse=20.25,
+                        fed_eval_loss=0.61, fed_eval_action_mse=12.5, fed_eval_samples=4,
+                        duration_s=1.0, bytes_sent=0, bytes_received=0, clients_sampled=2,
+                        clients_succeeded=2, clients_failed=0, clients=clients)
+        )  # fmt: skip
+    finally:
+        reporter.close()
+    soup = html(browser(secrets.viewer).get(f"/runs/{run.id}"))
+
+    summary = soup.find(id="run-evaluation").text
+    assert "on the server's held-out data" in summary and "own held-out episodes" in summary
+    assert "Best checkpoint by server eval loss" in summary
+    heads = [th.text for th in soup.select("#rounds-table thead th")]
+    assert "Server eval loss" in heads and "Federated eval loss" in heads
+    row = dict(zip(heads, [td.text for td in soup.select("#rounds-table tbody td")], strict=True))
+    assert row["Server eval loss"] == "0.7000" and row["Server action MSE"] == "20.2500"
+    assert row["Federated eval loss"] == "0.6100" and row["Federated action MSE"] == "12.5000"
+    client_rows = [
+        [td.text for td in tr.select("td")] for tr in soup.select("#clients-table tbody tr")
+    ]
+    assert "0.6100" in client_rows[0] and "none held out" in client_rows[1]
+    data = json.loads(soup.find(id="run-chart-data").text)
+    assert [s["key"] for s in data["loss_series"]] == ["eval_loss", "fed_eval_loss", "train_loss"]
+    assert data["rounds"][0]["fed_eval_loss"] == 0.61
+
+
+def test_evaluation_off_is_said_on_the_run_and_compare_pages_and_in_the_api(
+    browser: Callable[..., Browser], secrets: Secrets, session: Session, settings: Settings
+) -> None:
+    runs = [_claimed(session, settings, eval_every=0) for _ in range(2)]
+    for run in runs:
+        assert run.id is not None
+        reporter = DbReporter(settings.database_url, "", run.id)
+        try:
+            reporter.round_finished(
+                RoundReport(round=1, train_loss=0.5, eval_loss=None, duration_s=1.0,
+                            bytes_sent=0, bytes_received=0, clients_sampled=2,
+                            clients_succeeded=2, clients_failed=0)
+            )  # fmt: skip
+        finally:
+            reporter.close()
+    b = browser(secrets.viewer)
+    soup = html(b.get(f"/runs/{runs[0].id}"))
+
+    assert "Evaluation is off (eval_every is 0)" in soup.find(id="run-evaluation").text
+    heads = [th.text for th in soup.select("#rounds-table thead th")]
+    assert not [h for h in heads if "eval" in h.lower()], heads
+    assert "the checkpoints kept are the last ones" in soup.find(id="run-tables").text
+    data = json.loads(soup.find(id="run-chart-data").text)
+    assert [s["key"] for s in data["loss_series"]] == ["train_loss"]
+
+    compare = html(b.get(f"/runs/compare?run={runs[0].id}&run={runs[1].id}"))
+    assert [f["data-chart"] for f in compare.select("[data-chart]")] == ["train_loss"]
+    assert "Evaluation is off in every compared run" in compare.find(id="compare-no-eval").text
+    assert "not evaluated" in compare.find(id="compare-table").text
+
+    api = b.get(f"/api/v1/runs/{runs[0].id}").json()["evaluation"]
+    assert api["enabled"] is False and api["best_checkpoint_by"] == "last round"
+    experiment = b.get(f"/api/v1/experiments/{runs[0].experiment_id}").json()["evaluation"]
+    assert experiment["enabled"] is False and "Evaluation is off" in experiment["summary"]

@@ -3,9 +3,9 @@ fields, with the defaults and bounds defined there."""
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from fedvla.core.experiment_config import FederationSettings
+from fedvla.core.experiment_config import Evaluation, FederationSettings, evaluation_of
 from fedvla.core.models import MAX_DESCRIPTION_LENGTH
 from fedvla.core.names import Name
 from fedvla.core.schemas.common import RowId, UtcDatetime, all_optional
@@ -61,6 +61,11 @@ class ExperimentPublic(ExperimentBase):
     site_ids: list[int]
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+    @computed_field(description="What the experiment evaluates, or that evaluation is off.")  # type: ignore[prop-decorator]
+    @property
+    def evaluation(self) -> Evaluation:
+        return evaluation_of(self)
 
 
 class ExperimentsPublic(BaseModel):

@@ -2,8 +2,9 @@
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from fedvla.core.experiment_config import Evaluation, evaluation_of_frozen
 from fedvla.core.models import MAX_RUN_NOTES_LENGTH, RunStatus
 from fedvla.core.schemas.common import MAX_ID, RowId, UtcDatetime
 
@@ -57,6 +58,14 @@ class RunPublic(BaseModel):
     heartbeat_at: UtcDatetime | None
     notes: str = Field(description="What operators and admins noted about the run.")
 
+    @computed_field(  # type: ignore[prop-decorator]
+        description="What the run evaluates, or that evaluation is off (None: a config that "
+        "is not a federation's)."
+    )
+    @property
+    def evaluation(self) -> Evaluation | None:
+        return evaluation_of_frozen(self.config)
+
 
 class RunListItem(RunPublic):
     """A run in the runs list, with the columns it sorts by."""
@@ -90,7 +99,16 @@ class RoundMetricPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     round: int
-    eval_loss: float | None
+    eval_loss: float | None = Field(description="The server's, on its held-out data.")
+    eval_action_mse: float | None = Field(
+        description="The server's evaluation: action error in the dataset's units."
+    )
+    fed_eval_loss: float | None = Field(
+        description="Federated evaluation: the clients' losses on their own held-out episodes, "
+        "averaged by samples."
+    )
+    fed_eval_action_mse: float | None
+    fed_eval_samples: int
     train_loss: float | None
     duration_s: float
     bytes_sent: int
@@ -148,6 +166,11 @@ class ClientMetricPublic(BaseModel):
     bytes_sent: int
     bytes_received: int
     error: str | None
+    eval_loss: float | None = Field(
+        description="Federated evaluation on this client's own held-out episodes."
+    )
+    eval_action_mse: float | None
+    eval_samples: int
 
 
 class ClientMetricsPublic(BaseModel):

@@ -178,7 +178,7 @@ def update_experiment(
     """Applies the changes if the whole result is still a valid experiment; else changes nothing."""
     assert experiment.id is not None
     current = to_public(session=session, experiment=experiment).model_dump(
-        mode="json", exclude={"id", "created_at", "updated_at"}
+        mode="json", exclude={"id", "created_at", "updated_at", "evaluation"}
     )
     changes = data.model_dump(mode="json", exclude_unset=True)
     try:

@@ -167,11 +167,20 @@ def _check_partition(config: FederationConfig, info: DatasetInfo) -> None:
     available = len(set(ref.episodes)) if ref.episodes is not None else info.total_episodes
     needed = partition.num_clients + partition.holdout_episodes
     if available < needed:
+        # The field to change: the hold-out when the clients alone would fit (it is 1 by
+        # default, so a user who never set it learns what it is and how to turn it off).
+        held_out = available >= partition.num_clients
         raise _Unusable(
-            "partition.num_clients",
+            "partition.holdout_episodes" if held_out else "partition.num_clients",
             f"dataset {ref.repo_id!r} has {available} episodes, the split needs at least "
             f"{needed} ({partition.num_clients} clients + {partition.holdout_episodes} held "
-            "out); fix: fewer clients or held-out episodes, or more episodes",
+            "out for the server's evaluation); fix: "
+            + (
+                f"holdout_episodes at most {available - partition.num_clients} (0: the server "
+                "evaluates only on eval_datasets), fewer clients, or more episodes"
+                if held_out
+                else "fewer clients or held-out episodes, or more episodes"
+            ),
         )
     if partition.scheme == "task" and info.total_tasks < partition.num_clients:
         raise _Unusable(

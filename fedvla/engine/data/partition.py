@@ -1,7 +1,8 @@
 """Which data each simulated client trains on, and which the server holds out."""
 
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
 from fedvla.engine.data.features import DatasetError, describe, open_metadata
@@ -13,6 +14,10 @@ class DataPlan:
     """One per simulated client, in partition-id order."""
     holdout: list[DatasetRef]
     """What the server evaluates on."""
+    client_eval: list[DatasetRef | None] = field(default_factory=list)
+    """Simulation: client i's own held-out episodes (federated evaluation), None where it keeps
+    none back; clients[i] then lists only the episodes it trains on. Deployment: empty (each site
+    splits its own dataset with client_split)."""
 
 
 def client_label(partition_id: int) -> str:
@@ -24,9 +29,48 @@ def plan_data(config: FederationConfig) -> DataPlan:
     if config.mode == "deployment":
         return DataPlan([], list(config.eval_datasets))
     if config.partition is None:
-        return DataPlan(list(config.client_datasets), list(config.eval_datasets))
-    clients, holdout = split_partition(config.partition, seed=config.seed)
-    return DataPlan(clients, list(config.eval_datasets) + holdout)
+        whole, holdout = list(config.client_datasets), list(config.eval_datasets)
+    else:
+        whole, held = split_partition(config.partition, seed=config.seed)
+        holdout = list(config.eval_datasets) + held
+    splits = [
+        client_split(ref, client_holdout(config), seed=config.seed, label=client_label(i))
+        for i, ref in enumerate(whole)
+    ]
+    return DataPlan([train for train, _ in splits], holdout, [held for _, held in splits])
+
+
+def client_holdout(config: FederationConfig) -> float:
+    """The fraction of its episodes each client keeps back: none when evaluation is off."""
+    return config.client_holdout_fraction if config.eval_every > 0 else 0.0
+
+
+def kept_back(count: int, fraction: float) -> int:
+    """How many of a client's `count` episodes it keeps back for federated evaluation: the
+    fraction rounded up, at least one when it has 2 or more, never all of them."""
+    if fraction <= 0 or count < 2:
+        return 0
+    return min(count - 1, max(1, math.ceil(fraction * count)))
+
+
+def client_split(
+    ref: DatasetRef, fraction: float, *, seed: int, label: str
+) -> tuple[DatasetRef, DatasetRef | None]:
+    """A client's dataset split into the episodes it trains on and those it keeps back for
+    federated evaluation (chosen at random, seeded by the experiment and the client's label,
+    so every process computes the same split); None: it keeps none back."""
+    if fraction <= 0:
+        return ref, None
+    if ref.episodes is not None:
+        episodes = sorted(set(ref.episodes))
+    else:
+        episodes = list(range(open_metadata(ref, label).total_episodes))
+    count = kept_back(len(episodes), fraction)
+    if count == 0:
+        return ref, None
+    held = sorted(random.Random(f"{seed}|{label}|holdout").sample(episodes, count))
+    train = [e for e in episodes if e not in set(held)]
+    return ref.model_copy(update={"episodes": train}), ref.model_copy(update={"episodes": held})
 
 
 def split_partition(

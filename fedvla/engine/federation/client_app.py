@@ -20,13 +20,15 @@ from flwr.clientapp import ClientApp
 from fedvla.core.experiment_config import DatasetRef
 from fedvla.engine.camera_map import NODE_CONFIG_KEY as CAMERA_MAP_KEY
 from fedvla.engine.camera_map import parse_camera_map
-from fedvla.engine.data.partition import client_label
+from fedvla.engine.data.partition import client_holdout, client_label, client_split
 from fedvla.engine.federation import task
 from fedvla.engine.federation.protocol import (
     ClientInfo,
+    EvalMetrics,
     Instructions,
     TrainMetrics,
     describe_reply,
+    evaluate_reply,
     read_instructions,
     read_train_message,
     train_reply,
@@ -48,6 +50,9 @@ class ClientState:
 
     label: str
     data: task.ClientData
+    """The episodes it trains on (its statistics are theirs alone)."""
+    eval_data: task.ClientData | None
+    """Its own held-out episodes, for federated evaluation; None: it keeps none back."""
     bundle: task.PolicyBundle
     run_id: str
     """The Flower run it last served: a new run starts a new feed (its batches then do not
@@ -68,15 +73,23 @@ policies_built = 0
 """Policies this process has built (the site trainer logs it with each task)."""
 
 
-def client_dataset(instructions: Instructions, context: Context) -> tuple[str, DatasetRef]:
-    """This client's label and dataset."""
+def client_dataset(
+    instructions: Instructions, context: Context
+) -> tuple[str, DatasetRef, DatasetRef | None]:
+    """This client's label, the episodes it trains on and those it keeps back to evaluate on.
+    A site splits its own dataset (the same way the server plans a simulated client's)."""
     node = context.node_config
     if "dataset-repo-id" in node:
         root = node.get("dataset-root")
         ref = DatasetRef(repo_id=str(node["dataset-repo-id"]), root=str(root) if root else None)
-        return str(node.get("site-label", f"node-{context.node_id}")), ref
+        label = str(node.get("site-label", f"node-{context.node_id}"))
+        config = instructions.federation
+        train, held = client_split(ref, client_holdout(config), seed=config.seed, label=label)
+        return label, train, held
     partition_id = int(node["partition-id"])
-    return client_label(partition_id), instructions.plan.clients[partition_id]
+    plan = instructions.plan
+    held = plan.client_eval[partition_id] if partition_id < len(plan.client_eval) else None
+    return client_label(partition_id), plan.clients[partition_id], held
 
 
 def client_state(instructions: Instructions, context: Context) -> ClientState:
@@ -91,7 +104,15 @@ def client_state(instructions: Instructions, context: Context) -> ClientState:
     key = (
         json.dumps(context.node_config, sort_keys=True),
         config.model_dump_json(
-            include={"policy", "seed", "device", "client_datasets", "partition"}
+            include={
+                "policy",
+                "seed",
+                "device",
+                "client_datasets",
+                "partition",
+                "client_holdout_fraction",
+                "eval_every",
+            }
         ),
         json.dumps(cameras, sort_keys=True),
     )
@@ -103,14 +124,20 @@ def client_state(instructions: Instructions, context: Context) -> ClientState:
         task.set_stats(state.bundle, state.data.stats)
         state.run_id = run_id
     if state is None:
-        label, ref = client_dataset(instructions, context)
+        label, ref, held = client_dataset(instructions, context)
         data_dir = Path(str(context.node_config.get("data-dir", instructions.data_dir)))
         torch.set_num_threads(max(1, int(config.client_num_cpus)))
         source = resolve_policy_source(config.policy)
         chunk = _chunk_size(source, data_dir)
         data = task.open_dataset(ref, chunk_size=chunk, owner=label)
+        eval_data = None
+        if held is not None:
+            eval_data = task.open_dataset(
+                held, chunk_size=chunk, owner=f"{label} (held out)", with_stats=False
+            )
         if cameras:  # deployment: the site's cameras renamed to the experiment's
             data = apply_camera_map(data, cameras)
+            eval_data = apply_camera_map(eval_data, cameras) if eval_data is not None else None
         policy_key = (
             config.model_dump_json(include={"policy", "seed", "device"}),
             json.dumps(data.features, sort_keys=True),
@@ -142,7 +169,7 @@ def client_state(instructions: Instructions, context: Context) -> ClientState:
             bundle = shared
         else:
             bundle = task.bundle_for(shared.policy, data.stats, shared.device)
-        state = ClientState(label, data, bundle, run_id)
+        state = ClientState(label, data, eval_data, bundle, run_id)
         _cache[key] = state
     return state
 
@@ -187,6 +214,7 @@ def describe(msg: Message, context: Context) -> Message:
         fps=int(state.data.dataset.dataset.meta.fps),
         stats=state.data.stats,
         frames=len(state.data.dataset),
+        eval_frames=len(state.eval_data.dataset) if state.eval_data is not None else 0,
     )
     return Message(describe_reply(info), reply_to=msg)
 
@@ -228,3 +256,30 @@ def train(msg: Message, context: Context) -> Message:
         bytes_sent=arrays.count_bytes(),
     )
     return Message(train_reply(arrays, metrics, state.label), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Federated evaluation: the aggregated policy on this client's own held-out episodes,
+    normalised as it trains (the federated statistics, or its own)."""
+    instructions = read_instructions(msg)
+    config = instructions.federation
+    order = read_train_message(msg)
+    state = client_state(instructions, context)
+    if state.eval_data is None:
+        metrics = EvalMetrics(eval_loss=0.0, action_mse=0.0, num_examples=0)
+        return Message(evaluate_reply(metrics, state.label), reply_to=msg)
+    task.load_trainable(state.bundle, unpack_arrays(order.arrays, config.transport_dtype))
+    if order.stats is not None and state.bundle.stats is state.data.stats:
+        task.set_stats(state.bundle, order.stats)
+    result = task.evaluate(
+        state.bundle,
+        state.eval_data,
+        batches=config.eval_batches,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    metrics = EvalMetrics(
+        eval_loss=result.loss, action_mse=result.action_mse, num_examples=result.samples
+    )
+    return Message(evaluate_reply(metrics, state.label), reply_to=msg)

@@ -12,6 +12,9 @@ normalisation, "norm-stats".
 Client to server: a query reply is the client's description (ClientInfo) and its statistics
 under "norm-stats"; a train reply is its weights under "arrays" and its TrainMetrics under
 "metrics".
+An evaluate message is built like a train message (the aggregated weights under "arrays", the
+federated statistics under "norm-stats"); its reply is the client's EvalMetrics on its own
+held-out episodes under "metrics".
 
 "arrays" and "norm-stats" are packed (transport.PackedArrays): an ArrayRecord holding ONE Array
 under "packed", its layout (each array's key and shape, in order) in the message's "config"
@@ -53,6 +56,7 @@ PACKED = "packed"
 """The one Array of a packed ArrayRecord."""
 LAYOUTS = {ARRAYS_KEY: "arrays-layout", STATS_KEY: "norm-stats-layout"}
 """Where in the message's "config" the layout of each packed ArrayRecord is."""
+EVAL_FRAMES = "eval-frames"
 NO_SITE = -1
 """The site id a client without one (simulation) sends: a ConfigRecord holds no None."""
 
@@ -132,6 +136,9 @@ class ClientInfo:
     stats: Stats
     """The dataset's statistics of the normalised features."""
     frames: int
+    """Frames it trains on."""
+    eval_frames: int = 0
+    """Frames of its own held-out episodes (federated evaluation); 0: it evaluates nothing."""
 
     @property
     def dataset_features(self) -> DatasetFeatures:
@@ -159,7 +166,7 @@ def describe_reply(info: ClientInfo) -> RecordDict:
                     "fps": info.fps,
                 }
             ),
-            METRICS_KEY: MetricRecord({NUM_EXAMPLES: info.frames}),
+            METRICS_KEY: MetricRecord({NUM_EXAMPLES: info.frames, EVAL_FRAMES: info.eval_frames}),
         }
     )
     put_packed(content, STATS_KEY, stats_to_record(info.stats))
@@ -180,6 +187,7 @@ def read_client_info(content: RecordDict) -> ClientInfo:
         fps=as_int(_value(record, "fps", where)),
         stats=_unpacked(stats_from_record, read_packed(content, STATS_KEY, what), what),
         frames=as_int(_value(metrics, NUM_EXAMPLES, f"query reply's {METRICS_KEY!r}")),
+        eval_frames=as_int(metrics.get(EVAL_FRAMES, 0)),
     )
 
 
@@ -270,6 +278,32 @@ def _unpacked[T](read: Callable[[PackedArrays], T], packed: PackedArrays, what: 
         return read(packed)
     except LayoutError as error:
         raise ProtocolError(f"{what}: {error}") from error
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """A client's evaluation of the aggregated policy on its own held-out episodes."""
+
+    eval_loss: float
+    action_mse: float
+    """In the dataset's units (unnormalised)."""
+    num_examples: int
+    """Samples evaluated: the weight of this client in the round's federated average."""
+
+
+def evaluate_reply(metrics: EvalMetrics, label: str) -> RecordDict:
+    record = MetricRecord({kebab(f.name): getattr(metrics, f.name) for f in fields(metrics)})
+    return RecordDict({METRICS_KEY: record, CONFIG_KEY: ConfigRecord({"label": label})})
+
+
+def read_evaluate_reply(content: RecordDict) -> EvalMetrics:
+    record = _record(content, METRICS_KEY, MetricRecord, "evaluate reply")
+    where = f"evaluate reply's {METRICS_KEY!r}"
+    return EvalMetrics(
+        eval_loss=as_float(_value(record, "eval-loss", where)),
+        action_mse=as_float(_value(record, "action-mse", where)),
+        num_examples=as_int(_value(record, NUM_EXAMPLES, where)),
+    )
 
 
 def _record[R: (ArrayRecord, ConfigRecord, MetricRecord)](

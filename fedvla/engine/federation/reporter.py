@@ -29,6 +29,22 @@ class ClientReport:
     error: str | None = None
     skipped_frames: int = 0
     """Unreadable frames (a corrupt video frame) skipped this round instead of failing."""
+    eval_loss: float | None = None
+    """Federated evaluation: the aggregated policy on this client's own held-out episodes."""
+    eval_action_mse: float | None = None
+    """The same evaluation's action error, in the dataset's units."""
+    eval_samples: int = 0
+
+
+@dataclass(frozen=True)
+class ClientEval:
+    """One client's federated evaluation (or, as "federated", their average by samples)."""
+
+    client: str
+    site_id: int | None
+    eval_loss: float
+    action_mse: float
+    samples: int
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,7 @@ class RoundReport:
     """0 is the evaluation of the starting policy, before any training."""
     train_loss: float | None
     eval_loss: float | None
+    """The server's evaluation on its held-out data (None: not evaluated this round)."""
     duration_s: float
     bytes_sent: int
     """From the server to the clients, all clients together."""
@@ -45,6 +62,13 @@ class RoundReport:
     clients_succeeded: int
     clients_failed: int
     clients: list[ClientReport] = field(default_factory=list)
+    eval_action_mse: float | None = None
+    """The server's evaluation: action error in the dataset's units."""
+    fed_eval_loss: float | None = None
+    """Federated evaluation: the clients' losses on their own held-out episodes, averaged by
+    samples (None: not evaluated this round)."""
+    fed_eval_action_mse: float | None = None
+    fed_eval_samples: int = 0
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,16 @@
 
 After each round (and before the first) the evaluate_fn hook evaluates the aggregated policy
 on the server's held-out data at the configured cadence, writes checkpoints and calls the
-reporter. Every ServerApp of the engine (`flwr run .`, the simulation runner, the SuperLink's)
-is made by federation_server_app: they differ only in how they set up a ServerRun.
+reporter; the round's federated evaluation (the clients' own held-out episodes, asked by the
+strategy just before) is reported with it, separately. Every ServerApp of the engine
+(`flwr run .`, the simulation runner, the SuperLink's) is made by federation_server_app: they
+differ only in how they set up a ServerRun.
 """
 
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,20 @@ from fedvla.engine.federation.protocol import (
     query_message,
     read_client_info,
 )
-from fedvla.engine.federation.reporter import JsonLinesReporter, Reporter, RoundReport
+from fedvla.engine.federation.reporter import (
+    ClientEval,
+    ClientReport,
+    JsonLinesReporter,
+    Reporter,
+    RoundReport,
+)
 from fedvla.engine.federation.run_config import federation_config_from_run_config
-from fedvla.engine.federation.strategy import RoundLog, TrackedStrategy, make_strategy
+from fedvla.engine.federation.strategy import (
+    RoundLog,
+    TrackedStrategy,
+    federated_eval,
+    make_strategy,
+)
 from fedvla.engine.federation.streaming_grid import DEFAULT_PULL_INTERVAL_S, StreamingGrid
 from fedvla.engine.federation.transport import decode_arrays, encode_arrays, stats_to_record
 from fedvla.engine.policy.loading import resolve_policy_source
@@ -133,12 +146,15 @@ def run_server(run: ServerRun) -> None:
         resumed = _resume(config, bundle)
     strategy = make_strategy(config, round_offset=offset)
     strategy.labels = {node: c.label for node, c in clients.items()}
+    strategy.no_eval_nodes = {node for node, c in clients.items() if c.eval_frames == 0}
     strategy.site_ids = {node: c.site_id for node, c in clients.items() if c.site_id is not None}
     if run.node_names is not None:
         strategy.node_names = run.node_names
     if config.resume_from is not None:
         strategy.restore_server_state(resumed)
     hooks = _RoundHooks(config, reporter, strategy, bundle, holdout, run.output_dir, offset)
+    strategy.evaluates = hooks.evaluates
+    _log_evaluation(config, clients, holdout, reporter)
     initial = encode_arrays(task.trainable_arrays(bundle), "float32")
     if config.normalization == "federated":
         # Every client normalises with the merged statistics, sent on purpose with each round.
@@ -148,9 +164,37 @@ def run_server(run: ServerRun) -> None:
         initial_arrays=initial,
         num_rounds=config.num_rounds - offset,
         train_config=instructions_record(instructions),
+        evaluate_config=instructions_record(instructions),
         evaluate_fn=hooks,
     )
     reporter.log(f"federation finished after round {config.num_rounds}")
+
+
+def _log_evaluation(
+    config: FederationConfig,
+    clients: dict[int, ClientInfo],
+    holdout: list[task.ClientData],
+    reporter: Reporter,
+) -> None:
+    """Say once what this run evaluates, and on how many frames."""
+    if config.eval_every == 0:
+        reporter.log("evaluation is off (eval_every 0): checkpoints kept are the last ones")
+        return
+    server = sum(len(d.dataset) for d in holdout)
+    held = {c.label: c.eval_frames for c in clients.values()}
+    reporter.log(
+        f"server evaluation: {server} held-out frames"
+        if server
+        else "server evaluation: none (no held-out episodes nor eval_datasets)"
+    )
+    reporter.log(
+        "federated evaluation: "
+        + (
+            ", ".join(f"{label} {frames} held-out frames" for label, frames in held.items())
+            if any(held.values())
+            else "none (no client keeps episodes back)"
+        )
+    )
 
 
 def _describe_clients(
@@ -253,61 +297,80 @@ class _RoundHooks:
         if strategy_round == 0 and self.offset > 0:
             return None  # the resumed round was evaluated and reported by the earlier run
         log = self.strategy.log if strategy_round > 0 else RoundLog()
-        evaluates = self._evaluates(server_round)
+        evaluates = bool(self.holdout) and self.evaluates(server_round)
         checkpoints_now = strategy_round > 0 and self._checkpoints(server_round)
         if evaluates or checkpoints_now:  # the server's policy is only read then
             task.load_trainable(self.bundle, decode_arrays(arrays, "float32"))
-        eval_loss = self._evaluate(server_round) if evaluates else None
-        report = self._report(server_round, log, eval_loss)
+        server = self._evaluate() if evaluates else None
+        for error in log.eval_errors:
+            self.reporter.log(f"round {server_round}: federated evaluation failed at {error}")
+        report = self._report(server_round, log, server)
         self.reporter.round_finished(report)
         if strategy_round > 0:
             self._check_enough(server_round, report)
         if checkpoints_now:
-            self._checkpoint(server_round, eval_loss)
+            # Best by the server's eval loss; by the federated one where the server has no data.
+            best_by = report.eval_loss if self.holdout else report.fed_eval_loss
+            self._checkpoint(server_round, best_by)
         self.strategy.log = RoundLog()
-        return MetricRecord({"eval-loss": eval_loss}) if eval_loss is not None else None
+        if server is None:
+            return None
+        return MetricRecord({"eval-loss": server.loss, "action-mse": server.action_mse})
 
-    def _evaluates(self, server_round: int) -> bool:
+    def evaluates(self, server_round: int) -> bool:
+        """An evaluation round (the server's and the clients'): every eval_every rounds and
+        after the last; never when eval_every is 0."""
         every = self.config.eval_every
         last = server_round == self.config.num_rounds
-        return bool(self.holdout) and every > 0 and (server_round % every == 0 or last)
+        return every > 0 and (server_round % every == 0 or last)
 
     def _checkpoints(self, server_round: int) -> bool:
         every = self.config.checkpoint_every
         last = server_round == self.config.num_rounds
         return last or (every > 0 and server_round % every == 0)
 
-    def _evaluate(self, server_round: int) -> float:
-        losses, weights = [], []
-        for data in self.holdout:
-            loss, samples = task.evaluate(
+    def _evaluate(self) -> task.EvalResult:
+        results = [
+            task.evaluate(
                 self.bundle,
                 data,
                 batches=self.config.eval_batches,
                 batch_size=self.config.batch_size,
                 seed=self.config.seed,
             )
-            losses.append(loss * samples)
-            weights.append(samples)
-        return sum(losses) / sum(weights)
+            for data in self.holdout
+        ]
+        samples = sum(r.samples for r in results)
+        return task.EvalResult(
+            loss=sum(r.loss * r.samples for r in results) / samples,
+            action_mse=sum(r.action_mse * r.samples for r in results) / samples,
+            samples=samples,
+        )
 
-    def _report(self, server_round: int, log: RoundLog, eval_loss: float | None) -> RoundReport:
+    def _report(
+        self, server_round: int, log: RoundLog, server: task.EvalResult | None
+    ) -> RoundReport:
         ok = [c for c in log.clients if c.ok]
         samples = sum(c.samples for c in ok)
         train_loss = (
             sum((c.train_loss or 0.0) * c.samples for c in ok) / samples if samples else None
         )
+        federated = federated_eval(log.evaluations)
         return RoundReport(
             round=server_round,
             train_loss=train_loss,
-            eval_loss=eval_loss,
+            eval_loss=server.loss if server else None,
+            eval_action_mse=server.action_mse if server else None,
+            fed_eval_loss=federated.eval_loss if federated else None,
+            fed_eval_action_mse=federated.action_mse if federated else None,
+            fed_eval_samples=federated.samples if federated else 0,
             duration_s=time.perf_counter() - log.started,
             bytes_sent=log.bytes_sent,
             bytes_received=sum(c.bytes_sent for c in ok),
             clients_sampled=len(log.sampled),
             clients_succeeded=len(ok),
             clients_failed=len(log.clients) - len(ok),
-            clients=sorted(log.clients, key=lambda c: c.client),
+            clients=_with_evaluations(log.clients, log.evaluations),
         )
 
     def _check_enough(self, server_round: int, report: RoundReport) -> None:
@@ -332,6 +395,39 @@ class _RoundHooks:
         )
         self.reporter.checkpoint_saved(saved)
         checkpoints.apply_retention(self.output_dir, self.config.keep_checkpoints, self.reporter)
+
+
+def _with_evaluations(
+    clients: list[ClientReport], evaluations: list[ClientEval]
+) -> list[ClientReport]:
+    """The round's clients, each with its federated evaluation; a client that evaluated but
+    was not sampled to train this round is listed with its evaluation alone."""
+    by_client = {e.client: e for e in evaluations}
+    merged = [
+        replace(
+            c,
+            eval_loss=by_client[c.client].eval_loss,
+            eval_action_mse=by_client[c.client].action_mse,
+            eval_samples=by_client[c.client].samples,
+        )
+        if c.client in by_client
+        else c
+        for c in clients
+    ]
+    trained = {c.client for c in clients}
+    merged += [
+        ClientReport(
+            client=e.client,
+            site_id=e.site_id,
+            ok=True,
+            eval_loss=e.eval_loss,
+            eval_action_mse=e.action_mse,
+            eval_samples=e.samples,
+        )
+        for e in evaluations
+        if e.client not in trained
+    ]
+    return sorted(merged, key=lambda c: c.client)
 
 
 @contextmanager

@@ -1,12 +1,16 @@
 """Flower's strategies with narrow hooks: transport dtype, round offset (resume), bookkeeping.
 
-The hooks wrap configure_train and aggregate_train only; Flower's round loop, sampling, reply
-checks, metric aggregation and server optimisers (FedAdam, FedAvgM's momentum) are used as they
-are. The weighted average of the arrays ("num-examples": samples actually trained) is
-aggregation.py's: within float rounding of Flower's, summed as the replies arrive, in a fixed
+The hooks wrap configure_train, aggregate_train, configure_evaluate and aggregate_evaluate;
+Flower's round loop, sampling, reply checks, metric aggregation and server optimisers (FedAdam,
+FedAvgM's momentum) are used as they are. Federated evaluation runs on the evaluation rounds only
+(`evaluates`), at the clients that keep held-out episodes, and its replies are read here (per
+client, and averaged by samples). The weighted average of the arrays ("num-examples": samples
+actually trained) is aggregation.py's: within float rounding of Flower's, summed as the replies
+arrive, in a fixed
 client order.
 """
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,15 +23,17 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from fedvla.core.experiment_config import FederationConfig, Strategy
+from fedvla.engine.data.partition import client_holdout
 from fedvla.engine.federation.aggregation import PackedRunningAverage
 from fedvla.engine.federation.protocol import (
     ARRAYS_KEY,
     add_train_payload,
     put_packed,
+    read_evaluate_reply,
     read_packed,
     read_train_reply,
 )
-from fedvla.engine.federation.reporter import ClientReport
+from fedvla.engine.federation.reporter import ClientEval, ClientReport
 from fedvla.engine.federation.transport import (
     PackedArrays,
     as_float,
@@ -50,6 +56,11 @@ class RoundLog:
     clients: list[ClientReport] = field(default_factory=list)
     answered: set[int] = field(default_factory=set)
     """Nodes whose reply (or error) has arrived."""
+    evaluations: list[ClientEval] = field(default_factory=list)
+    """Federated evaluation: each client's result on its own held-out episodes."""
+    eval_errors: list[str] = field(default_factory=list)
+    """Clients whose evaluation failed (the round goes on without them)."""
+    eval_sent: list[Message] = field(default_factory=list)
 
 
 class TrackedStrategy(FedAvg):
@@ -65,6 +76,10 @@ class TrackedStrategy(FedAvg):
     node_names: Callable[[int], str | None]
     """Labels of nodes that joined after the clients were described (a re-keyed site)."""
     log: RoundLog
+    evaluates: Callable[[int], bool]
+    """Whether a round (counted from the experiment's start) is an evaluation round."""
+    no_eval_nodes: set[int]
+    """Nodes that keep no held-out episodes: not sent evaluate messages."""
 
     def setup_tracking(self, *, round_offset: int, transport_dtype: str) -> None:
         self.round_offset = round_offset
@@ -73,6 +88,8 @@ class TrackedStrategy(FedAvg):
         self.site_ids = {}
         self.node_names = lambda node: None
         self.log = RoundLog()
+        self.evaluates = lambda server_round: False
+        self.no_eval_nodes = set()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -89,15 +106,79 @@ class TrackedStrategy(FedAvg):
         )
         if not messages:
             return messages
-        payload = pack_record(arrays, self.transport_dtype)  # one Array on the wire
-        if ray_carries_messages():
-            payload = payload.out_of_band()
+        payload = self._payload(arrays)
         for message in messages:
             add_train_payload(message.content, payload, self.norm_stats)
             self.log.sampled.append(message.metadata.dst_node_id)
             self.log.sent.append(message)
             self.log.bytes_sent += payload.count_bytes()
         return messages
+
+    def _payload(self, arrays: ArrayRecord) -> PackedArrays:
+        payload = pack_record(arrays, self.transport_dtype)  # one Array on the wire
+        return payload.out_of_band() if ray_carries_messages() else payload
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if not self.evaluates(server_round + self.round_offset):
+            return []
+        messages = [
+            m
+            for m in super().configure_evaluate(
+                server_round + self.round_offset,
+                arrays,
+                config,
+                SampledOnce(grid),  # type: ignore[arg-type]
+            )
+            if m.metadata.dst_node_id not in self.no_eval_nodes
+        ]
+        if messages:
+            payload = self._payload(arrays)
+            for message in messages:
+                add_train_payload(message.content, payload, self.norm_stats)
+                self.log.bytes_sent += payload.count_bytes()
+        self.log.eval_sent = messages
+        return messages
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Each client's evaluation, kept for the round's report; their average by samples."""
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self.log.eval_sent}
+        for reply in sorted(replies, key=lambda r: self._label(r.metadata.src_node_id)):
+            node = reply.metadata.src_node_id
+            if node not in sent_to.values():
+                node = sent_to.get(reply.metadata.reply_to_message_id, node)
+            label = self._label(node)
+            if reply.has_error():
+                self.log.eval_errors.append(f"{label}: {reply.error.reason}")
+                continue
+            metrics = read_evaluate_reply(reply.content)
+            if not (math.isfinite(metrics.eval_loss) and math.isfinite(metrics.action_mse)):
+                self.log.eval_errors.append(
+                    f"{label}: its evaluation is not finite (left out of the average)"
+                )
+            elif metrics.num_examples > 0:
+                self.log.evaluations.append(
+                    ClientEval(
+                        client=label,
+                        site_id=self.site_ids.get(node),
+                        eval_loss=metrics.eval_loss,
+                        action_mse=metrics.action_mse,
+                        samples=metrics.num_examples,
+                    )
+                )
+        total = federated_eval(self.log.evaluations)
+        if total is None:
+            return None
+        return MetricRecord(
+            {
+                "eval-loss": total.eval_loss,
+                "action-mse": total.action_mse,
+                "num-examples": total.samples,
+            }
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -196,6 +277,20 @@ class TrackedStrategy(FedAvg):
 
     def restore_server_state(self, state: dict[str, np.ndarray]) -> None:
         return None
+
+
+def federated_eval(evaluations: list[ClientEval]) -> ClientEval | None:
+    """The clients' evaluations averaged, each weighted by the samples it evaluated."""
+    samples = sum(e.samples for e in evaluations)
+    if samples == 0:
+        return None
+    return ClientEval(
+        client="federated",
+        site_id=None,
+        eval_loss=sum(e.eval_loss * e.samples for e in evaluations) / samples,
+        action_mse=sum(e.action_mse * e.samples for e in evaluations) / samples,
+        samples=samples,
+    )
 
 
 class SampledOnce:
@@ -317,7 +412,9 @@ STRATEGIES: dict[Strategy, StrategyFactory] = {
 def make_strategy(config: FederationConfig, *, round_offset: int) -> TrackedStrategy:
     common: dict[str, Any] = {
         "fraction_train": config.fraction_train,
-        "fraction_evaluate": 0.0,  # evaluation is server-side, on held-out data
+        # Every node is asked to evaluate on an evaluation round; configure_evaluate leaves out
+        # the rounds between and the nodes that keep nothing back.
+        "fraction_evaluate": 1.0 if client_holdout(config) > 0 else 0.0,
         "min_train_nodes": config.min_clients,
         "min_available_nodes": config.min_clients,
         "min_evaluate_nodes": 0,

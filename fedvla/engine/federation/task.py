@@ -332,14 +332,26 @@ def train(
     )
 
 
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    """The mean flow-matching loss (the training objective, in normalised units)."""
+    action_mse: float
+    """Mean squared error of the sampled action chunks against the recorded ones, in the
+    dataset's own units (unnormalised; padded steps past an episode's end left out)."""
+    samples: int
+
+
 @torch.no_grad()
 def evaluate(
     bundle: PolicyBundle, data: ClientData, *, batches: int, batch_size: int, seed: int
-) -> tuple[float, int]:
-    """Mean flow-matching loss on `batches` held-out batches, with seeded noise: comparable."""
+) -> EvalResult:
+    """The loss and action error on `batches` held-out batches, with seeded noise: comparable
+    from round to round and between runs."""
     policy = bundle.policy
     policy.eval()
     losses: list[float] = []
+    squared, counted = 0.0, 0
     samples = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -352,12 +364,24 @@ def evaluate(
         for index, raw in enumerate(loader):
             if index >= batches:
                 break
+            recorded = raw[ACTION_KEY].float().clone()
+            padded = raw.get("action_is_pad")
             batch = frames_to_float(bundle.preprocessor(raw), data.camera_keys)
             with _autocast(bundle.device):
                 loss = flow_loss(policy, batch)
+                chunk = policy.predict_action_chunk(batch)
             losses.append(float(loss))
+            predicted = bundle.postprocessor(chunk.float()).float().cpu()
+            error = (predicted[:, : recorded.shape[1]] - recorded) ** 2
+            valid = torch.ones(error.shape[:2], dtype=torch.bool)
+            if padded is not None:
+                valid = ~padded.bool()
+            squared += float(error[valid].sum())
+            counted += int(valid.sum()) * error.shape[-1]
             samples += int(batch[STATE_KEY].shape[0])
-    return float(np.mean(losses)), samples
+    return EvalResult(
+        loss=float(np.mean(losses)), action_mse=squared / max(counted, 1), samples=samples
+    )
 
 
 def trainable_arrays(bundle: PolicyBundle) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fedvla.core.errors import FieldProblem
+from fedvla.core.experiment_config import Evaluation
 from fedvla.core.models import (
     ApiToken,
     Checkpoint,
@@ -197,6 +198,9 @@ class RunPage:
     ]
     chart_data: Annotated[dict[str, Any], "Round and client metrics for the charts, as JSON."]
     events_url: Annotated[str, "The run's server-sent events stream."]
+    evaluation: Annotated[
+        Evaluation | None, "What the run evaluates, or that evaluation is off."
+    ] = None
 
 
 @dataclass
@@ -218,6 +222,13 @@ class ComparePage:
     settings_count: Annotated[int, "How many settings the runs have in all."]
     differing_count: Annotated[int, "How many of them differ between the runs."]
     only_differences: Annotated[bool, "Whether the settings table shows only differing rows."]
+    evaluations: Annotated[
+        list[Evaluation | None], "Per run compared: what it evaluates, or that it does not."
+    ] = field(default_factory=list)
+    any_server_eval: Annotated[bool, "Whether some compared run makes server evaluation."] = False
+    any_federated_eval: Annotated[bool, "Whether some compared run makes federated evaluation."] = (
+        False
+    )
 
 
 @dataclass

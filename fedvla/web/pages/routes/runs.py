@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from sqlmodel import Session
 from starlette.responses import RedirectResponse, Response
 
+from fedvla.core.experiment_config import Evaluation, evaluation_of_frozen
 from fedvla.core.models import (
     MAX_RUN_NOTES_LENGTH,
     ClientMetric,
@@ -69,10 +70,22 @@ def progress_of(run: Run, rounds: Sequence[RoundMetric]) -> Progress:
     )
 
 
+def loss_series(evaluation: Evaluation | None) -> list[dict[str, str]]:
+    """The loss chart's lines: the evaluations the run makes (none when evaluation is off,
+    rather than an empty line) and the clients' train loss."""
+    lines = []
+    if evaluation is None or evaluation.server:
+        lines.append({"key": "eval_loss", "label": "server eval loss"})
+    if evaluation is None or evaluation.federated:
+        lines.append({"key": "fed_eval_loss", "label": "federated eval loss"})
+    return [*lines, {"key": "train_loss", "label": "mean client train loss"}]
+
+
 def chart_data(
     rounds: Sequence[RoundMetric],
     clients: Sequence[ClientMetric],
     resources: Sequence[RunEvent] = (),
+    evaluation: Evaluation | None = None,
 ) -> dict[str, Any]:
     """What fedvla/web/static/js/dashboard.js draws; live round and resources events (the same
     fields) extend it. Round 0, the evaluation before training, is no round: the rounds table shows
@@ -81,12 +94,14 @@ def chart_data(
     The charts offer every numeric field they find: a round's ``*loss*`` and ``*mse*`` fields on
     the loss chart, ``bytes_*`` on the bytes chart, ``*_s`` on the duration chart; a sample's
     ``*_bytes`` on the memory chart and ``*_percent`` on the utilisation chart. An optional
-    ``"labels": {field: text}`` names fields the script does not know."""
+    ``"labels": {field: text}`` names fields the script does not know. ``loss_series`` names
+    the loss lines the run has (none for an evaluation it does not make)."""
     return {
         "rounds": [
             {
                 "round": r.round,
                 "eval_loss": r.eval_loss,
+                "fed_eval_loss": r.fed_eval_loss,
                 "train_loss": r.train_loss,
                 "duration_s": r.duration_s,
                 "bytes_sent": r.bytes_sent,
@@ -100,6 +115,8 @@ def chart_data(
             for c in clients
         ],
         "resources": [resource_point(event) for event in resources],
+        "loss_series": loss_series(evaluation),
+        "labels": {line["key"]: line["label"] for line in loss_series(evaluation)},
     }
 
 
@@ -168,6 +185,7 @@ def compare_runs(
     chosen = [service.get_run(session, run_id, token) for run_id in dict.fromkeys(run)]
     names = _experiment_names(session, token)
     series = []
+    evaluations = [evaluation_of_frozen(item.config) for item in chosen]
     for item in chosen:
         assert item.id is not None
         rounds = service.round_metrics(session, item.id)
@@ -194,6 +212,9 @@ def compare_runs(
         settings_count=len(settings),
         differing_count=len(differing),
         only_differences=only_differences,
+        evaluations=evaluations,
+        any_server_eval=any(e is not None and e.server for e in evaluations),
+        any_federated_eval=any(e is not None and e.federated for e in evaluations),
     )
     return render(request, "compare.html", page, token=token, nav="runs")
 
@@ -204,6 +225,7 @@ def run_page(session: Session, run: Run, token: WebToken) -> RunPage:
     clients = service.client_metrics(session, run.id)
     log, last_event_id = _log_tail(session, run.id)
     experiment = experiment_service.get_experiment(session=session, experiment_id=run.experiment_id)
+    evaluation = evaluation_of_frozen(run.config)
     return RunPage(
         run=run,
         experiment_name=experiment.name,
@@ -215,9 +237,13 @@ def run_page(session: Session, run: Run, token: WebToken) -> RunPage:
         log=log,
         last_event_id=last_event_id,
         chart_data=chart_data(
-            rounds, clients, events_of_kind(session, run.id, "resources", RESOURCE_POINTS)
+            rounds,
+            clients,
+            events_of_kind(session, run.id, "resources", RESOURCE_POINTS),
+            evaluation,
         ),
         events_url=f"/api/v1/runs/{run.id}/events?after_id={last_event_id}",
+        evaluation=evaluation,
     )
 
 

@@ -185,7 +185,8 @@
   // What each run chart may draw, chosen from the keys the page's chart data holds, so series
   // added to chart_data (fedvla/web/pages/routes/runs.py) show up without a change here.
   const ROUND_CHARTS = [
-    { name: "loss", title: "Loss per round", yLabel: "loss", picks: function (k) { return /loss|mse/.test(k); } },
+    { name: "loss", title: "Loss per round", yLabel: "loss", picks: function (k) { return /loss/.test(k); } },
+    { name: "action_error", title: "Action error per round", yLabel: "MSE", picks: function (k) { return /mse/.test(k); } },
     { name: "bytes", title: "Bytes per round", yLabel: "MB", scale: 1e6, picks: function (k) { return /^bytes_/.test(k); } },
     { name: "duration", title: "Round duration", yLabel: "s", picks: function (k) { return /_s$/.test(k); } },
   ];
@@ -195,7 +196,10 @@
   ];
   const LABELS = {
     eval_loss: "server eval loss",
+    fed_eval_loss: "federated eval loss",
     train_loss: "mean client train loss",
+    eval_action_mse: "server action MSE",
+    fed_eval_action_mse: "federated action MSE",
     bytes_sent: "sent (MB)",
     bytes_received: "received (MB)",
     duration_s: "seconds",
@@ -508,13 +512,13 @@
     const xs = Array.from(new Set([].concat.apply([], series.map(function (s) {
       return s.rounds.map(function (r) { return r.round; });
     })))).filter(function (x) { return x > 0; }).sort(function (a, b) { return a - b; });
-    ["eval_loss", "train_loss"].forEach(function (key) {
+    root.querySelectorAll("[data-chart]").forEach(function (figure) { // compare.html picks them
+      const key = figure.dataset.chart;
       const lines = series.map(function (s) {
         const byRound = new Map(s.rounds.map(function (r) { return [r.round, r[key]]; }));
         return { key: s.label, label: s.label, values: xs.map(function (x) { return byRound.has(x) ? byRound.get(x) : null; }) };
       });
-      const figure = root.querySelector('[data-chart="' + key + '"]');
-      plot(figure, key.replace("_", " "), xs, lines, { yLabel: "loss" });
+      plot(figure, figure.querySelector("h3").textContent, xs, lines, { yLabel: "loss" });
       keyboardCursor(figure);
     });
   }
