@@ -3,10 +3,11 @@ smoothing, the choice of series (kept per browser), the live connection's "recon
 when the server's stream is cut, the ticking clock, confirmation before cancel, the worker's
 resource chart, and the checkpoint links on a phone.
 
-The tests share one system and one long run (module-scoped) and build on each other in file
-order; the last one cancels the run.
+The tests share one system and its runs (module-scoped fixtures, made by whichever test
+needs them first).
 """
 
+import re
 import select
 import socket
 import threading
@@ -27,7 +28,6 @@ from tests.browser.test_dashboard import sign_in
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 
 RUN_TIMEOUT_MS = 300_000
-RUNS: dict[str, int] = {}
 
 
 class CuttableProxy:
@@ -98,6 +98,16 @@ class _quiet:
 
     def __exit__(self, *exc: object) -> bool:
         return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def runs(system: System) -> dict[str, int]:
+    """A long run, and one that waits behind it (one worker): launched once per system, so
+    each test finds them whichever worker process runs it."""
+    return {
+        "long": launch(system, "long-run", rounds=60),
+        "queued": launch(system, "waits-its-turn", rounds=2),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -183,30 +193,28 @@ def clock_changes(page: Page) -> None:
 
 
 def test_the_clock_ticks_while_queued_and_while_running(
-    new_page: Callable[..., Any], system: System
+    new_page: Callable[..., Any], system: System, runs: dict[str, int]
 ) -> None:
-    RUNS["long"] = launch(system, "long-run", rounds=60)
-    RUNS["queued"] = launch(system, "waits-its-turn", rounds=2)  # one worker: it waits
     page: Page = new_page()
     sign_in(page, system.admin)
 
-    page.goto(f"/runs/{RUNS['long']}")
+    page.goto(f"/runs/{runs['long']}")
     expect(page.locator("#run-status .badge")).to_have_text("running", timeout=RUN_TIMEOUT_MS)
     clock_changes(page)
     clock_changes(page)
 
-    page.goto(f"/runs/{RUNS['queued']}")
-    assert status_of(system, RUNS["queued"]) == RunStatus.queued
+    page.goto(f"/runs/{runs['queued']}")
+    assert status_of(system, runs["queued"]) == RunStatus.queued
     expect(page.locator("#run-status")).to_contain_text("Waiting for a worker for")
     clock_changes(page)
 
 
 def test_cancel_asks_first_and_does_nothing_when_declined(
-    new_page: Callable[..., Any], system: System
+    new_page: Callable[..., Any], system: System, runs: dict[str, int]
 ) -> None:
     page: Page = new_page()
     sign_in(page, system.admin)
-    run_id = RUNS["queued"]
+    run_id = runs["queued"]
     page.goto(f"/runs/{run_id}")
     asked: list[str] = []
 
@@ -228,25 +236,27 @@ def test_cancel_asks_first_and_does_nothing_when_declined(
 
 
 def test_hover_log_scale_smoothing_and_series_choice(
-    new_page: Callable[..., Any], system: System
+    new_page: Callable[..., Any], system: System, runs: dict[str, int]
 ) -> None:
     page: Page = new_page()
     sign_in(page, system.admin)
-    page.goto(f"/runs/{RUNS['long']}")
+    page.goto(f"/runs/{runs['long']}")
     wait_for_points(page, "loss", 3)
 
     def train_losses() -> dict[int, float]:
         with api(system) as client:
-            rounds = client.get(f"/runs/{RUNS['long']}/rounds").json()["data"]
+            rounds = client.get(f"/runs/{runs['long']}/rounds").json()["data"]
         return {r["round"]: r["train_loss"] for r in rounds if r["round"] > 0}
 
     # Hover: the legend shows the round under the cursor and its values.
     figure = page.locator('[data-chart="loss"]')
     over = figure.locator(".u-over")
+    over.scroll_into_view_if_needed()  # the notes and downloads above push the charts down
     box = over.bounding_box()
     assert box is not None
-    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     legend = figure.locator(".u-legend")
+    expect(legend.locator(".u-series").first.locator(".u-value")).to_have_text(re.compile(r"^\d+$"))
     shown_round = int(legend.locator(".u-series").first.locator(".u-value").inner_text())
     train_row = legend.locator(".u-series", has_text="mean client train loss")
     shown_loss = float(train_row.locator(".u-value").inner_text())
@@ -302,17 +312,18 @@ def test_hover_log_scale_smoothing_and_series_choice(
 
 
 def test_reconnecting_shows_while_the_stream_is_cut_and_goes_after(
-    chromium: Any, system: System, proxy: CuttableProxy
+    chromium: Any, system: System, proxy: CuttableProxy, runs: dict[str, int]
 ) -> None:
     context = chromium.new_context(base_url=proxy.url, viewport={"width": 1280, "height": 900})
     try:
         page: Page = context.new_page()
         sign_in(page, system.admin)
-        page.goto(f"/runs/{RUNS['long']}")
+        page.goto(f"/runs/{runs['long']}")
         stream = page.locator("#run-stream")
         expect(stream).to_have_attribute("data-connection", "open")
         notice = page.locator("#run-connection")
         expect(notice).to_be_hidden()
+        wait_for_points(page, "loss", 1)
         before = points(page, "loss")
 
         proxy.cut(6)
@@ -328,18 +339,19 @@ def test_reconnecting_shows_while_the_stream_is_cut_and_goes_after(
 
 
 def test_the_workers_memory_is_sampled_and_drawn(
-    new_page: Callable[..., Any], system: System
+    new_page: Callable[..., Any], system: System, runs: dict[str, int]
 ) -> None:
     page: Page = new_page()
     sign_in(page, system.viewer)
-    page.goto(f"/runs/{RUNS['long']}")
+    page.goto(f"/runs/{runs['long']}")
+    wait_for_points(page, "memory", 1)
     count = points(page, "memory")
     assert count >= 1, "no resource sample on the page"
     wait_for_points(page, "memory", count + 1)  # live, over the event stream
     assert "memory" in series_labels(page, "memory")
     assert "CPU" in series_labels(page, "utilization")
     with api(system) as client:
-        samples = client.get(f"/runs/{RUNS['long']}/resources").json()
+        samples = client.get(f"/runs/{runs['long']}/resources").json()
     assert samples["count"] >= count
     assert all(s["memory_bytes"] > 0 for s in samples["data"])
     if all(s.get("gpu_memory_bytes") is None for s in samples["data"]):
@@ -348,11 +360,16 @@ def test_the_workers_memory_is_sampled_and_drawn(
 
 
 def test_checkpoint_links_are_on_screen_at_390_px(
-    new_page: Callable[..., Any], system: System
+    new_page: Callable[..., Any], system: System, runs: dict[str, int]
 ) -> None:
+    with api(system) as client:
+        deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+        while not client.get(f"/runs/{runs['long']}/checkpoints").json()["data"]:
+            assert time.monotonic() < deadline, "the run wrote no checkpoint"
+            time.sleep(1)
     phone: Page = new_page(width=390, height=844)
     sign_in(phone, system.viewer)
-    phone.goto(f"/runs/{RUNS['long']}")
+    phone.goto(f"/runs/{runs['long']}")
     expect(phone.locator("#checkpoints-table tbody tr").first).to_be_visible()
     links = phone.locator("#checkpoints-table a")
     assert links.count() >= 2
@@ -365,7 +382,7 @@ def test_checkpoint_links_are_on_screen_at_390_px(
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390 + 1
 
     with api(system) as client:
-        assert client.post(f"/runs/{RUNS['long']}/cancel").status_code == 200
+        assert client.post(f"/runs/{runs['long']}/cancel").status_code == 200
     expect(phone.locator("#run-status .badge")).to_have_text("cancelled", timeout=30_000)
     clock = phone.locator("#run-clock")
     assert clock.get_attribute("data-ticking") is None  # a finished run's clock stands still

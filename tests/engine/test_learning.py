@@ -27,6 +27,7 @@ def test_fedavg_reaches_centralized_eval_loss(make_dataset, data_dir: Path, tmp_
         local_steps=LOCAL_STEPS,
         batch_size=BATCH,
         learning_rate=LR,
+        lr_schedule="constant",  # as the centralized training below: like for like
         eval_batches=4,
         eval_every=ROUNDS,
         client_holdout_fraction=0.0,  # about learning: the clients train on all they have

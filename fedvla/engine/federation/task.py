@@ -369,6 +369,10 @@ def evaluate(
             batch = frames_to_float(bundle.preprocessor(raw), data.camera_keys)
             with _autocast(bundle.device):
                 loss = flow_loss(policy, batch)
+            # The sampled chunk draws its noise from a stream of its own: the losses stay those
+            # of the same noise, whether or not the action error is measured beside them.
+            with torch.random.fork_rng(devices=[]), _autocast(bundle.device):
+                torch.manual_seed(seed + 1 + index)
                 chunk = policy.predict_action_chunk(batch)
             losses.append(float(loss))
             predicted = bundle.postprocessor(chunk.float()).float().cpu()
