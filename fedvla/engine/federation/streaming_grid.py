@@ -9,43 +9,18 @@ running sum and drops it). Everything else is the wrapped grid's.
 import time
 from collections.abc import Iterable, Iterator
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from fedvla.engine.federation.wrapped_grid import WrappedGrid
 
 DEFAULT_PULL_INTERVAL_S = 0.05
 
 
-class StreamingGrid(Grid):
+class StreamingGrid(WrappedGrid):
     def __init__(self, grid: Grid, pull_interval_s: float = DEFAULT_PULL_INTERVAL_S) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.pull_interval_s = pull_interval_s
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

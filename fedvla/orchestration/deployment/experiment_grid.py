@@ -18,9 +18,8 @@ time, not 2 (push_objects_wider).
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -30,6 +29,7 @@ from fedvla.core.models import Site
 from fedvla.core.services import compatibility
 from fedvla.engine.federation.protocol import with_camera_map
 from fedvla.engine.federation.transport import pull_objects_sooner, push_objects_wider
+from fedvla.engine.federation.wrapped_grid import WrappedGrid
 from fedvla.sites.node_registry import nodes_of_sites
 from fedvla.sites.superlink import SuperLinkError, list_nodes
 
@@ -57,7 +57,7 @@ def experiment_camera_maps(settings: Settings, site_ids: list[int]) -> dict[str,
     return {site.name: compatibility.cameras_renamed_for(site, sites) or {} for site in sites}
 
 
-class ExperimentGrid(Grid):
+class ExperimentGrid(WrappedGrid):
     """Delegates to Flower's grid; ``get_node_ids`` answers only the allowed nodes.
 
     ``allowed`` reads the allowed nodes (node id -> site name); when it fails (the SuperLink
@@ -75,7 +75,7 @@ class ExperimentGrid(Grid):
 
         pull_objects_sooner(http_grid)  # this ServerApp process's grid pulls replies sooner
         push_objects_wider(http_grid)  # and pushes a train message's objects 8 at a time
-        self.grid = grid
+        super().__init__(grid)
         self.allowed = allowed
         self.refresh_s = refresh_s
         self.camera_maps = dict(camera_maps or {})
@@ -97,23 +97,6 @@ class ExperimentGrid(Grid):
         """The site name of an allowed node."""
         return self._refresh().get(node)
 
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
     def get_node_ids(self) -> Iterable[int]:
         allowed = self._refresh()
         return [node for node in self.grid.get_node_ids() if node in allowed]
@@ -129,9 +112,6 @@ class ExperimentGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.grid.push_messages(self._for_their_sites(messages))
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
