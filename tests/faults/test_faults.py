@@ -404,6 +404,10 @@ def test_redis_unreachable_then_a_corrupted_and_a_deleted_checkpoint(
     _figures("redis unreachable + corrupt + deleted checkpoint", http, 0, after.files_lost() - 2)
 
 
+READ_ONLY = ("id", "created_at", "updated_at", "evaluation")
+"""What GET answers about an experiment that a create does not take."""
+
+
 def test_a_deleted_and_recreated_experiment_starts_clean(
     fast_settings: Settings,
     engine: Engine,
@@ -424,7 +428,7 @@ def test_a_deleted_and_recreated_experiment_starts_clean(
         with Session(engine) as session:
             first_dir = run_files.run_dir_of(session, fast_settings, first)
         deleted = client.delete(f"/api/v1/experiments/{experiment_id}")
-        body = {k: v for k, v in definition.items() if k not in ("id", "created_at", "updated_at")}
+        body = {k: v for k, v in definition.items() if k not in READ_ONLY}
         recreated = client.post("/api/v1/experiments", json=body)
         assert recreated.status_code == 201, recreated.text
         second = _launch(client, recreated.json()["id"])
