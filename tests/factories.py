@@ -125,6 +125,18 @@ def finish_with_reports(session: Session, database_url: str, run_id: int, folder
     assert run_service.finish_run(session, publisher, run_id, RunStatus.succeeded)
 
 
+def finished_run(session: Session, settings: Settings, folder: Path) -> Run:
+    """A run of a new experiment, taken through one round and one checkpoint to success."""
+    experiment = make_experiment(session)
+    assert experiment.id is not None
+    run = run_service.launch_run(
+        session, run_sender(settings), publisher_for(""), experiment_id=experiment.id, actor="tests"
+    )
+    assert run.id is not None
+    finish_with_reports(session, settings.database_url, run.id, folder)
+    return run
+
+
 def launch_quietly(session: Session, settings: Settings, experiment_id: int) -> Run:
     """A queued run, sent to a queue no worker reads; a deployment's sites are approved first."""
     links = session.exec(

@@ -224,17 +224,20 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"good": good, "bad": bad}
 
 
+FRONT_FEATURES = {
+    "state_dim": 6,
+    "action_dim": 6,
+    "camera_keys": ["observation.images.front"],
+    "camera_resolutions": {"observation.images.front": [24, 32, 3]},
+    "fps": 30,
+}
+"""The features of the 'good' dataset's site: one front camera."""
+
+
 def _kit_json(client: TestClient, session: Session, world: World, tmp_path: Path) -> Path:
     """kit.json of a site joining an experiment whose reference site matches 'good'."""
-    features = {
-        "state_dim": 6,
-        "action_dim": 6,
-        "camera_keys": ["observation.images.front"],
-        "camera_resolutions": {"observation.images.front": [24, 32, 3]},
-        "fps": 30,
-    }
-    reference = _approved(session, features=features)
-    joining = _approved(session, features=features)
+    reference = _approved(session, features=FRONT_FEATURES)
+    joining = _approved(session, features=FRONT_FEATURES)
     assert reference.id is not None and joining.id is not None
     make_experiment(session, deployment_body([reference.id, joining.id]))
     kit = _kit(client, joining.id, world.secrets["admin"])
@@ -458,15 +461,8 @@ def test_site_check_reads_the_experiments_as_they_are_now_on_the_server(
     from tests.factories import make_token
     from tests.orchestration.conftest import LiveServer
 
-    features = {
-        "state_dim": 6,
-        "action_dim": 6,
-        "camera_keys": ["observation.images.front"],
-        "camera_resolutions": {"observation.images.front": [24, 32, 3]},
-        "fps": 30,
-    }
-    reference = _approved(session, features=features)
-    joining = _approved(session, features=features)
+    reference = _approved(session, features=FRONT_FEATURES)
+    joining = _approved(session, features=FRONT_FEATURES)
     assert reference.id is not None and joining.id is not None
     token = make_token(session, Role.operator, site_id=joining.id)
     path = tmp_path / "kit.json"

@@ -17,9 +17,7 @@ from sqlmodel import Session
 
 from fedvla.core.config import Settings
 from fedvla.core.models import Role
-from fedvla.core.services import runs as run_service
-from fedvla.orchestration.dispatch import run_sender
-from tests.factories import finish_with_reports, make_experiment, make_token
+from tests.factories import finished_run, make_token
 from tests.test_readme import README
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -54,14 +52,7 @@ def server(app: FastAPI) -> Iterator[str]:
 def test_the_readme_download_lines_work_and_resume(
     server: str, session: Session, settings: Settings, tmp_path: Path
 ) -> None:
-    experiment = make_experiment(session)
-    assert experiment.id is not None
-    run = run_service.launch_run(
-        session, run_sender(settings), run_service.publisher_for(""),
-        experiment_id=experiment.id, actor="tests",
-    )  # fmt: skip
-    assert run.id is not None
-    finish_with_reports(session, settings.database_url, run.id, tmp_path / "checkpoint")
+    run = finished_run(session, settings, tmp_path / "checkpoint")
     secret = make_token(session, Role.viewer)
     ids = {"runs/4/": f"runs/{run.id}/", "checkpoints/5/": "checkpoints/1/"}
     ids["run-4-round-5"] = f"run-{run.id}-round-1"

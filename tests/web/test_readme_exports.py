@@ -12,9 +12,7 @@ from sqlmodel import Session
 from fedvla.core.config import Settings
 from fedvla.core.models import Role
 from fedvla.core.services import run_files
-from fedvla.core.services import runs as run_service
-from fedvla.orchestration.dispatch import run_sender
-from tests.factories import finish_with_reports, make_experiment, make_token
+from tests.factories import finished_run, make_token
 from tests.test_readme import README
 from tests.web.test_readme_curl import server  # noqa: F401 - the real server fixture
 
@@ -34,14 +32,7 @@ def test_the_readme_export_and_log_lines_work(
     settings: Settings,
     tmp_path: Path,
 ) -> None:
-    experiment = make_experiment(session)
-    assert experiment.id is not None
-    run = run_service.launch_run(
-        session, run_sender(settings), run_service.publisher_for(""),
-        experiment_id=experiment.id, actor="tests",
-    )  # fmt: skip
-    assert run.id is not None
-    finish_with_reports(session, settings.database_url, run.id, tmp_path / "checkpoint")
+    run = finished_run(session, settings, tmp_path / "checkpoint")
     log = run_files.log_path(settings, run.storage_key)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("federation started\nround 1 done\n")

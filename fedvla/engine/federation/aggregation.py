@@ -153,15 +153,3 @@ def _values(array: Array, key: str) -> np.ndarray:
         return array_values(array)
     except ValueError as error:
         raise AggregationError(f"{key}: {error}") from error
-
-
-def weighted_average_packed(
-    updates: Sequence[PackedArrays], weights: Sequence[float]
-) -> ArrayRecord:
-    """All packed updates at once: PackedRunningAverage fed in the order given."""
-    if not updates or len(updates) != len(weights):
-        raise AggregationError(f"{len(updates)} updates for {len(weights)} weights")
-    average = PackedRunningAverage()
-    for update, weight in zip(updates, weights, strict=True):
-        average.add(update, weight)
-    return average.result()
