@@ -25,7 +25,6 @@ outcome pushed, seconds in the ClientApp, training seconds, policies built so fa
 
 import contextlib
 import io
-import json
 import logging
 import os
 import signal
@@ -39,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
+
+from fedvla.core.log_records import log_record, read_log_records
 
 log = logging.getLogger("fedvla.site")
 
@@ -91,18 +92,13 @@ class TaskRecord:
     trainer_pid: int
 
     def line(self) -> str:
-        return TASK_LOG_PREFIX + json.dumps(self.__dict__)
+        return log_record(TASK_LOG_PREFIX, self.__dict__)
 
 
 def read_task_records(text: str, prefix: str = TASK_LOG_PREFIX) -> list[dict[str, Any]]:
     """The ``site task`` records of a site node's log (``supernode pull`` ones with
     PULL_LOG_PREFIX)."""
-    records = []
-    for line in text.splitlines():
-        _, found, rest = line.partition(prefix)
-        if found and rest.startswith("{"):
-            records.append(json.loads(rest))
-    return records
+    return read_log_records(text, prefix)
 
 
 def runtime_address(supernode_args: list[str]) -> str:
@@ -425,7 +421,7 @@ def _timed(pull_objects: Callable[..., dict[str, bytes]]) -> Callable[..., dict[
         contents = pull_objects(*args, **kwargs)
         seconds = round(time.perf_counter() - started, 4)
         record = {"objects": len(contents), "bytes": sum(map(len, contents.values()))}
-        print(PULL_LOG_PREFIX + json.dumps({**record, "seconds": seconds}), flush=True)
+        print(log_record(PULL_LOG_PREFIX, {**record, "seconds": seconds}), flush=True)
         return contents
 
     return pull
