@@ -36,9 +36,10 @@ from fedvla.core.migrate import upgrade_database  # noqa: E402
 from fedvla.core.models import RoundMetric, Run, RunEvent, SiteStatus  # noqa: E402
 from fedvla.core.schemas.experiments import ExperimentCreate  # noqa: E402
 from fedvla.core.schemas.sites import SiteCreate  # noqa: E402
-from fedvla.core.services import experiments, runs, sites  # noqa: E402
+from fedvla.core.services import experiments, run_files, runs, sites  # noqa: E402
 from fedvla.engine.data.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
 from fedvla.engine.policy.tiny import tiny_vlm_dir  # noqa: E402
+from fedvla.orchestration.deployment.exchange_log import read_exchanges  # noqa: E402
 from fedvla.orchestration.deployment.local_nodes import free_port, start_superlink, start_supernode  # noqa: E402
 from fedvla.orchestration.site_node import PULL_LOG_PREFIX, read_task_records  # noqa: E402
 from fedvla.orchestration.supervisor import child_env  # noqa: E402
@@ -207,12 +208,15 @@ def _run(settings: Settings, engine: Any, run_id: int) -> dict[str, Any]:
             select(RoundMetric).where(RoundMetric.run_id == run_id).order_by(col(RoundMetric.round))
         ).all()
         events = session.exec(select(RunEvent.message).where(RunEvent.run_id == run_id)).all()
+        log = run_files.federation_log(run_files.run_dir_of(session, settings, run_id))
     if child.returncode != 0:
         print(child.stderr[-3000:], "\n".join(events), file=sys.stderr)
     return {
         "exit_code": child.returncode,
         "process_seconds": round(seconds, 2),
         "round_seconds": {r.round: round(r.duration_s, 3) for r in rounds if r.round > 0},
+        # The ServerApp's exchanges through the SuperLink (none in simulation), in order.
+        "exchanges": read_exchanges(log.read_text()) if log.is_file() else [],
     }
 
 
@@ -250,6 +254,11 @@ def summarise(
             "supernode_pull_objects": [p["objects"] for p in site_pulls.get(name, [])[2:]],
         }
     fixed_at_site = statistics.median(v for s in per_site.values() for v in s["fixed_at_site_s"])
+    trains = [e for e in outcome["deployment"]["exchanges"] if e["message_type"] == "train"][1:]
+
+    def exchange_median(key: str) -> float | None:
+        return round(statistics.median(e[key] for e in trains), 3) if trains else None
+
     fixed_in_trainer = statistics.median(
         v for s in per_site.values() for v in s["fixed_in_trainer_s"]
     )
@@ -274,6 +283,18 @@ def summarise(
         "site_runtime_pull_median_s": median_of("runtime_api_pull_s"),
         "site_runtime_push_median_s": median_of("runtime_api_push_s"),
         "supernode_pull_median_s": median_of("supernode_pull_s"),
+        # The ServerApp's side of a train exchange, rounds 2+: pushing the messages, then
+        # waiting until the last reply is in, of which inside pull requests.
+        "serverapp_push_median_s": exchange_median("push_seconds"),
+        "serverapp_until_last_reply_median_s": exchange_median("until_last_reply_seconds"),
+        "serverapp_pull_median_s": exchange_median("pull_seconds"),
+        "serverapp_pull_requests_median": exchange_median("pull_requests"),
+        "serverapp_rest_of_round_median_s": round(
+            deployment_round
+            - (exchange_median("push_seconds") or 0)
+            - (exchange_median("until_last_reply_seconds") or 0),
+            3,
+        ),
         "site_fixed_target_s": SITE_FIXED_TARGET_S,
         "site_fixed_met": fixed_at_site < SITE_FIXED_TARGET_S,
         "sites_detail": per_site,
@@ -306,6 +327,13 @@ def table(results: dict[str, Any]) -> str:
         f"the SuperNode pulling its objects from the SuperLink "
         f"{results['supernode_pull_median_s']} s), pushing the reply to the SuperNode "
         f"{results['site_runtime_push_median_s']} s.\n"
+        f"\nThe ServerApp's side of a train exchange (medians, rounds 2+): pushing both messages "
+        f"to the SuperLink {results['serverapp_push_median_s']} s, then until the last reply is "
+        f"in {results['serverapp_until_last_reply_median_s']} s, of which "
+        f"{results['serverapp_pull_median_s']} s inside "
+        f"{results['serverapp_pull_requests_median']} pull requests; the rest of a round "
+        f"(sampling, aggregation, evaluation, the round's report and checkpoint) "
+        f"{results['serverapp_rest_of_round_median_s']} s.\n"
     )
 
 

@@ -159,21 +159,34 @@ class _Grid:
         return self.nodes
 
 
-def test_the_experiment_grid_admits_a_re_keyed_sites_new_node() -> None:
-    allowed = [{12: "lab-a"}]
+def test_the_experiment_grid_admits_a_re_keyed_sites_new_node_and_drops_a_revoked_one() -> None:
+    from sqlalchemy.exc import OperationalError
 
-    def read() -> dict[int, str]:
-        if isinstance(allowed[-1], Exception):
-            raise allowed[-1]
-        return allowed[-1]
+    registered: list[dict[int, str] | Exception] = [{12: "lab-a"}]
+    approved: list[set[str] | Exception] = [{"lab-a", "lab-b"}]
 
-    grid = ExperimentGrid(_Grid([12, 13, 14]), read, refresh_s=0)  # type: ignore[arg-type]
+    def last[T](answers: list[T | Exception]) -> T:
+        if isinstance(answers[-1], Exception):
+            raise answers[-1]
+        return answers[-1]
+
+    grid = ExperimentGrid(
+        _Grid([12, 13, 14]),  # type: ignore[arg-type]
+        nodes=lambda: last(registered),
+        approved=lambda: last(approved),
+        refresh_s=0,
+    )
     assert list(grid.get_node_ids()) == [12]
-    allowed.append({12: "lab-a", 14: "lab-b"})  # lab-b re-keyed and was approved again
+    registered.append({12: "lab-a", 14: "lab-b"})  # lab-b re-keyed and was approved again
     assert list(grid.get_node_ids()) == [12, 14]
     assert grid.node_name(14) == "lab-b"
-    allowed.append(SuperLinkError("down"))  # type: ignore[arg-type]
-    assert list(grid.get_node_ids()) == [12, 14]  # the last answer stands
+    approved.append({"lab-a"})  # lab-b revoked: its node is still registered until the sync
+    assert list(grid.get_node_ids()) == [12]
+    registered.append({12: "lab-a"})  # the sync unregistered it
+    assert grid.node_name(14) == "lab-b"  # its failures of this run still carry its name
+    registered.append(SuperLinkError("down"))
+    approved.append(OperationalError("select", {}, Exception("database away")))
+    assert list(grid.get_node_ids()) == [12]  # the last answers stand
 
 
 def test_the_site_page_says_key_needed_and_why_the_node_was_refused() -> None:

@@ -29,6 +29,7 @@ import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ BARE = {
 }
 """An operator's shell: fedvla is called by its path, as an installed command; nothing on PATH."""
 FINAL = ("succeeded", "failed", "cancelled")
+ROUNDS = 4
+"""Run 1's: lab-b is revoked once round 1 is in, with rounds left for lab-a alone."""
 
 
 def wait_for(what: str, condition: Callable[[], Any], timeout_s: float, every_s: float = 1) -> Any:
@@ -232,6 +235,12 @@ def _finished(coordinator: Coordinator, run_id: int, timeout_s: float) -> dict[s
     return dict(run)
 
 
+def _utc(stamp: str) -> datetime:
+    """An API timestamp (SQLite gives it back without its zone, which is UTC)."""
+    moment = datetime.fromisoformat(stamp)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _events(coordinator: Coordinator, run_id: int) -> list[str]:
     page = coordinator.ok("GET", f"/runs/{run_id}/events.json?limit=500", headers=coordinator.admin)
     return [e["message"] for e in page["data"]]
@@ -329,7 +338,7 @@ def test_the_operator_journey_from_enrolment_to_a_re_keyed_site_admitted_again(
             "mode": "deployment",
             "site_ids": [lab_a.site_id, lab_b.site_id],
             "min_clients": 1,  # a revoked site leaves the other to go on
-            "num_rounds": 3,
+            "num_rounds": ROUNDS,
             "local_steps": 2,
             "batch_size": 2,
             "eval_every": 0,
@@ -391,6 +400,7 @@ def test_the_operator_journey_from_enrolment_to_a_re_keyed_site_admitted_again(
         headers=admin,
         json={"reason": "left the consortium"},
     )
+    revoked_at = datetime.now(UTC)
     assert revoked["status"] == "revoked"
     wait_for(
         "lab-b's node unregistered",
@@ -403,20 +413,27 @@ def test_the_operator_journey_from_enrolment_to_a_re_keyed_site_admitted_again(
 
     clients = _clients(api, run["id"])
     assert len({(c["round"], c["client"]) for c in clients}) == len(clients)  # each once
-    by_round = {r: {c["client"]: c for c in clients if c["round"] == r} for r in (1, 2, 3)}
+    rounds = api.ok("GET", f"/runs/{run['id']}/rounds", headers=admin)["data"]
+    assert [r["round"] for r in rounds] == list(range(ROUNDS + 1))
+    by_round = {
+        r: {c["client"]: c for c in clients if c["round"] == r} for r in range(1, ROUNDS + 1)
+    }
     assert set(by_round[1]) == {"lab-a", "lab-b"} and all(c["ok"] for c in by_round[1].values())
-    # From the revocation on, lab-a alone trains: lab-b is no longer among the run's nodes (a
-    # round it was in when revoked counts it once, as failed).
-    assert by_round[3] == {"lab-a": by_round[3]["lab-a"]} and by_round[3]["lab-a"]["ok"]
-    assert all(c["ok"] for r in (2, 3) for c in by_round[r].values() if c["client"] == "lab-a")
-    assert all(not c["ok"] for r in (2, 3) for c in by_round[r].values() if c["client"] == "lab-b")
+    assert all(by_round[r]["lab-a"]["ok"] for r in by_round)
+    # A round sampled after the revocation (its previous round recorded after the revoke
+    # returned) has lab-a alone; lab-b's update of the round it was revoked in, if it came
+    # after the revocation, counts it once, as failed, and is not averaged.
+    recorded = {r["round"]: _utc(r["created_at"]) for r in rounds}
+    sampled_after = [r for r in by_round if r > 1 and recorded[r - 1] > revoked_at]
+    assert sampled_after, f"the run ended before the revocation at {revoked_at}: {rounds}"
+    assert all(set(by_round[r]) == {"lab-a"} for r in sampled_after), by_round
+    lab_b_ok = [by_round[r]["lab-b"]["ok"] for r in by_round if "lab-b" in by_round[r]]
+    assert lab_b_ok in ([True] * len(lab_b_ok), [True] * (len(lab_b_ok) - 1) + [False])
     assert {c["client"]: c["site_id"] for c in clients} == {
         "lab-a": lab_a.site_id,
         "lab-b": lab_b.site_id,
     }
     first_clients = clients
-    rounds = api.ok("GET", f"/runs/{run['id']}/rounds", headers=admin)["data"]
-    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
 
     # Its contribution, in the API above and on the site page.
     page = _site_page(api, lab_a)
@@ -424,13 +441,13 @@ def test_the_operator_journey_from_enrolment_to_a_re_keyed_site_admitted_again(
     assert table is not None, page.get_text()
     row = next(tr for tr in table.find_all("tr") if f"run {run['id']}" in tr.get_text())
     cells = [td.get_text(strip=True) for td in row.find_all("td")]
-    assert cells[1] == "3"  # rounds
+    assert cells[1] == str(ROUNDS)  # rounds
     assert int(cells[2]) == sum(c["samples"] for c in clients if c["client"] == "lab-a")
 
     # The run's federation.log: the worker's federation process and the ServerApp's log.
     log = _federation_log(api, run["id"])
     assert f"ServerApp of run {run['id']} on the SuperLink" in log
-    assert "[ROUND 3/3]" in log
+    assert f"[ROUND {ROUNDS}/{ROUNDS}]" in log
 
     # -- lab-b re-keys (its revoked key is never admitted again), registers it, is approved.
     assert lab_b.node is not None
@@ -473,7 +490,8 @@ def test_the_operator_journey_from_enrolment_to_a_re_keyed_site_admitted_again(
     }
     assert set(rows) == {f"run {run['id']}", f"run {again['id']}"}
     failed = sum(1 for c in first_clients if c["client"] == "lab-b" and not c["ok"])
-    assert (rows[f"run {run['id']}"][1], rows[f"run {run['id']}"][7]) == ("1", str(failed))
+    trained = sum(1 for c in first_clients if c["client"] == "lab-b" and c["ok"])
+    assert (rows[f"run {run['id']}"][1], rows[f"run {run['id']}"][7]) == (str(trained), str(failed))
     assert rows[f"run {again['id']}"][1] == "1"
 
     # lab-a's node served both runs with one warm trainer (its own log).

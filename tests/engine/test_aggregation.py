@@ -100,7 +100,10 @@ def _float32_update(seed: int) -> ArrayRecord:
     )
 
 
-def _reply(node: int, update: ArrayRecord, samples: int) -> Message:
+def _reply(
+    node: int, update: ArrayRecord, samples: int, *, to: Message | None = None, label: str = ""
+) -> Message:
+    """Node ``node``'s train reply with ``update`` (to ``to``, else to a message made here)."""
     metrics = TrainMetrics(
         train_loss=1.0,
         num_examples=samples,
@@ -112,9 +115,9 @@ def _reply(node: int, update: ArrayRecord, samples: int) -> Message:
         bytes_received=0,
         bytes_sent=update.count_bytes(),
     )
-    instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
+    instruction = to or Message(RecordDict(), dst_node_id=node, message_type="train")
     packed = pack_record(update, "float32")
-    return Message(train_reply(packed, metrics, f"client-{node}"), reply_to=instruction)
+    return Message(train_reply(packed, metrics, label or f"client-{node}"), reply_to=instruction)
 
 
 def _strategy(name: str, clients: int):  # type: ignore[no-untyped-def]

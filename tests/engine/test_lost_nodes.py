@@ -17,6 +17,10 @@ def _sent(node: int) -> Message:
     return message
 
 
+def _ones(value: float) -> ArrayRecord:
+    return ArrayRecord({"w": Array(np.full(3, value, dtype=np.float32))})
+
+
 def _strategy(labels: dict[int, str]) -> TrackedStrategy:
     config = FederationConfig(
         policy="tiny",
@@ -81,30 +85,16 @@ class _SuperLinkGrid:
 def test_a_message_the_superlink_dropped_with_a_revoked_node_is_that_nodes_error() -> None:
     from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_ins_message
 
-    from fedvla.engine.federation.protocol import TrainMetrics, train_reply
-    from fedvla.engine.federation.transport import pack_record
     from fedvla.orchestration.deployment.experiment_grid import ExperimentGrid
 
     to_a, to_b = _sent(5), _sent(7)
-    update = ArrayRecord({"w": Array(np.ones(3, dtype=np.float32))})
-    metrics = TrainMetrics(
-        train_loss=1.0,
-        num_examples=4,
-        steps=1,
-        episodes=1,
-        seconds=0.1,
-        load_seconds=0.0,
-        skipped_frames=0,
-        bytes_received=0,
-        bytes_sent=update.count_bytes(),
-    )
-    from_a = Message(train_reply(pack_record(update, "float32"), metrics, "lab-a"), reply_to=to_a)
+    from_a = _reply(5, _ones(1.0), 4, to=to_a, label="lab-a")
     dropped = create_message_error_unavailable_ins_message(to_b.metadata.message_id, 1)
     assert dropped.metadata.src_node_id == SUPERLINK_NODE_ID
     grid = ExperimentGrid(
         _SuperLinkGrid([from_a, dropped]),  # type: ignore[arg-type]
-        lambda: {5: "lab-a", 7: "lab-b"},
-        refresh_s=0,
+        nodes=lambda: {5: "lab-a", 7: "lab-b"},
+        approved=lambda: {"lab-a", "lab-b"},
     )
 
     replies = list(grid.send_and_receive([to_a, to_b], timeout=10))
@@ -116,6 +106,34 @@ def test_a_message_the_superlink_dropped_with_a_revoked_node_is_that_nodes_error
     reports = {c.client: c for c in strategy.log.clients}
     assert sorted(reports) == ["lab-a", "lab-b"]
     assert reports["lab-b"].error and "Message Unavailable" in reports["lab-b"].error
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_an_update_from_a_site_revoked_while_it_trained_is_not_averaged() -> None:
+    from fedvla.orchestration.deployment.experiment_grid import ExperimentGrid
+
+    to_a, to_b = _sent(5), _sent(7)
+    approved = {"lab-a", "lab-b"}
+    grid = ExperimentGrid(
+        _SuperLinkGrid([_reply(5, _ones(1.0), 4, to=to_a), _reply(7, _ones(100.0), 4, to=to_b)]),  # type: ignore[arg-type]
+        nodes=lambda: {5: "lab-a", 7: "lab-b"},  # the SuperLink still lists lab-b's node
+        approved=lambda: set(approved),
+    )
+    assert list(grid.get_node_ids()) == [5, 7]
+    grid.push_messages([to_a, to_b])
+    approved.discard("lab-b")  # the admin revokes lab-b while both train
+
+    replies = list(grid.pull_messages({to_a.metadata.message_id, to_b.metadata.message_id}))
+
+    strategy = _strategy({5: "lab-a", 7: "lab-b"})
+    strategy.log = RoundLog(sampled=[5, 7], sent=[to_a, to_b])
+    averaged, _ = strategy.aggregate_train(1, replies)
+    assert averaged is not None
+    assert np.allclose(averaged["w"].numpy(), 1.0)  # lab-a's alone
+    reports = {c.client: c for c in strategy.log.clients}
+    assert reports["lab-a"].ok and not reports["lab-b"].ok
+    assert reports["lab-b"].error and "no longer approved" in reports["lab-b"].error
+    assert list(grid.get_node_ids()) == [5]  # and it is not sampled again
 
 
 class _NodeLeaves:

@@ -30,6 +30,7 @@ from fedvla.engine.federation.server_app import ServerRun, federation_server_app
 from fedvla.orchestration.db_reporter import DbReporter
 from fedvla.orchestration.deployment.experiment_grid import (
     ExperimentGrid,
+    approved_sites,
     experiment_camera_maps,
     experiment_nodes,
 )
@@ -100,7 +101,8 @@ def _on_superlink(grid: Grid, context: Context) -> Iterator[ServerRun]:
             reporter.log(f"ServerApp on the SuperLink: Flower run {context.run_id}")
             experiment_grid = ExperimentGrid(
                 grid,
-                lambda: experiment_nodes(settings, config.site_ids),
+                nodes=lambda: experiment_nodes(settings, config.site_ids),
+                approved=lambda: approved_sites(reporter.engine, config.site_ids),
                 camera_maps=experiment_camera_maps(settings, config.site_ids),
             )
             yield ServerRun(
