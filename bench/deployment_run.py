@@ -9,9 +9,13 @@ time as the engine reports it (RoundMetric.duration_s, the same ServerApp code i
 median of the rounds after the first (the first builds each client's feed in both modes). At the
 sites: each train task's cost outside training, from the site node's log (``site task`` lines): in
 the trainer (hand-over, weights in and out) and in all (with the Runtime API transfers between the
-SuperNode and the trainer). Results: bench/results/deployment_run.{json,md}.
+SuperNode and the trainer). On the ServerApp's side: each train exchange through the SuperLink,
+from the run's federation.log (exchange_log). The same comparison again with more local work per
+round (--longer-local-steps) shows how the fixed cost weighs as training grows. Results:
+bench/results/deployment_run.{json,md}.
 
-    .venv/bin/python bench/deployment_run.py [--rounds 5] [--local-steps 4] [--quick]
+    .venv/bin/python bench/deployment_run.py [--rounds 5] [--local-steps 4]
+        [--longer-local-steps 32] [--quick]
 """
 
 import os
@@ -62,11 +66,22 @@ def main() -> int:
     parser = bench_parser(__doc__ or "")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-steps", type=int, default=4)
+    parser.add_argument(
+        "--longer-local-steps",
+        type=int,
+        nargs="*",
+        default=[32],
+        help="the same comparison again with more local work per round (its own row)",
+    )
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.local_steps = 2, 1
+        args.rounds, args.local_steps, args.longer_local_steps = 2, 1, [2]
+    longer = " ".join(str(steps) for steps in args.longer_local_steps)
     command = "HF_HUB_OFFLINE=1 .venv/bin/python bench/deployment_run.py" + (
-        " --quick" if args.quick else f" --rounds {args.rounds} --local-steps {args.local_steps}"
+        " --quick"
+        if args.quick
+        else f" --rounds {args.rounds} --local-steps {args.local_steps}"
+        f" --longer-local-steps {longer}"
     )
     recorder = Recorder(
         "deployment_run",
@@ -142,28 +157,39 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise TimeoutError("the site nodes never came online")
                 time.sleep(0.5)
-            deployment = _create_run(
-                session,
-                {**common, "name": "bench-deployment", "mode": "deployment", "site_ids": site_ids},
-            )
-            simulation = _create_run(
-                session,
-                {
+            bodies = {
+                "deployment": {**common, "mode": "deployment", "site_ids": site_ids},
+                "simulation": {
                     **common,
-                    "name": "bench-simulation",
                     "client_datasets": [
                         {"repo_id": f"local/{d.name}", "root": str(d)} for d in datasets
                     ],
                 },
-            )
+            }
+            pairs = {
+                steps: {
+                    mode: _create_run(
+                        session, {**body, "name": f"bench-{mode}-{steps}", "local_steps": steps}
+                    )
+                    for mode, body in bodies.items()
+                }
+                for steps in (args.local_steps, *args.longer_local_steps)
+            }
         loads = [load_average()]
-        outcome = {"deployment": _run(settings, engine, deployment)}
-        loads.append(load_average())
-        outcome["simulation"] = _run(settings, engine, simulation)
-        loads.append(load_average())
-        logs = {f"site-{i}": (root / f"site-{i}" / "supernode.log").read_text() for i in (1, 2)}
-        site_tasks = {name: read_task_records(text) for name, text in logs.items()}
-        site_pulls = {name: read_task_records(text, PULL_LOG_PREFIX) for name, text in logs.items()}
+        outcomes: dict[int, dict[str, Any]] = {}
+        for steps, pair in pairs.items():
+            outcomes[steps] = {}
+            for mode, run_id in pair.items():
+                outcomes[steps][mode] = _run(settings, engine, run_id)
+                loads.append(load_average())
+            if steps == args.local_steps:  # the sites' records of the first pair's rounds
+                logs = {
+                    f"site-{i}": (root / f"site-{i}" / "supernode.log").read_text() for i in (1, 2)
+                }
+                site_tasks = {name: read_task_records(text) for name, text in logs.items()}
+                site_pulls = {
+                    name: read_task_records(text, PULL_LOG_PREFIX) for name, text in logs.items()
+                }
     finally:
         for node in nodes:
             if node.poll() is None:
@@ -172,10 +198,14 @@ def main() -> int:
         superlink.stop()
         engine.dispose()
 
+    outcome = outcomes[args.local_steps]
     results = summarise(outcome, site_tasks, site_pulls, args.rounds, args.local_steps)
+    results["longer_work"] = [
+        {"local_steps": steps, **round_ratio(outcomes[steps])} for steps in args.longer_local_steps
+    ]
     results["load_average_between_runs"] = loads
     recorder.write(results, table(results), out_dir=args.out_dir)
-    ok = all(o["exit_code"] == 0 for o in outcome.values())
+    ok = all(o["exit_code"] == 0 for pair in outcomes.values() for o in pair.values())
     return 0 if ok else 1
 
 
@@ -220,6 +250,23 @@ def _run(settings: Settings, engine: Any, run_id: int) -> dict[str, Any]:
     }
 
 
+def round_ratio(pair: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A deployment round against a simulation round: medians of the rounds after the first."""
+
+    def later_rounds(mode: str) -> list[float]:
+        seconds = pair[mode]["round_seconds"]
+        return [v for r, v in seconds.items() if r > 1] or list(seconds.values())
+
+    deployment = statistics.median(later_rounds("deployment"))
+    simulation = statistics.median(later_rounds("simulation"))
+    return {
+        "deployment_round_median_s": round(deployment, 3),
+        "simulation_round_median_s": round(simulation, 3),
+        "round_ratio": round(deployment / simulation, 3),
+        "round_ratio_met": deployment / simulation <= ROUND_RATIO_TARGET,
+    }
+
+
 def summarise(
     outcome: dict[str, dict[str, Any]],
     site_tasks: dict[str, list[dict[str, Any]]],
@@ -227,13 +274,8 @@ def summarise(
     rounds: int,
     local_steps: int,
 ) -> dict[str, Any]:
-    def later_rounds(mode: str) -> list[float]:
-        seconds = outcome[mode]["round_seconds"]
-        return [v for r, v in seconds.items() if r > 1] or list(seconds.values())
-
-    deployment_round = statistics.median(later_rounds("deployment"))
-    simulation_round = statistics.median(later_rounds("simulation"))
-    ratio = deployment_round / simulation_round
+    ratio = round_ratio(outcome)
+    deployment_round = ratio["deployment_round_median_s"]
     per_site = {}
     for name, records in site_tasks.items():
         trains = [t for t in records if t["message_type"] == "train"]
@@ -273,11 +315,8 @@ def summarise(
         "local_steps": local_steps,
         "policy": "tiny",
         "runs": outcome,
-        "deployment_round_median_s": round(deployment_round, 3),
-        "simulation_round_median_s": round(simulation_round, 3),
-        "round_ratio": round(ratio, 3),
+        **ratio,
         "round_ratio_target": ROUND_RATIO_TARGET,
-        "round_ratio_met": ratio <= ROUND_RATIO_TARGET,
         "site_fixed_median_s": round(fixed_at_site, 3),
         "site_fixed_in_trainer_median_s": round(fixed_in_trainer, 3),
         "site_runtime_pull_median_s": median_of("runtime_api_pull_s"),
@@ -304,11 +343,21 @@ def summarise(
 def table(results: dict[str, Any]) -> str:
     rows = [
         [
-            "round, median of rounds 2+ (s)",
+            f"round, median of rounds 2+ (s), {results['local_steps']} local steps",
             results["deployment_round_median_s"],
             results["simulation_round_median_s"],
             f"{results['round_ratio']}x (target <= {ROUND_RATIO_TARGET}x)",
             results["round_ratio_met"],
+        ],
+        *[
+            [
+                f"the same with {row['local_steps']} local steps",
+                row["deployment_round_median_s"],
+                row["simulation_round_median_s"],
+                f"{row['round_ratio']}x",
+                row["round_ratio_met"],
+            ]
+            for row in results["longer_work"]
         ],
         [
             "per-round fixed cost at a site (s)",

@@ -96,9 +96,12 @@ def test_deployment_run_quick_compares_rounds_and_reads_the_sites(run_bench):  #
         assert site["all_ok"] and site["tasks"] == 3  # describe, then one train per round
         assert site["policies_built"] == 1 and site["trainer_processes"] == 1
         assert 0 <= site["fixed_in_trainer_s"][0] <= site["fixed_at_site_s"][0]
-    assert len(result["load_average_between_runs"]) == 3
+    assert len(result["load_average_between_runs"]) == 5  # at the start and after each run
     assert "per-round fixed cost at a site" in table
     # The ServerApp's own account of the exchanges: the query, then a train per round.
     kinds = [e["message_type"] for e in result["runs"]["deployment"]["exchanges"]]
     assert kinds == ["query", "train", "train"] and result["runs"]["simulation"]["exchanges"] == []
     assert result["serverapp_push_median_s"] > 0 and result["serverapp_pull_requests_median"] >= 1
+    [longer] = result["longer_work"]  # the same comparison with more local work per round
+    assert longer["local_steps"] == 2 and longer["deployment_round_median_s"] > 0
+    assert "the same with 2 local steps" in table
