@@ -182,6 +182,25 @@ def test_each_streamed_update_is_summed_and_dropped_before_the_next_arrives(name
 
 
 @pytest.mark.usefixtures("task_identity")
+def test_replies_in_the_order_clients_are_sent_wait_for_none_past_nine_clients() -> None:
+    # Flower's simulation hands the messages to its actors by partition: client-2 before
+    # client-10. Replies in that order are each summed and dropped before the next arrives.
+    clients = 12
+    updates = [_float32_update(seed) for seed in range(clients)]
+    replies = [_reply(i + 1, updates[i], 1) for i in range(clients)]
+    arrived: list[Message] = []
+
+    def arriving():  # type: ignore[no-untyped-def]
+        for reply in replies:
+            assert all(ARRAYS_KEY not in earlier.content for earlier in arrived)
+            arrived.append(reply)
+            yield reply
+
+    arrays, _ = _strategy("fedavg", clients).aggregate_train(1, arriving())
+    assert arrays is not None and len(arrived) == clients
+
+
+@pytest.mark.usefixtures("task_identity")
 def test_fedadam_applies_its_server_step_to_the_engines_average() -> None:
     update = ArrayRecord({"w": Array(np.full(4, 1.0, dtype=np.float32))})
     strategy = _strategy("fedadam", 1)

@@ -35,6 +35,7 @@ from fedvla.engine.federation.protocol import (
 )
 from fedvla.engine.federation.schedule import LearningRateSchedule
 from fedvla.engine.federation.transport import pack_arrays, ray_carries_messages, unpack_arrays
+from fedvla.engine.freed_memory import release_freed_memory
 from fedvla.engine.policy.loading import resolve_policy_source
 from fedvla.engine.renamed_cameras import apply_camera_map
 
@@ -244,6 +245,7 @@ def train(msg: Message, context: Context) -> Message:
     arrays = pack_arrays(task.trainable_arrays(state.bundle), config.transport_dtype)
     if ray_carries_messages():
         arrays = arrays.out_of_band()
+    release_freed_memory()  # the update received, the optimiser's state: this client's alone
     metrics = TrainMetrics(
         train_loss=result.loss,
         num_examples=result.samples,
@@ -279,6 +281,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         batch_size=config.batch_size,
         seed=config.seed,
     )
+    release_freed_memory()
     metrics = EvalMetrics(
         eval_loss=result.loss, action_mse=result.action_mse, num_examples=result.samples
     )

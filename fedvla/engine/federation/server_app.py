@@ -47,6 +47,7 @@ from fedvla.engine.federation.strategy import (
 )
 from fedvla.engine.federation.streaming_grid import DEFAULT_PULL_INTERVAL_S, StreamingGrid
 from fedvla.engine.federation.transport import decode_arrays, encode_arrays, stats_to_record
+from fedvla.engine.freed_memory import release_freed_memory
 from fedvla.engine.policy.loading import resolve_policy_source
 
 QUERY_TIMEOUT_S = 3600.0
@@ -313,6 +314,7 @@ class _RoundHooks:
             best_by = report.eval_loss if self.holdout else report.fed_eval_loss
             self._checkpoint(server_round, best_by)
         self.strategy.log = RoundLog()
+        release_freed_memory()  # the round's updates, freed by the threads that received them
         if server is None:
             return None
         return MetricRecord({"eval-loss": server.loss, "action-mse": server.action_mse})

@@ -11,6 +11,7 @@ client order.
 """
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -63,6 +64,15 @@ class RoundLog:
     eval_sent: list[Message] = field(default_factory=list)
 
 
+def label_order(label: str) -> list[str | int]:
+    """The key clients are sent to and summed in: their labels with numbers compared as numbers
+    (client-2 before client-10), the order Flower's simulation hands the messages to the actors
+    (by partition). Sorted as text, client-10 would come before client-2: its reply would wait
+    for those of client-2 to client-9, and the server would hold a round's replies by the dozen.
+    """
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label)]
+
+
 class TrackedStrategy(FedAvg):
     """Our hooks on FedAvg. Each concrete strategy below lists it first in its bases, so its
     configure_train and aggregate_train wrap those of the Flower strategy listed next."""
@@ -102,7 +112,7 @@ class TrackedStrategy(FedAvg):
                 config,
                 SampledOnce(grid),  # type: ignore[arg-type]
             ),
-            key=lambda m: self._label(m.metadata.dst_node_id),
+            key=lambda m: self._order(m.metadata.dst_node_id),
         )
         if not messages:
             return messages
@@ -146,7 +156,7 @@ class TrackedStrategy(FedAvg):
     ) -> MetricRecord | None:
         """Each client's evaluation, kept for the round's report; their average by samples."""
         sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self.log.eval_sent}
-        for reply in sorted(replies, key=lambda r: self._label(r.metadata.src_node_id)):
+        for reply in sorted(replies, key=lambda r: self._order(r.metadata.src_node_id)):
             node = reply.metadata.src_node_id
             if node not in sent_to.values():
                 node = sent_to.get(reply.metadata.reply_to_message_id, node)
@@ -202,13 +212,14 @@ class TrackedStrategy(FedAvg):
         return aggregated
 
     def _in_label_order(self, replies: Iterable[Message]) -> Iterator[Message]:
-        """The replies, each reported on arrival, in the order of their clients' labels.
+        """The replies, each reported on arrival, in the order of their clients' labels
+        (label_order).
 
         A reply that arrives before those of clients earlier in that order waits for them (or
         for the end of the round, if one never comes); clients train in about that order
         (configure_train sends in it), so few wait.
         """
-        order = sorted(self.log.sampled, key=self._label)
+        order = sorted(self.log.sampled, key=self._order)
         position = {node: index for index, node in enumerate(order)}
         waiting: dict[int, Message] = {}
         unexpected: list[Message] = []
@@ -226,7 +237,7 @@ class TrackedStrategy(FedAvg):
                 due += 1
         for index in sorted(waiting):
             yield waiting.pop(index)
-        yield from sorted(unexpected, key=lambda r: self._label(self._node_of(r)))
+        yield from sorted(unexpected, key=lambda r: self._order(self._node_of(r)))
 
     def _report(self, node: int, reply: Message) -> None:
         label = self._label(node)
@@ -261,6 +272,9 @@ class TrackedStrategy(FedAvg):
 
     def _label(self, node: int) -> str:
         return self.labels.get(node) or self.node_names(node) or f"node-{node}"
+
+    def _order(self, node: int) -> list[str | int]:
+        return label_order(self._label(node))
 
     def _node_of(self, reply: Message) -> int:
         """The node a reply answers for: its source, or, for an error the SuperLink wrote
