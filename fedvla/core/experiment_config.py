@@ -124,6 +124,15 @@ class FederationSettings(BaseModel):
     decay_learning_rate: float = Field(
         2.5e-6, gt=0.0, le=1e3, description="Cosine schedule: the final learning rate."
     )
+    optimizer_state: Literal["fresh", "kept"] = Field(
+        "fresh",
+        description="fresh: each client starts a new AdamW every round (FedAvg's usual local "
+        "solver); kept: each client keeps its AdamW moments and step count from its previous "
+        "round of the run (in its client process in simulation, in the site trainer in "
+        "deployment; a new or resumed run starts fresh), so its rounds continue one "
+        "optimisation instead of restarting Adam's first steps. kept holds two copies of the "
+        "trainable weights per client in the process that serves it.",
+    )
     seed: int = Field(0, ge=0, le=MAX_INT32)
     eval_every: int = Field(
         1,

@@ -31,6 +31,7 @@ VALID_FORM = {
     "warmup_steps": "1000",
     "decay_steps": "30000",
     "decay_learning_rate": "0.0000025",
+    "optimizer_state": "fresh",
     "seed": "0",
     "eval_every": "1",
     "eval_batches": "1",
