@@ -98,7 +98,15 @@ class FederationSettings(BaseModel):
         0.9,
         ge=0.0,
         le=0.999,
-        description="FedAvgM's server momentum on the averaged update (server learning rate 1).",
+        description="FedAvgM's server momentum on the averaged update (applied at server_step).",
+    )
+    server_step: float = Field(
+        1.0,
+        gt=0.0,
+        le=100.0,
+        description="FedAvgM's server learning rate: the weights move this many times the "
+        "averaged update (with its momentum); 1: the average itself. Above 1 it lengthens the "
+        "federation's step, shorter than centralized training's at the same samples per round.",
     )
     num_rounds: int = Field(3, ge=1, le=10_000)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)

@@ -21,6 +21,7 @@ VALID_FORM = {
     "proximal_mu": "0",
     "server_learning_rate": "0.01",
     "server_momentum": "0.9",
+    "server_step": "1",
     "num_rounds": "2",
     "fraction_train": "1",
     "min_clients": "2",
