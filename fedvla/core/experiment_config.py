@@ -98,7 +98,15 @@ class FederationSettings(BaseModel):
         0.9,
         ge=0.0,
         le=0.999,
-        description="FedAvgM's server momentum on the averaged update (server learning rate 1).",
+        description="FedAvgM's server momentum on the averaged update (applied at server_step).",
+    )
+    server_step: float = Field(
+        1.0,
+        gt=0.0,
+        le=100.0,
+        description="FedAvgM's server learning rate: the weights move this many times the "
+        "averaged update (with its momentum); 1: the average itself. Above 1 it lengthens the "
+        "federation's step, shorter than centralized training's at the same samples per round.",
     )
     num_rounds: int = Field(3, ge=1, le=10_000)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
@@ -123,6 +131,15 @@ class FederationSettings(BaseModel):
     )
     decay_learning_rate: float = Field(
         2.5e-6, gt=0.0, le=1e3, description="Cosine schedule: the final learning rate."
+    )
+    optimizer_state: Literal["fresh", "kept"] = Field(
+        "fresh",
+        description="fresh: each client starts a new AdamW every round (FedAvg's usual local "
+        "solver); kept: each client keeps its AdamW moments and step count from its previous "
+        "round of the run (in its client process in simulation, in the site trainer in "
+        "deployment; a new or resumed run starts fresh), so its rounds continue one "
+        "optimisation instead of restarting Adam's first steps. kept holds two copies of the "
+        "trainable weights per client in the process that serves it.",
     )
     seed: int = Field(0, ge=0, le=MAX_INT32)
     eval_every: int = Field(

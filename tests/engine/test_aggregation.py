@@ -120,13 +120,14 @@ def _reply(
     return Message(train_reply(packed, metrics, label or f"client-{node}"), reply_to=instruction)
 
 
-def _strategy(name: str, clients: int):  # type: ignore[no-untyped-def]
+def _strategy(name: str, clients: int, **settings: float):  # type: ignore[no-untyped-def]
     config = FederationConfig(
         policy="tiny",
         strategy=name,
         proximal_mu=0.1 if name == "fedprox" else 0.0,
         min_clients=1,
         partition=Partition(dataset=DatasetRef(repo_id="test/none"), num_clients=clients),
+        **settings,  # type: ignore[arg-type]
     )
     strategy = make_strategy(config, round_offset=0)
     strategy.labels = {node: f"client-{node}" for node in range(1, clients + 1)}
@@ -239,3 +240,15 @@ def test_fedavgm_steps_with_momentum_and_resumes_with_it() -> None:
     continued = round_with(strategy, 3, 2.9 + 1.0)
     np.testing.assert_array_equal(again["w"].numpy(), continued["w"].numpy())
     assert again["w"].numpy()[0] > 2.9 + 1.0  # the carried momentum moved it further
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_fedavgm_takes_server_step_times_the_average() -> None:
+    strategy = _strategy("fedavgm", 1, server_momentum=0.0, server_step=2.0)
+    strategy.current_arrays = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
+    update = ArrayRecord({"w": Array(np.full(4, 0.5, dtype=np.float32))})
+
+    arrays, _ = strategy.aggregate_train(1, [_reply(1, update, 10)])
+
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), 1.0)  # twice the clients' step of +0.5

@@ -65,9 +65,11 @@ def _instructions(config: FederationConfig, data_dir: str = "unused") -> Instruc
     return Instructions(config, data_dir, plan_data(config))
 
 
-def _message(config: FederationConfig, kind: str, **records: object) -> Message:
+def _message(
+    config: FederationConfig, kind: str, server_round: int = 1, **records: object
+) -> Message:
     settings = instructions_record(_instructions(config))
-    settings["server-round"] = 1  # as FedAvg's configure_train adds it
+    settings["server-round"] = server_round  # as FedAvg's configure_train adds it
     content = RecordDict({"config": settings, **records})  # type: ignore[dict-item]
     return Message(content, dst_node_id=11, message_type=kind)
 
@@ -150,6 +152,27 @@ def test_train_uses_federated_stats_and_replies_trainable_weights_only(
     assert set(unpack_values(sent)) == set(weights)
     trained = unpack_arrays(sent, "bfloat16")
     assert any(not np.allclose(trained[k].numpy(), weights[k].numpy(), atol=1e-2) for k in weights)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("kept", "steps_after"), [("fresh", [None, None]), ("kept", [2, 4])])
+def test_a_client_keeps_its_adamw_in_its_context_only_when_the_experiment_says(
+    images_dataset: DatasetRef, data_dir: Path, kept: str, steps_after: list[int | None]
+) -> None:
+    config = _config(images_dataset, optimizer_state=kept)
+    arrays = pack_arrays(_global_weights(data_dir, images_dataset), "bfloat16")  # type: ignore[arg-type]
+    context = _context(images_dataset, data_dir)
+    steps: list[int | None] = []
+    for server_round in (1, 2):
+        message = _message(config, MessageType.TRAIN, server_round=server_round)
+        add_train_payload(message.content, arrays, None)
+        client_app.app(message, context)
+        # The next round may reach another process (Ray hands clients to any actor): the state
+        # travels in the node's context, not in this process.
+        client_app._cache.clear()
+        record = context.state.get(client_app.OPTIMIZER_STATE_KEY)
+        steps.append(None if record is None else int(record["0.step"].numpy()))
+
+    assert steps == steps_after
 
 
 def test_weights_that_do_not_train_are_refused(images_dataset: DatasetRef, data_dir: Path) -> None:

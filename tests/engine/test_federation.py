@@ -197,6 +197,24 @@ def test_same_seed_gives_identical_first_round(
     assert again.rounds[0].eval_loss == reporter.rounds[0].eval_loss
 
 
+def test_kept_optimizer_state_continues_each_clients_adamw_into_the_next_round(
+    fedavg_run: tuple[RecordingReporter, Path, FederationConfig], data_dir: Path, tmp_path: Path
+) -> None:
+    reporter, _, config = fedavg_run
+    assert config.optimizer_state == "fresh"  # the default
+
+    kept = _run(config.model_copy(update={"optimizer_state": "kept"}), tmp_path, data_dir)
+
+    def losses(run: RecordingReporter, round: int) -> list[float | None]:
+        return [c.train_loss for c in run.rounds[round].clients]
+
+    # Round 1 starts from no state either way; round 2 continues each client's moments and step
+    # count (Adam's bias correction of step 4, not of step 1), so it trains otherwise.
+    assert losses(kept, 1) == losses(reporter, 1)
+    assert kept.rounds[1].eval_loss == reporter.rounds[1].eval_loss
+    assert all(a != b for a, b in zip(losses(kept, 2), losses(reporter, 2), strict=True))
+
+
 def test_fedadam_resumes_from_a_checkpoint_with_its_moments(
     images_dataset: DatasetRef, data_dir: Path, tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedvla.core.experiment_config import DatasetRef
@@ -41,6 +41,11 @@ from fedvla.engine.renamed_cameras import apply_camera_map
 
 app = ClientApp()
 log = logging.getLogger(__name__)
+
+OPTIMIZER_STATE_KEY = "optimizer-state"
+"""Where a client keeps its AdamW state between rounds (optimizer_state "kept"): its node's
+Flower context, which follows the client to whichever process serves it next and ends with the
+run (a new or resumed run starts fresh)."""
 
 
 @dataclass
@@ -231,6 +236,7 @@ def train(msg: Message, context: Context) -> Message:
     if order.stats is not None and state.bundle.stats is state.data.stats:
         task.set_stats(state.bundle, order.stats)
     load_seconds = _take_load_seconds(state) + (time.perf_counter() - started)
+    kept = context.state.get(OPTIMIZER_STATE_KEY) if config.optimizer_state == "kept" else None
     _keep_feeds_bounded(state)
     result = task.train(
         state.bundle,
@@ -241,7 +247,10 @@ def train(msg: Message, context: Context) -> Message:
         seed=task.round_seed(config.seed, order.server_round, state.label),
         proximal_mu=order.proximal_mu,
         first_step=LearningRateSchedule.first_step(order.server_round, config.local_steps),
+        optimizer_state=kept.to_torch_state_dict() if isinstance(kept, ArrayRecord) else None,
     )
+    if config.optimizer_state == "kept":
+        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(result.optimizer_state)
     arrays = pack_arrays(task.trainable_arrays(state.bundle), config.transport_dtype)
     if ray_carries_messages():
         arrays = arrays.out_of_band()

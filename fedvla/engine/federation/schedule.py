@@ -6,10 +6,13 @@ whole training. The cosine schedule is lerobot's own (CosineDecayWithWarmupSched
 SmolVLA preset), including its rule for short trainings: fewer global steps than decay_steps
 shorten the warmup and the decay in proportion.
 
-Each round starts a fresh AdamW at the client (a documented choice, as FedAvg's local solvers
-do): moments kept from a client's previous round would describe weights the aggregation has
-replaced, and an optimizer per client would grow memory with the clients. The schedule, not the
-optimizer, carries the federation's progress.
+The optimizer's state is a documented choice (FederationConfig.optimizer_state). By default
+("fresh") each round starts a new AdamW at the client, as FedAvg's local solvers do: moments kept
+from a client's previous round describe weights the aggregation has since replaced, and they cost
+two copies of the trainable weights per client. "kept" carries each client's moments and step
+count from round to round within a run. Measured on the SO-101-format learning benchmark
+(bench/results/learning_parity_so101.md), neither choice closes the gap to centralized training
+on its own; the schedule, not the optimizer, carries the federation's progress.
 """
 
 from collections.abc import Callable

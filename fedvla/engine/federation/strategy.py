@@ -389,7 +389,7 @@ class TrackedFedAdam(TrackedStrategy, FedAdam, WeightedAverage):
 
 class TrackedFedAvgM(TrackedStrategy, FedAvgM, WeightedAverage):
     """Flower's FedAvgM: the average's step from the global weights, with momentum, applied at
-    server learning rate 1 (Hsu et al., 2019)."""
+    the server learning rate `server_step` (Hsu et al., 2019)."""
 
     def server_state(self) -> dict[str, np.ndarray]:
         if self.momentum_vector is None or self.current_arrays is None:
@@ -417,7 +417,9 @@ STRATEGIES: dict[Strategy, StrategyFactory] = {
         eta=config.server_learning_rate, **common
     ),
     Strategy.fedavgm: lambda config, common: TrackedFedAvgM(
-        server_momentum=config.server_momentum, **common
+        server_momentum=config.server_momentum,
+        server_learning_rate=config.server_step,
+        **common,
     ),
 }
 """Every strategy an experiment may name (fedvla.core.experiment_config.Strategy), by name."""

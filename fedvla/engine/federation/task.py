@@ -253,6 +253,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     learning_rate: float = 0.0
     """The learning rate of the last step."""
+    optimizer_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    """AdamW's state after the last step (its moments and step count), flat: see adamw_state."""
 
 
 def _autocast(device: str) -> Any:
@@ -271,8 +273,12 @@ def train(
     seed: int,
     proximal_mu: float = 0.0,
     first_step: int = 0,
+    optimizer_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Local training: `steps` gradient steps; FedProx's proximal term when mu > 0.
+
+    AdamW starts fresh, or from `optimizer_state` (the state a previous call's result carries,
+    for the same trainable parameters); the result carries the state it ends with.
 
     The learning rate is constant, or follows the federation's schedule from global step
     `first_step` (fedvla.engine.federation.schedule). Batches come from the client's feed, which
@@ -297,6 +303,8 @@ def train(
         weight_decay=policy.config.optimizer_weight_decay,
         fused=bundle.device == "cuda",
     )
+    if optimizer_state:
+        optimizer.load_state_dict({**optimizer.state_dict(), "state": _nested(optimizer_state)})
     policy.train()
     feed = data.training_feed(batch_size, seed, pin=bundle.device == "cuda")
     step_losses: list[torch.Tensor] = []
@@ -329,7 +337,24 @@ def train(
         skipped_frames=data.dataset.skipped - skipped_before,
         losses=losses,
         learning_rate=float(optimizer.param_groups[0]["lr"]),
+        optimizer_state=_flat(optimizer.state_dict()["state"]),
     )
+
+
+def _flat(state: dict[int, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state as one flat dict of tensors ("<index>.<name>"), the
+    shape a Flower ArrayRecord holds."""
+    return {
+        f"{index}.{name}": value for index, entry in state.items() for name, value in entry.items()
+    }
+
+
+def _nested(flat: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return state
 
 
 @dataclass(frozen=True)
