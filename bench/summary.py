@@ -239,6 +239,19 @@ def deployment_rows() -> list[Row]:
             _load_note(result),
             command,
         ],
+        *[
+            [
+                f"4. The same with {row['local_steps']} local steps",
+                f"deployment {row['deployment_round_median_s']} s, simulation "
+                f"{row['simulation_round_median_s']} s: {row['round_ratio']}x",
+                f"≤ {result['round_ratio_target']:g}x",
+                _verdict(row["round_ratio_met"]),
+                _day(result),
+                _load_note(result),
+                command,
+            ]
+            for row in result.get("longer_work", [])
+        ],
         [
             "4. Per-round fixed cost at a site (warm site trainer), tiny policy",
             f"{result['site_fixed_median_s']} s outside training per train task "
