@@ -344,7 +344,8 @@ def learning_rows() -> list[Row]:
         rows.append(
             [
                 "5. Final eval loss / centralized, equal samples (2 clients, tiny policy, "
-                "SO-101-format pick and place, 1 of 4 episodes held out)",
+                "SO-101-format pick and place, 1 of 4 episodes held out; seed 0, see the notes "
+                "for seeds 1 and 2)",
                 ratios,
                 f"≤ {target['ratio_max']:.2f}",
                 f"defaults ({target['default']}): {_verdict(target['default_met'])}; "

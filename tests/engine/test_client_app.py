@@ -175,6 +175,30 @@ def test_a_client_keeps_its_adamw_in_its_context_only_when_the_experiment_says(
     assert steps == steps_after
 
 
+def test_a_clients_round_trains_on_the_same_batches_in_whichever_process_serves_it(
+    images_dataset: DatasetRef, data_dir: Path
+) -> None:
+    """Ray hands a client to any free actor: its round 2 must not depend on whether the process
+    that trains it served its round 1 (one that did continues its feed; one that did not builds
+    a feed there)."""
+    config = _config(images_dataset)
+    arrays = pack_arrays(_global_weights(data_dir, images_dataset), "bfloat16")  # type: ignore[arg-type]
+
+    def train(server_round: int) -> float:
+        message = _message(config, MessageType.TRAIN, server_round=server_round)
+        add_train_payload(message.content, arrays, None)
+        reply = client_app.app(message, _context(images_dataset, data_dir))
+        return read_train_reply(reply.content)[1].train_loss
+
+    train(1)
+    continued = train(2)  # the process that trained round 1
+    client_app._cache.clear()
+    client_app._policies.clear()
+    elsewhere = train(2)  # a process new to this client
+
+    assert elsewhere == continued
+
+
 def test_weights_that_do_not_train_are_refused(images_dataset: DatasetRef, data_dir: Path) -> None:
     config = _config(images_dataset)
     weights = _global_weights(data_dir, images_dataset)

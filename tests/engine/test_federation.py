@@ -197,6 +197,22 @@ def test_same_seed_gives_identical_first_round(
     assert again.rounds[0].eval_loss == reporter.rounds[0].eval_loss
 
 
+def test_same_seed_gives_identical_later_rounds_whichever_process_serves_each_client(
+    images_dataset: DatasetRef, data_dir: Path, tmp_path: Path
+) -> None:
+    """3 clients on 2 Ray actors: which actor serves which client each round varies from run to
+    run; the clients' batches, AdamW states and so the losses must not."""
+    config = _config(images_dataset, num_rounds=3, lr_schedule="constant", optimizer_state="kept")
+    first = _run(config, tmp_path / "first", data_dir)
+    again = _run(config, tmp_path / "again", data_dir)
+
+    def losses(run: RecordingReporter) -> list[dict[str, float | None]]:
+        return [{c.client: c.train_loss for c in r.clients} for r in run.rounds[1:]]
+
+    assert losses(again) == losses(first)
+    assert [r.eval_loss for r in again.rounds] == [r.eval_loss for r in first.rounds]
+
+
 def test_kept_optimizer_state_continues_each_clients_adamw_into_the_next_round(
     fedavg_run: tuple[RecordingReporter, Path, FederationConfig], data_dir: Path, tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from fedvla.core.experiment_config import DatasetRef
 from fedvla.engine.data.loader import (
     LOADER_WORKERS_ENV,
+    Feed,
     default_loader_workers,
     frames_to_float,
     loader_workers,
@@ -64,6 +65,36 @@ def test_feed_and_its_workers_last_across_rounds(
     finally:
         data.close()
     assert data.feed is None
+
+
+class _Numbers(torch.utils.data.Dataset[torch.Tensor]):
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor(index)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_feeds_batch_k_is_the_same_whichever_feed_gives_it_and_after_a_seek(
+    workers: int,
+) -> None:
+    """A client may train round r in a process whose feed never gave it rounds 1..r-1."""
+    first = Feed(_Numbers(), batch_size=3, seed=5, workers=workers, pin=False)
+    other = Feed(_Numbers(), batch_size=3, seed=5, workers=workers, pin=False)
+    try:
+        sequence = [first.next().tolist() for _ in range(9)]  # 4 batches an epoch, the 4th short
+        other.seek(5)
+        later = [other.next().tolist() for _ in range(4)]
+        other.seek(2)  # back: the (persistent) iterator restarts there
+        again = [other.next().tolist() for _ in range(2)]
+    finally:
+        first.close()
+        other.close()
+
+    assert later == sequence[5:9] and again == sequence[2:4]
+    assert sorted(i for batch in sequence[:4] for i in batch) == list(range(10))  # a permutation
+    assert sequence[4:8] != sequence[:4]  # and the next is shuffled anew
 
 
 def _first_batch(bundle: task.PolicyBundle, data: task.ClientData) -> dict[str, Any]:

@@ -5,14 +5,19 @@ memory (lerobot's device step then copies them without blocking), frames travel 
 become floats on the device (a quarter of the bytes through shared memory, pinning and the bus),
 and one loader with persistent workers serves a client for the whole run: its iterator cycles
 across rounds instead of being rebuilt each round.
+
+A client's batches are one endless sequence fixed by its seed alone: batch k is the same in
+whichever process serves the client (simulation hands a client to any free actor), so a round's
+training depends on the client and the round, not on the process that ran its earlier rounds.
 """
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 LOADER_WORKERS_ENV = "FEDVLA_LOADER_WORKERS"
 """DataLoader worker processes per client loader; unset or negative: from the CPU count."""
@@ -38,22 +43,48 @@ def loader_workers() -> int:
     return default_loader_workers()
 
 
-class Feed:
-    """One client's training batches: a shuffling loader whose iterator lasts across rounds.
+class EpochBatches(Sampler[list[int]]):
+    """Batches of an endless run of epochs, epoch e shuffled by seed + e (the last batch of an
+    epoch may be short), iterated from batch `start`."""
 
-    The order is seeded once (the first round's seed); each epoch reshuffles from the same
-    generator, so a client fed by one process sees the same batches for the same seed.
-    """
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start = 0
+
+    @property
+    def per_epoch(self) -> int:
+        return math.ceil(self.size / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, first = divmod(self.start, self.per_epoch)
+        while True:
+            shuffled = torch.randperm(
+                self.size, generator=torch.Generator().manual_seed(self.seed + epoch)
+            ).tolist()
+            for index in range(first, self.per_epoch):
+                yield shuffled[index * self.batch_size : (index + 1) * self.batch_size]
+            epoch, first = epoch + 1, 0
+
+
+class Feed:
+    """One client's training batches (EpochBatches of its seed), from a loader whose iterator lasts
+    across rounds: only a seek elsewhere than where the last batch left it restarts it."""
 
     def __init__(
         self, dataset: Dataset[Any], *, batch_size: int, seed: int, workers: int, pin: bool
     ) -> None:
         self.batch_size = batch_size
         self.workers = workers
+        self.batches = EpochBatches(len(dataset), batch_size, seed)  # type: ignore[arg-type]
+        self.position = 0
+        """The index of the batch the next call of next() returns."""
         self.loader: DataLoader[Any] = DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=True,
+            batch_sampler=self.batches,
+            # Workers' seeds come from here, not from the global generator: taking them must
+            # not move the random stream the training seeds for its noise.
             generator=torch.Generator().manual_seed(seed),
             num_workers=workers,
             pin_memory=pin,
@@ -61,15 +92,20 @@ class Feed:
             prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
         )
         self._iterator: Iterator[dict[str, Any]] | None = None
+        self._iterator_at = 0
+        """The index of the batch the iterator yields next."""
+
+    def seek(self, position: int) -> None:
+        """Make batch `position` the next one."""
+        self.position = position
 
     def next(self) -> dict[str, Any]:
-        if self._iterator is None:
-            self._iterator = iter(self.loader)
-        try:
-            return next(self._iterator)
-        except StopIteration:
+        if self._iterator is None or self._iterator_at != self.position:
+            self.batches.start = self._iterator_at = self.position
             self._iterator = iter(self.loader)  # persistent workers are reused
-            return next(self._iterator)
+        batch: dict[str, Any] = next(self._iterator)
+        self.position = self._iterator_at = self.position + 1
+        return batch
 
     def close(self) -> None:
         """Stop the worker processes now rather than when the loader is collected."""

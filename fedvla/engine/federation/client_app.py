@@ -124,7 +124,7 @@ def client_state(instructions: Instructions, context: Context) -> ClientState:
     )
     state = _cache.get(key)
     if state is not None and state.run_id != run_id:
-        # A new run: a new feed, seeded by its own first round, and the dataset's own statistics
+        # A new run: a new feed (seeded by the run's experiment), and the dataset's own statistics
         # until the run sends its federated ones.
         state.data.close()
         task.set_stats(state.bundle, state.data.stats)
@@ -238,6 +238,7 @@ def train(msg: Message, context: Context) -> Message:
     load_seconds = _take_load_seconds(state) + (time.perf_counter() - started)
     kept = context.state.get(OPTIMIZER_STATE_KEY) if config.optimizer_state == "kept" else None
     _keep_feeds_bounded(state)
+    first_step = LearningRateSchedule.first_step(order.server_round, config.local_steps)
     result = task.train(
         state.bundle,
         state.data,
@@ -246,8 +247,12 @@ def train(msg: Message, context: Context) -> Message:
         learning_rate=LearningRateSchedule.of(config),
         seed=task.round_seed(config.seed, order.server_round, state.label),
         proximal_mu=order.proximal_mu,
-        first_step=LearningRateSchedule.first_step(order.server_round, config.local_steps),
+        first_step=first_step,
         optimizer_state=kept.to_torch_state_dict() if isinstance(kept, ArrayRecord) else None,
+        # Batches by round, not by process: whichever process served the client's earlier
+        # rounds (or none, after a resume), round r trains on the same batches.
+        order_seed=task.client_seed(config.seed, state.label),
+        first_batch=first_step,
     )
     if config.optimizer_state == "kept":
         context.state[OPTIMIZER_STATE_KEY] = ArrayRecord(result.optimizer_state)

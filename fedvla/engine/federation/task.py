@@ -42,6 +42,11 @@ def round_seed(seed: int, server_round: int, label: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def client_seed(seed: int, label: str) -> int:
+    """A seed per experiment and client for the whole run (round 0's: no round trains there)."""
+    return round_seed(seed, 0, label)
+
+
 def pick_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -87,7 +92,7 @@ class ClientData:
         return list(self.dataset.dataset.meta.camera_keys)
 
     def training_feed(self, batch_size: int, seed: int, *, pin: bool) -> Feed:
-        """The client's feed for this batch size, built once with `seed`."""
+        """The client's feed for this batch size, its order seeded by `seed` when built."""
         self.last_fed = time.monotonic()
         if self.feed is None or self.feed.batch_size != batch_size:
             self.close()
@@ -274,6 +279,8 @@ def train(
     proximal_mu: float = 0.0,
     first_step: int = 0,
     optimizer_state: dict[str, torch.Tensor] | None = None,
+    order_seed: int | None = None,
+    first_batch: int | None = None,
 ) -> TrainResult:
     """Local training: `steps` gradient steps; FedProx's proximal term when mu > 0.
 
@@ -282,8 +289,10 @@ def train(
 
     The learning rate is constant, or follows the federation's schedule from global step
     `first_step` (fedvla.engine.federation.schedule). Batches come from the client's feed, which
-    lasts across rounds; the noise the flow-matching loss draws is seeded by `seed`. Nothing reads
-    the GPU back until the last step.
+    lasts across rounds: its order is seeded by `order_seed` (default `seed`) when the first call
+    builds it, and training starts at its batch `first_batch` (default: where the last call left
+    it). The noise the flow-matching loss draws is seeded by `seed`. Nothing reads the GPU back
+    until the last step.
     """
     schedule = (
         learning_rate
@@ -306,7 +315,11 @@ def train(
     if optimizer_state:
         optimizer.load_state_dict({**optimizer.state_dict(), "state": _nested(optimizer_state)})
     policy.train()
-    feed = data.training_feed(batch_size, seed, pin=bundle.device == "cuda")
+    feed = data.training_feed(
+        batch_size, seed if order_seed is None else order_seed, pin=bundle.device == "cuda"
+    )
+    if first_batch is not None:
+        feed.seek(first_batch)
     step_losses: list[torch.Tensor] = []
     samples = 0
     with torch.random.fork_rng(devices=[]):
