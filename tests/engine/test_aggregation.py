@@ -1,6 +1,8 @@
 """The engine's weighted average: Flower's result within float rounding, summed as replies
 arrive, in a fixed order (the same bits whichever client answered first)."""
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
@@ -154,6 +156,14 @@ def test_strategy_sum_does_not_depend_on_which_client_answered_first(name: str) 
     _assert_flowers_within_rounding(first, updates, [float(w) for w in weights])
 
 
+def _arriving(replies: list[Message], arrived: list[Message]) -> Iterator[Message]:
+    """The replies one at a time, each checked to come after the earlier ones were dropped."""
+    for reply in replies:
+        assert all(ARRAYS_KEY not in earlier.content for earlier in arrived)
+        arrived.append(reply)
+        yield reply
+
+
 @pytest.mark.usefixtures("task_identity")
 @pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam"])
 def test_each_streamed_update_is_summed_and_dropped_before_the_next_arrives(name: str) -> None:
@@ -162,16 +172,10 @@ def test_each_streamed_update_is_summed_and_dropped_before_the_next_arrives(name
     replies = [_reply(i + 1, updates[i], weights[i]) for i in range(4)]
     arrived: list[Message] = []
 
-    def arriving():  # type: ignore[no-untyped-def]
-        for reply in replies:
-            assert all(ARRAYS_KEY not in earlier.content for earlier in arrived)
-            arrived.append(reply)
-            yield reply
-
     strategy = _strategy(name, len(updates))
     if isinstance(strategy, FedAdam):
         strategy.current_arrays = {k: np.asarray(v.numpy()) for k, v in updates[0].items()}
-    arrays, metrics = strategy.aggregate_train(1, arriving())
+    arrays, metrics = strategy.aggregate_train(1, _arriving(replies, arrived))
     assert arrays is not None and metrics is not None
     assert len(arrived) == 4 and all(ARRAYS_KEY not in r.content for r in replies)
     assert metrics["train-loss"] == pytest.approx(1.0)
@@ -191,13 +195,7 @@ def test_replies_in_the_order_clients_are_sent_wait_for_none_past_nine_clients()
     replies = [_reply(i + 1, updates[i], 1) for i in range(clients)]
     arrived: list[Message] = []
 
-    def arriving():  # type: ignore[no-untyped-def]
-        for reply in replies:
-            assert all(ARRAYS_KEY not in earlier.content for earlier in arrived)
-            arrived.append(reply)
-            yield reply
-
-    arrays, _ = _strategy("fedavg", clients).aggregate_train(1, arriving())
+    arrays, _ = _strategy("fedavg", clients).aggregate_train(1, _arriving(replies, arrived))
     assert arrays is not None and len(arrived) == clients
 
 
