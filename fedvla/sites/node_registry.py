@@ -113,12 +113,16 @@ def node_state(site: Site, nodes: Iterable[NodeStatus]) -> tuple[str, NodeStatus
 def site_node_states(
     sites: Iterable[Site], nodes: Iterable[NodeStatus]
 ) -> tuple[list[str], dict[str, str]]:
-    """The names of the sites whose node is online, and the others' node states, by name."""
+    """The names of the approved sites whose node is online, and the others' node states (or,
+    for a site no longer approved whose node is still online until the SuperLink's next key
+    sync, its status), by name: a run's ServerApp sends nothing to a site not approved."""
     nodes = list(nodes)
     online, missing = [], {}
     for site in sorted(sites, key=lambda s: s.name):
         state, _ = node_state(site, nodes)
-        if state == "online":
+        if state == "online" and site.status != SiteStatus.approved:
+            missing[site.name] = str(site.status)
+        elif state == "online":
             online.append(site.name)
         else:
             missing[site.name] = state

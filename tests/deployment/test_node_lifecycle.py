@@ -72,6 +72,10 @@ def test_experiment_nodes_follow_the_sites_current_keys(keys: list[str]) -> None
         [_site("lab-b", keys[0]), _site("lab-a", keys[1])], nodes
     )
     assert (online, missing) == (["lab-a"], {"lab-b": "key needed"})
+    # Revoked: missing at once, though the SuperLink lists its node online until its next sync.
+    revoked = _site("lab-c", keys[2], SiteStatus.revoked)
+    online, missing = node_registry.site_node_states([_site("lab-a", keys[1]), revoked], nodes)
+    assert (online, missing) == (["lab-a"], {"lab-c": "revoked"})
 
 
 # The lines flwr 1.42's SuperLink writes when a SuperNode with an unknown key tries to activate.
@@ -149,6 +153,48 @@ def test_the_wait_ends_when_enough_nodes_are_online(tmp_path: Path) -> None:
     assert wait.check() is True and wait.check() is True
     assert _messages(events)[-1] == "site nodes online after 40 s: lab-a"
     assert any(m == "cannot read the site nodes, retrying: down" for m in _messages(events))
+
+
+def test_too_few_nodes_during_the_run_are_waited_for_again_bounded(tmp_path: Path) -> None:
+    """Flower's sampling waits for a round's nodes without end: the worker bounds that wait."""
+    clock, events = _Clock(), tmp_path / "events.jsonl"
+    both = (["lab-a", "lab-b"], {})
+    states: list[tuple[list[str], dict[str, str]]] = [both]
+    reads: list[float] = []
+
+    def read() -> tuple[list[str], dict[str, str]]:
+        reads.append(clock.now)
+        return states[-1]
+
+    wait = NodeWait(read, 2, 300, JsonLinesReporter(events), clock=clock)
+    assert wait.check() is True
+    clock.now = 3
+    assert wait.check() is True and reads == [0]  # read again only every RECHECK_S
+    clock.now = 10
+    states.append((["lab-a"], {"lab-b": "revoked"}))
+    assert wait.check() is False and wait.check() is False
+    clock.now = 200
+    states.append(both)
+    assert wait.check() is True
+    clock.now = 300
+    states.append((["lab-a"], {"lab-b": "offline"}))
+    assert wait.check() is False
+    clock.now = 601
+    with pytest.raises(DeploymentError) as failed:
+        wait.check()
+
+    assert str(failed.value).startswith(
+        "site nodes not online again during the run after 300 s (1 of the 2 needed): "
+        "missing lab-b (offline)"
+    )
+    assert _messages(events) == [
+        "site nodes online after 0 s: lab-a, lab-b",
+        "waiting for site nodes (lost during the run; 1 of 2 online, 0 of 300 s): online lab-a; "
+        "missing lab-b (revoked)",
+        "site nodes online again after 190 s: lab-a, lab-b",
+        "waiting for site nodes (lost during the run; 1 of 2 online, 0 of 300 s): online lab-a; "
+        "missing lab-b (offline)",
+    ]
 
 
 class _Grid:

@@ -44,6 +44,8 @@ POLL_S = 1.0
 APP_NAME = "fedvla-deployment"
 WAIT_REPORT_S = 30.0
 """While waiting for site nodes, an event at least this often (and whenever one comes or goes)."""
+RECHECK_S = 5.0
+"""Once enough site nodes are online, how often they are read again while the run goes on."""
 
 
 class DeploymentError(RuntimeError):
@@ -108,10 +110,14 @@ NodeStates = Callable[[], tuple[list[str], dict[str, str]]]
 
 
 class NodeWait:
-    """Waits, bounded, until ``needed`` of the experiment's site nodes are online, with events.
+    """Waits, bounded, until ``needed`` of the experiment's site nodes are online, with events,
+    before the run's first round and whenever too few are left during the run.
 
-    ``check`` is called every poll: True once enough are online (from then on it reads
-    nothing); DeploymentError naming the missing sites once ``timeout_s`` has passed.
+    ``check`` is called every poll: True while enough are online (then it reads the nodes only
+    every RECHECK_S); DeploymentError naming the missing sites once ``timeout_s`` has passed
+    with too few. Flower's sampling would wait for a round's nodes without end, the worker held
+    meanwhile: when sites drop out (lost, or revoked) mid-run and fewer than ``needed`` remain,
+    the same bounded wait starts again and, past it, fails the run, whose checkpoints stay.
     """
 
     def __init__(
@@ -129,33 +135,47 @@ class NodeWait:
         self.clock = clock
         self.started = clock()
         self.done = False
+        self.lost_mid_run = False
+        self._read_at = self.started
         self._last: tuple[list[str], dict[str, str]] | None = None
         self._reported_at = -WAIT_REPORT_S
 
     def check(self) -> bool:
-        if self.done:
-            return True
         now = self.clock()
+        if self.done and now - self._read_at < RECHECK_S:
+            return True
+        self._read_at = now
         try:
             online, missing = self.states()
         except (SuperLinkError, SQLAlchemyError) as error:
             online, missing = self._last or ([], {})
             self.reporter.log(f"cannot read the site nodes, retrying: {error}")
-        waited = now - self.started
         if len(online) >= self.needed:
+            if not self.done:
+                waited = now - self.started
+                again = "again " if self.lost_mid_run else ""
+                self.reporter.log(
+                    f"site nodes online {again}after {waited:.0f} s: {', '.join(online)}"
+                )
             self.done = True
-            self.reporter.log(f"site nodes online after {waited:.0f} s: {', '.join(online)}")
+            self._last = (online, missing)
             return True
+        if self.done:  # enough were online: the run lost some
+            self.done, self.lost_mid_run, self.started = False, True, now
+            self._reported_at = -WAIT_REPORT_S
+        waited = now - self.started
+        when = "online again during the run" if self.lost_mid_run else "online"
         if waited > self.timeout_s:
             raise DeploymentError(
-                f"site nodes not online after {self.timeout_s:g} s "
+                f"site nodes not {when} after {self.timeout_s:g} s "
                 f"({len(online)} of the {self.needed} needed): missing "
                 + _states(missing)
                 + " (FEDVLA_NODE_WAIT_S bounds the wait)"
             )
         if (online, missing) != self._last or now - self._reported_at >= WAIT_REPORT_S:
+            lost = "lost during the run; " if self.lost_mid_run else ""
             self.reporter.log(
-                f"waiting for site nodes ({len(online)} of {self.needed} online, "
+                f"waiting for site nodes ({lost}{len(online)} of {self.needed} online, "
                 f"{waited:.0f} of {self.timeout_s:g} s): "
                 + (f"online {', '.join(online)}; " if online else "")
                 + "missing "
