@@ -8,6 +8,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.run import Run
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition, Strategy
@@ -221,6 +222,12 @@ def test_the_strategy_train_message_reads_back(strategy: str, mu: float) -> None
         assert order.stats is not None
         np.testing.assert_array_equal(order.stats["action"]["std"], STATS["action"]["std"])
         assert read_instructions(message) == instructions
+        # Through a SuperLink each object is a request at every hop: the message, its records,
+        # the update's Array and its chunk; the statistics ride in the config.
+        kinds = sorted(type(o).__name__ for o in get_all_nested_objects(message).values())
+        assert kinds == [
+            "Array", "ArrayChunk", "ArrayRecord", "ConfigRecord", "Message", "RecordDict"
+        ]  # fmt: skip
 
 
 def test_train_message_without_federated_stats() -> None:
@@ -314,8 +321,18 @@ def test_a_reply_without_a_record_is_refused_naming_it() -> None:
     with pytest.raises(ProtocolError, match="train reply lacks the ArrayRecord 'arrays'"):
         read_train_reply(reply)
     described = describe_reply(_info())
-    del described[STATS_KEY]
-    with pytest.raises(ProtocolError, match="query reply lacks the ArrayRecord 'norm-stats'"):
+    del described[CONFIG_KEY][STATS_KEY]  # type: ignore[attr-defined]
+    with pytest.raises(ProtocolError, match="query reply's 'config' lacks 'norm-stats'"):
+        read_client_info(described)
+
+
+def test_statistics_that_are_not_a_packed_array_are_refused_naming_them() -> None:
+    described = describe_reply(_info())
+    described[CONFIG_KEY][STATS_KEY] = b"not an array"  # type: ignore[index]
+    with pytest.raises(ProtocolError, match="query reply's 'config': 'norm-stats' is not a"):
+        read_client_info(described)
+    described[CONFIG_KEY][STATS_KEY] = "text"  # type: ignore[index]
+    with pytest.raises(ProtocolError, match="'norm-stats' is a str, not bytes"):
         read_client_info(described)
 
 

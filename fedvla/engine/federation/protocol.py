@@ -8,18 +8,21 @@ weighted by the "num-examples" of its one MetricRecord.
 Server to client, every message: "config" = the instructions (the experiment, the data folder,
 the data plan; in deployment, "camera-map": the site's cameras renamed to the experiment's, as
 the server computes them when the run starts). A train message adds "arrays" and, with federated
-normalisation, "norm-stats".
-Client to server: a query reply is the client's description (ClientInfo) and its statistics
-under "norm-stats"; a train reply is its weights under "arrays" and its TrainMetrics under
-"metrics".
+normalisation, "norm-stats" in its "config".
+Client to server: a query reply is the client's description (ClientInfo), its statistics under
+"norm-stats" in its "config"; a train reply is its weights under "arrays" and its TrainMetrics
+under "metrics".
 An evaluate message is built like a train message (the aggregated weights under "arrays", the
-federated statistics under "norm-stats"); its reply is the client's EvalMetrics on its own
+federated statistics in its "config"); its reply is the client's EvalMetrics on its own
 held-out episodes under "metrics".
 
-"arrays" and "norm-stats" are packed (transport.PackedArrays): an ArrayRecord holding ONE Array
-under "packed", its layout (each array's key and shape, in order) in the message's "config"
-under "arrays-layout" or "norm-stats-layout". The strategy's arrays stay one Array per key; only
-the wire carries them packed.
+"arrays" is packed (transport.PackedArrays): an ArrayRecord holding ONE Array under "packed",
+its layout (each array's key and shape, in order) in the message's "config" under
+"arrays-layout". The strategy's arrays stay one Array per key; only the wire carries them
+packed. The statistics (a few KB) are packed too, but travel as bytes in the "config" under
+"norm-stats", their layout under "norm-stats-layout": through a SuperLink every record, Array
+and Array chunk is its own object, moved by its own request at each hop, and an ArrayRecord of
+their own made 3 of a train message's 9 objects.
 """
 
 import json
@@ -40,6 +43,7 @@ from fedvla.engine.federation.transport import (
     PackedArrays,
     as_float,
     as_int,
+    npy_array,
     stats_from_record,
     stats_to_record,
 )
@@ -169,7 +173,7 @@ def describe_reply(info: ClientInfo) -> RecordDict:
             METRICS_KEY: MetricRecord({NUM_EXAMPLES: info.frames, EVAL_FRAMES: info.eval_frames}),
         }
     )
-    put_packed(content, STATS_KEY, stats_to_record(info.stats))
+    put_stats(content, stats_to_record(info.stats))
     return content
 
 
@@ -185,14 +189,14 @@ def read_client_info(content: RecordDict) -> ClientInfo:
         dataset=DatasetRef.model_validate_json(str(_value(record, "dataset", where))),
         features=json.loads(str(_value(record, "features", where))),
         fps=as_int(_value(record, "fps", where)),
-        stats=_unpacked(stats_from_record, read_packed(content, STATS_KEY, what), what),
+        stats=_unpacked(stats_from_record, _required_stats(content, what), what),
         frames=as_int(_value(metrics, NUM_EXAMPLES, f"query reply's {METRICS_KEY!r}")),
         eval_frames=as_int(metrics.get(EVAL_FRAMES, 0)),
     )
 
 
 def put_packed(content: RecordDict, key: str, packed: PackedArrays) -> None:
-    """Packed arrays under ``key`` (ARRAYS_KEY or STATS_KEY), their layout in the "config"."""
+    """Packed arrays under ``key`` (ARRAYS_KEY), their layout in the "config"."""
     record = ArrayRecord()  # item by item: ArrayRecord(dict) would make a plain Array of an
     record[PACKED] = packed.array  # OutOfBandArray (transport.out_of_band_array)
     content[key] = record
@@ -208,13 +212,43 @@ def read_packed(content: RecordDict, key: str, what: str) -> PackedArrays:
     return PackedArrays(record[PACKED], layout)
 
 
+def put_stats(content: RecordDict, packed: PackedArrays) -> None:
+    """Packed statistics as bytes in the message's "config", with their layout."""
+    config = _record(content, CONFIG_KEY, ConfigRecord, "message")
+    config[STATS_KEY] = packed.array.data
+    config[LAYOUTS[STATS_KEY]] = packed.layout
+
+
+def read_stats(content: RecordDict, what: str) -> PackedArrays | None:
+    """The packed statistics in the message's "config", None when it carries none."""
+    config = _record(content, CONFIG_KEY, ConfigRecord, what)
+    if STATS_KEY not in config:
+        return None
+    where = f"{what}'s {CONFIG_KEY!r}"
+    data = config[STATS_KEY]
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"{where}: {STATS_KEY!r} is a {type(data).__name__}, not bytes")
+    layout = str(_value(config, LAYOUTS[STATS_KEY], where))
+    try:
+        return PackedArrays(npy_array(data), layout)
+    except ValueError as error:
+        raise ProtocolError(f"{where}: {STATS_KEY!r} is not a packed array ({error})") from error
+
+
+def _required_stats(content: RecordDict, what: str) -> PackedArrays:
+    stats = read_stats(content, what)
+    if stats is None:
+        raise ProtocolError(f"{what}'s {CONFIG_KEY!r} lacks {STATS_KEY!r}")
+    return stats
+
+
 def add_train_payload(
     content: RecordDict, arrays: PackedArrays, stats: PackedArrays | None
 ) -> None:
     """Put the weights (and the federated statistics, if any) into a train message."""
     put_packed(content, ARRAYS_KEY, arrays)
     if stats is not None:
-        put_packed(content, STATS_KEY, stats)
+        put_stats(content, stats)
 
 
 @dataclass(frozen=True)
@@ -231,7 +265,7 @@ class TrainOrder:
 def read_train_message(msg: Message) -> TrainOrder:
     what = "train message"
     record = _record(msg.content, CONFIG_KEY, ConfigRecord, what)
-    stats = read_packed(msg.content, STATS_KEY, what) if STATS_KEY in msg.content else None
+    stats = read_stats(msg.content, what)
     return TrainOrder(
         arrays=read_packed(msg.content, ARRAYS_KEY, what),
         stats=_unpacked(stats_from_record, stats, what) if stats is not None else None,

@@ -55,16 +55,28 @@ def array_values(array: Array) -> np.ndarray:
     """
     if array.stype != SType.NUMPY:
         raise ValueError(f"cannot read an array serialised as {array.stype!r}")
-    stream = BytesIO(array.data)  # shares the bytes
+    shape, fortran_order, dtype, offset = _npy_header(array.data)
+    if fortran_order or dtype.hasobject:
+        return array.numpy()
+    count = int(np.prod(shape))
+    return np.frombuffer(array.data, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def npy_array(data: bytes) -> Array:
+    """An Array of bytes in numpy's .npy format (an Array's own ``data``), sharing them."""
+    shape, _, dtype, _ = _npy_header(data)
+    return Array(dtype=str(dtype), shape=tuple(shape), stype=SType.NUMPY, data=data)
+
+
+def _npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """Shape, Fortran order, dtype and the values' offset of .npy bytes (ValueError if none)."""
+    stream = BytesIO(data)  # shares the bytes
     version = npy.read_magic(stream)
     if version == (1, 0):
         shape, fortran_order, dtype = npy.read_array_header_1_0(stream)
     else:
         shape, fortran_order, dtype = npy.read_array_header_2_0(stream)
-    if fortran_order or dtype.hasobject:
-        return array.numpy()
-    count = int(np.prod(shape))
-    return np.frombuffer(array.data, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)
+    return tuple(shape), bool(fortran_order), dtype, stream.tell()
 
 
 class OutOfBandArray(Array):
@@ -262,12 +274,15 @@ OBJECT_PULL_BACKOFF_S = 0.02
 """First wait before looking again for a message's arrays that have not arrived yet."""
 OBJECT_PULL_BACKOFF_CAP_S = 0.2
 """Longest wait between looks. Measured (bench/deployment_run.py, 2 CPUs under load): the
-SuperNode spent 0.6-1.7 s per round pulling a train message's 9 objects, most of it waiting
+SuperNode spent 0.6-1.7 s per round pulling a train message's objects, most of it waiting
 for the ServerApp to push them; with 0.5 s between late looks, up to 0.5 s of that was the
 SuperNode not looking. Each look is one request for a handful of objects: cheap."""
 OBJECT_PUSHES = 8
-"""Objects the ServerApp pushes at once (Flower's default: 2): a train message is 9 objects,
-pushed in 5 sequential steps of 2 while every site waits for them."""
+"""Objects the ServerApp pushes at once (Flower's default: 2; Flower never runs more than the
+machine's CPUs). Measured on 2 CPUs (bench/deployment_run.py, 10 rounds, load 7-15): lifting
+that cap too, so that 8 objects moved at once each way, made a deployment round slower (2.36 and
+2.40 s against 1.95 and 1.92 s): more requests at once only queue in the SuperLink, and pulls
+of objects not there yet multiply."""
 
 
 def pull_objects_sooner(*modules: Any) -> None:
