@@ -126,7 +126,7 @@ class TrackedStrategy(FedAvg):
 
     def _payload(self, arrays: ArrayRecord) -> PackedArrays:
         payload = pack_record(arrays, self.transport_dtype)  # one Array on the wire
-        return payload.out_of_band() if ray_carries_messages() else payload
+        return payload.in_object_store() if ray_carries_messages() else payload
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
