@@ -292,6 +292,37 @@ def test_arrays_go_out_of_band_only_where_ray_carries_them() -> None:
         ray.shutdown()
 
 
+@pytest.mark.slow
+def test_a_rounds_weights_go_into_rays_object_store_once_for_all_its_messages() -> None:
+    import ray
+
+    if ray.is_initialized():  # left over from an in-process simulation
+        ray.shutdown()
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        packed = pack_arrays({"w": torch.linspace(-1, 1, 1 << 18), "b": torch.ones(3)}, "float32")
+        shared = packed.in_object_store()
+        assert shared.array.data is packed.array.data
+        contents = [RecordDict({CONFIG_KEY: ConfigRecord()}) for _ in range(3)]
+        for content in contents:  # one round's train messages, one per client
+            add_train_payload(content, shared, None)
+        serialise = ray._private.worker.global_worker.get_serialization_context().serialize
+        serialised = [serialise(content) for content in contents]
+        # each message carries a reference, not the values (1 MiB), and all the same one
+        assert all(s.total_bytes < 64 * 1024 for s in serialised)
+        assert len({ref for s in serialised for ref in s.contained_object_refs}) == 1
+
+        @ray.remote
+        def received(content: RecordDict) -> bytes:
+            return bytes(read_packed(content, ARRAYS_KEY, "train message").array.data)
+
+        assert ray.get([received.remote(c) for c in contents]) == [packed.array.data] * 3
+    finally:
+        ray.shutdown()
+    older = pickle.loads(pickle.dumps(shared.array, protocol=5))  # no Ray: the bytes themselves
+    assert older.data == packed.array.data
+
+
 def test_run_config_round_trips(images_dataset: DatasetRef) -> None:
     config = FederationConfig(
         policy="tiny", partition=Partition(dataset=images_dataset, num_clients=2)

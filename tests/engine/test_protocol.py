@@ -1,6 +1,8 @@
 """The message protocol: builders and parsers agree, Flower's strategies read what clients send,
 and a message that lacks something is refused naming what it lacks."""
 
+import gc
+import weakref
 from collections.abc import Iterable
 
 import numpy as np
@@ -26,6 +28,7 @@ from fedvla.engine.federation.protocol import (
     TrainMetrics,
     add_train_payload,
     describe_reply,
+    drop_packed,
     evaluate_reply,
     instructions_record,
     query_message,
@@ -413,3 +416,20 @@ def test_a_packed_update_whose_layout_does_not_fit_is_refused() -> None:
     message = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
     with pytest.raises(ProtocolError, match=r"train message: layout entry 'action\|mean'"):
         read_train_message(message)
+
+
+def test_a_dropped_update_goes_at_once_though_flowers_record_views_saw_it() -> None:
+    """Flower's RecordDict.array_records view refers to itself (a bound method): garbage that
+    only the cycle collector frees. The update it saw must not wait with it."""
+    content = train_reply(pack_arrays({"w": torch.ones(1024)}, "float32"), METRICS, "client-0")
+    update = weakref.ref(next(iter(content[ARRAYS_KEY].values())))
+    assert len(content.array_records) == 1  # as Flower's reply checks read it
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        drop_packed(content, ARRAYS_KEY)
+        assert ARRAYS_KEY not in content
+        assert update() is None
+    finally:
+        if collecting:
+            gc.enable()

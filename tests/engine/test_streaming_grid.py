@@ -1,5 +1,6 @@
 """StreamingGrid over Flower's own in-memory grid: each reply is handed on once it arrives."""
 
+import threading
 from typing import cast
 
 import pytest
@@ -68,6 +69,25 @@ def test_each_reply_is_handed_on_before_the_others_arrive(grid) -> None:  # type
     _answer(state, nodes[0])
     assert [r.metadata.src_node_id for r in replies] == [nodes[0]]
     assert state.num_message_res() == 0  # the grid keeps none once pulled
+
+
+def test_a_window_pushes_the_next_message_once_a_reply_is_handed_on(grid) -> None:  # type: ignore[no-untyped-def]
+    inner, state, nodes = grid
+    streaming = StreamingGrid(inner, pull_interval_s=0.001, max_in_flight=1)
+    messages = [
+        streaming.create_message(RecordDict(), "train", node, group_id="1") for node in nodes
+    ]
+    replies = iter(streaming.send_and_receive(messages, timeout=5.0))
+    assert state.get_message_ins(node_id=nodes[1], limit=1) == []  # not pushed yet
+    _answer(state, nodes[0])
+    assert next(replies).metadata.src_node_id == nodes[0]
+    # while the strategy adds the first update, the second client has nothing to answer yet
+    assert state.get_message_ins(node_id=nodes[1], limit=1) == []
+    answering = threading.Timer(0.05, _answer, (state, nodes[1]))
+    answering.start()
+    assert [r.metadata.src_node_id for r in replies] == [nodes[1]]  # pushed on resuming
+    answering.join()
+    assert state.num_message_res() == 0
 
 
 def test_replies_stop_at_the_timeout(grid) -> None:  # type: ignore[no-untyped-def]

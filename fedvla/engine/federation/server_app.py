@@ -73,6 +73,9 @@ class ServerRun:
     site's new node); None: such nodes are labelled node-<id>."""
     reply_pull_interval_s: float = DEFAULT_PULL_INTERVAL_S
     """How often a round looks for its clients' replies."""
+    max_in_flight: int | None = None
+    """Messages of a round pushed and not yet answered, at most (StreamingGrid); None: all at
+    once (deployment: the sites train at the same time)."""
 
 
 RunSetup = Callable[[Grid, Context], AbstractContextManager[ServerRun]]
@@ -161,7 +164,8 @@ def run_server(run: ServerRun) -> None:
         # Every client normalises with the merged statistics, sent on purpose with each round.
         strategy.norm_stats = stats_to_record(merged)
     strategy.start(
-        grid=StreamingGrid(run.grid, run.reply_pull_interval_s),  # replies summed on arrival
+        # replies summed on arrival, and (simulation) only a few pushed ahead of the sum
+        grid=StreamingGrid(run.grid, run.reply_pull_interval_s, run.max_in_flight),
         initial_arrays=initial,
         num_rounds=config.num_rounds - offset,
         train_config=instructions_record(instructions),

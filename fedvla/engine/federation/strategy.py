@@ -29,6 +29,7 @@ from fedvla.engine.federation.aggregation import PackedRunningAverage
 from fedvla.engine.federation.protocol import (
     ARRAYS_KEY,
     add_train_payload,
+    drop_packed,
     put_packed,
     read_evaluate_reply,
     read_packed,
@@ -126,7 +127,7 @@ class TrackedStrategy(FedAvg):
 
     def _payload(self, arrays: ArrayRecord) -> PackedArrays:
         payload = pack_record(arrays, self.transport_dtype)  # one Array on the wire
-        return payload.out_of_band() if ray_carries_messages() else payload
+        return payload.in_object_store() if ray_carries_messages() else payload
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -268,7 +269,10 @@ class TrackedStrategy(FedAvg):
                 skipped_frames=metrics.skipped_frames,
             )
         )
-        put_packed(reply.content, ARRAYS_KEY, to_float32_packed(payload, self.transport_dtype))
+        converted = to_float32_packed(payload, self.transport_dtype)
+        if converted is not payload:
+            drop_packed(reply.content, ARRAYS_KEY)  # the update as it came: gone now
+            put_packed(reply.content, ARRAYS_KEY, converted)
 
     def _label(self, node: int) -> str:
         return self.labels.get(node) or self.node_names(node) or f"node-{node}"
@@ -355,7 +359,7 @@ class WeightedAverage(FedAvg):
                 metrics = next(iter(content.metric_records.values()))
                 update = read_packed(content, ARRAYS_KEY, "train reply")
                 average.add(update, as_float(metrics[self.weighted_by_key]))
-                del content[ARRAYS_KEY]
+                drop_packed(content, ARRAYS_KEY)
             read.append(reply)
         valid, _ = self._check_and_log_replies(read, is_train=True, validate=False)
         if not valid:

@@ -3,6 +3,7 @@
 import json
 import pickle
 import sys
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,6 +113,56 @@ def out_of_band_array(array: Array) -> Array:
     )
 
 
+class ObjectStoreArray(Array):
+    """An Array that Ray carries to every client by reference: its bytes go into Ray's object
+    store once, on the first message that carries it, and each message after holds only the
+    reference; see in_object_store()."""
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        if int(protocol) < 5 or not ray_carries_messages():
+            return (_out_of_band_array, (self.dtype, tuple(self.shape), self.stype, self.data))
+        return (_from_object_store, (self.dtype, tuple(self.shape), self.stype, self.object_ref()))
+
+    def object_ref(self) -> Any:
+        """The bytes' reference in Ray's object store, put there on the first call; it is
+        freed when this Array (and every message that carried it) is."""
+        with _PUTTING:
+            ref = self.__dict__.get(_OBJECT_REF)
+            if ref is None:
+                import ray
+
+                ref = ray.put(np.frombuffer(self.data, dtype=np.uint8))
+                self.__dict__[_OBJECT_REF] = ref  # not a field: Array's own fields stay as they are
+        return ref
+
+
+_OBJECT_REF = "_fedvla_object_ref"
+_PUTTING = threading.Lock()
+"""Flower's simulation serialises messages in several threads at once: one put per Array."""
+
+
+def _from_object_store(dtype: str, shape: tuple[int, ...], stype: str, ref: Any) -> Array:
+    import ray
+
+    values = ray.get(ref)  # a read-only view of the object store's shared memory
+    return Array(dtype=dtype, shape=tuple(shape), stype=stype, data=values.tobytes())
+
+
+def in_object_store(array: Array) -> Array:
+    """The same Array, sharing its bytes, for the messages of a round that Ray carries.
+
+    Ray serialises each message to a client's actor on its own: a buffer pickled out of band
+    (out_of_band_array) is written into the object store once per message, so a round's weights
+    went in as many times as it has clients (with 16 and more clients of the medium policy, the
+    256 MB store spilled to disk). This Array puts them in once; each message then carries
+    a reference, and the actor reads the shared bytes. Never for a SuperLink (see
+    out_of_band_array).
+    """
+    return ObjectStoreArray(
+        dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data
+    )
+
+
 def to_array(values: np.ndarray) -> Array:
     """Array(values), serialised with one copy of the values (np.save into a buffer makes more)."""
     if not values.flags.c_contiguous:
@@ -155,6 +206,10 @@ class PackedArrays:
     def out_of_band(self) -> "PackedArrays":
         """The same, its bytes pickled out of band (a message that Ray carries)."""
         return PackedArrays(out_of_band_array(self.array), self.layout)
+
+    def in_object_store(self) -> "PackedArrays":
+        """The same, carried by reference through Ray's object store (one round's messages)."""
+        return PackedArrays(in_object_store(self.array), self.layout)
 
 
 def pack_values(values: Mapping[str, np.ndarray]) -> PackedArrays:
