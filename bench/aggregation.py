@@ -43,7 +43,13 @@ from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedvla.core.experiment_config import DatasetRef, FederationConfig, Partition
-from fedvla.engine.federation.protocol import TrainMetrics, train_reply
+from fedvla.engine.federation.protocol import (
+    ARRAYS_KEY,
+    TrainMetrics,
+    put_packed,
+    read_packed,
+    train_reply,
+)
 from fedvla.engine.federation.strategy import make_strategy
 from fedvla.engine.federation.transport import pack_record
 
@@ -134,10 +140,10 @@ def engine_aggregate(replies: list[Message]) -> ArrayRecord:
     )
     strategy = make_strategy(config, round_offset=0)
     strategy.log.sampled = [r.metadata.src_node_id for r in replies]
-    updates = [r.content["arrays"] for r in replies]
+    updates = [read_packed(r.content, ARRAYS_KEY, "train reply") for r in replies]
     arrays, _ = strategy.aggregate_train(1, replies)
     for reply, update in zip(replies, updates, strict=True):
-        reply.content["arrays"] = update  # the engine drops each update once summed
+        put_packed(reply.content, ARRAYS_KEY, update)  # the engine empties each one it sums
     assert arrays is not None
     return arrays
 

@@ -62,12 +62,16 @@ def _imports(path: Path) -> set[str]:
 
 def _third_party_imports() -> dict[str, set[Path]]:
     """Top-level modules imported anywhere in the sources, less the standard library and ours
-    (our packages, and the sibling modules that bench scripts import by name)."""
+    (our packages, the sibling modules that bench scripts import by name, and the bench scripts
+    that their tests import by name)."""
     ours = {"fedvla", "tests", "bench"}
+    bench_scripts = {p.stem for p in (ROOT / "bench").glob("*.py")}
     found: dict[str, set[Path]] = {}
     for source in SOURCES:
         for path in (ROOT / source).rglob("*.py"):
             siblings = {p.stem for p in path.parent.glob("*.py")}
+            if path.is_relative_to(ROOT / "tests" / "bench"):
+                siblings |= bench_scripts
             for name in _imports(path) - ours - siblings - set(sys.stdlib_module_names):
                 found.setdefault(name, set()).add(path.relative_to(ROOT))
     return found
