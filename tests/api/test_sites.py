@@ -7,9 +7,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
-from fedvla.core.errors import Conflict
+from fedvla.core.errors import Conflict, NotFound
 from fedvla.core.models import ApiToken, Role, Site, SiteAudit
-from fedvla.core.schemas.sites import SiteCreate
+from fedvla.core.schemas.sites import SiteCreate, SiteUpdate
 from fedvla.core.security import hash_token
 from fedvla.core.services import sites as site_service
 from fedvla.core.services.tokens import create_token
@@ -267,3 +267,19 @@ def test_two_registrations_at_once_bind_the_token_once(app: FastAPI, world: Worl
         second.expire_all()
         assert second.get(ApiToken, token.id).site_id == site.id  # type: ignore[union-attr]
         assert second.exec(select(Site).where(Site.name == "lab-a2")).first() is None
+
+
+def test_an_edit_of_a_site_deleted_meanwhile_is_404(app: FastAPI, world: World) -> None:
+    """A PATCH that read the site before a DELETE committed (schemathesis found a 500 here)."""
+    with Session(app.state.engine) as editing, Session(app.state.engine) as deleting:
+        admin, _ = create_token(session=editing, name="admin-2", role=Role.admin)
+        body = SiteCreate.model_validate(site_body(name="lab-gone"))
+        site = site_service.register_site(session=editing, data=body, token=admin)
+        doomed = deleting.get(Site, site.id)
+        assert doomed is not None
+        site_service.delete_site(session=deleting, site=doomed, actor="admin")
+
+        with pytest.raises(NotFound, match="Site not found"):
+            site_service.update_site(
+                session=editing, site=site, data=SiteUpdate(hardware="2x RTX 4090"), actor="op"
+            )

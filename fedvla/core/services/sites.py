@@ -2,6 +2,7 @@
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, col, func, select
 
 from fedvla.core.errors import Conflict, Forbidden, NotFound, reject_nul_characters
@@ -13,6 +14,9 @@ from fedvla.core.services import tokens as token_service
 def _save(*, session: Session, site: Site) -> Site:
     try:
         session.commit()
+    except StaleDataError:  # deleted by another request since this one read it
+        session.rollback()
+        raise NotFound("Site") from None
     except IntegrityError:
         session.rollback()
         raise Conflict(
